@@ -1,0 +1,231 @@
+"""Typed configuration: plain dicts (YAML) <-> dataclasses, with clear errors.
+
+Every config in vlp is a dataclass. `from_dict` validates a nested dict against
+it and names the offending dotted key, the allowed keys or the expected type
+when something is wrong. Interchangeable parts (a patch vs a region visual
+encoder, say) are *families*: a base class whose concrete dataclass is chosen by
+the dict's ``type`` key, so a recipe only has to name the part it wants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or config value that does not fit its schema."""
+
+
+class Family:
+    """Base of a family of part configs chosen by their ``type`` key.
+
+    A family is declared as ``class VisionConfig(Family): members = {}`` and a
+    member as a dataclass subclass registered with ``@VisionConfig.register("patch")``.
+    The member's ``builds`` attribute (set by :func:`part`) is the module class
+    that takes the config as its only constructor argument.
+    """
+
+    members: ClassVar[dict[str, type]]
+    builds: ClassVar[Callable[..., Any] | None] = None
+
+    @classmethod
+    def register(cls, name: str) -> Callable[[type[T]], type[T]]:
+        def decorate(member: type[T]) -> type[T]:
+            if name in cls.members and cls.members[name] is not member:
+                raise ConfigError(f"{cls.__name__} type {name!r} is registered twice")
+            cls.members[name] = member
+            return member
+
+        return decorate
+
+    @classmethod
+    def member(cls, name: str, where: str = "") -> type:
+        if name not in cls.members:
+            allowed = ", ".join(sorted(cls.members)) or "(none registered)"
+            raise ConfigError(f"{where or cls.__name__}.type: unknown {cls.__name__} {name!r}; allowed: {allowed}")
+        return cls.members[name]
+
+
+def part(family: type[Family], name: str, module_cls: Callable[..., Any]) -> Callable[[type[T]], type[T]]:
+    """Register a config dataclass as family member ``name`` that builds ``module_cls``."""
+
+    def decorate(config_cls: type[T]) -> type[T]:
+        config_cls.builds = module_cls  # type: ignore[attr-defined]
+        return family.register(name)(config_cls)
+
+    return decorate
+
+
+def build(config: Any) -> Any:
+    """Instantiate the module a family config describes."""
+    module_cls = getattr(config, "builds", None)
+    if module_cls is None:
+        raise ConfigError(f"{type(config).__name__} does not name a module to build")
+    return module_cls(config)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        val_tp = args[1] if args else Any
+        return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, Family) and "members" in tp.__dict__:
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping) or "type" not in value:
+            raise ConfigError(f"{where}: expected a mapping with a 'type' key ({', '.join(sorted(tp.members))})")
+        return from_dict(tp.member(value["type"], where), value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; every error names the dotted key."""
+    where = where or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints[name], f"{where}.{name}")
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: required key is missing")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def to_dict(config: Any) -> Any:
+    """Plain-data form of a config (round-trips through :func:`from_dict`)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, Mapping):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` inside nested dicts, creating levels as needed."""
+    keys = dotted.split(".")
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])}: is {child!r}, not a mapping, so {dotted} cannot be set")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'model.fusion.layers=4'`` -> ``('model.fusion.layers', 4)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.fusion.layers=4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    return data
+
+
+def read_yaml(path: str | Any) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}")
+    return data

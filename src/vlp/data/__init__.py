@@ -1,0 +1,5 @@
+"""Pretraining and task data: formats, loaders, transforms, ShapesWorld."""
+
+from vlp.data.batch import Batch
+
+__all__ = ["Batch"]

@@ -1,0 +1,99 @@
+"""Multi-head attention on ``scaled_dot_product_attention``.
+
+Shapes are batch-first: queries ``(B, Nq, D)``, context ``(B, Nk, Dc)``. Masks
+are boolean *keep* masks: ``True`` marks a real token, ``False`` padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_bias(
+    keep_mask: torch.Tensor | None,
+    causal: bool,
+    num_queries: int,
+    num_keys: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Additive bias ``(B or 1, 1, Nq, Nk)`` that blocks padded keys and, if causal, future keys.
+
+    A large finite negative (not -inf) is used so that a query whose keys are all
+    padding gets uniform weights instead of NaN.
+    """
+    if keep_mask is None and not causal:
+        return None
+    blocked = torch.zeros(1, 1, num_queries, num_keys, dtype=torch.bool, device=device)
+    if keep_mask is not None:
+        if keep_mask.dtype != torch.bool:
+            raise TypeError(f"keep_mask must be a bool tensor (True = keep), got {keep_mask.dtype}")
+        blocked = blocked | ~keep_mask[:, None, None, :]
+    if causal:
+        future = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).triu(num_keys - num_queries + 1)
+        blocked = blocked | future
+    bias = torch.zeros(blocked.shape, dtype=dtype, device=device)
+    return bias.masked_fill(blocked, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    """Self-attention (fused ``qkv`` projection) or cross-attention (``q`` and ``kv``).
+
+    forward(x (B, Nq, D), context (B, Nk, Dc) | None, keep_mask (B, Nk) bool | None,
+    causal) -> (B, Nq, D). Without ``context`` it attends over ``x`` itself.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        cross: bool = False,
+        context_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.cross = cross
+        self.dropout = dropout
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=bias)
+            self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.out = nn.Linear(dim, dim, bias=bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context tensor")
+            q = self.q(x)
+            k, v = self.kv(context).chunk(2, dim=-1)
+        else:
+            if context is not None:
+                raise ValueError("self-attention takes no context; build it with cross=True")
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        bias = attention_bias(keep_mask, causal, q.shape[2], k.shape[2], q.dtype, q.device)
+        drop = self.dropout if self.training else 0.0
+        if bias is None and causal is False:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        b, h, n, dh = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, n, h * dh))

@@ -1,0 +1,145 @@
+"""Transformer blocks and stacks shared by every encoder and fusion module.
+
+All tensors are batch-first ``(B, N, D)``; masks are boolean keep-masks
+(``True`` = real token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vlp.layers.attention import Attention
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the activation of the original CLIP."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    table = {
+        "gelu": nn.GELU,
+        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+        "quick_gelu": QuickGELU,
+        "relu": nn.ReLU,
+    }
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(table)}")
+    return table[name]()
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.act(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, optional cross-attention, then a feed-forward layer.
+
+    ``norm_first=True`` is the pre-norm block of ViT/CLIP; ``False`` the post-norm
+    block of BERT. ``mlp`` may be replaced by any module (VLMo swaps in modality
+    experts) as long as it maps ``(B, N, D) -> (B, N, D)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int | None = None,
+        *,
+        norm_first: bool = True,
+        act: str = "gelu",
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        eps: float = 1e-6,
+        cross_attention: bool = False,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = Attention(dim, heads, dropout=attn_dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.cross_attn = (
+            Attention(dim, heads, cross=True, context_dim=context_dim, dropout=attn_dropout)
+            if cross_attention
+            else None
+        )
+        self.norm_cross = nn.LayerNorm(dim, eps=eps) if cross_attention else None
+        self.mlp = MLP(dim, mlp_dim or 4 * dim, act, dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
+        if self.norm_first:
+            return x + self.dropout(fn(norm(x)))
+        return norm(x + self.dropout(fn(x)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        x = self._residual(x, self.norm1, lambda h: self.attn(h, keep_mask=keep_mask, causal=causal))
+        if self.cross_attn is not None and context is not None:
+            x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context, keep_mask=context_mask))
+        if self.norm_first:
+            return x + self.mlp(self.norm2(x))
+        return self.norm2(x + self.mlp(x))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`TransformerBlock` with optional gradient checkpointing.
+
+    forward(x (B, N, D), keep_mask (B, N) bool, context, context_mask, causal) -> (B, N, D).
+    ``return_all=True`` also returns the output of every layer (for parity tests
+    and layer-wise features).
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, **block_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerBlock(dim, heads, **block_kwargs) for _ in range(depth))
+        self.grad_checkpointing = False
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        return_all: bool = False,
+    ):
+        hidden = []
+        for layer in self.layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, keep_mask, context, context_mask, causal, use_reentrant=False)
+            else:
+                x = layer(x, keep_mask, context, context_mask, causal)
+            if return_all:
+                hidden.append(x)
+        return (x, hidden) if return_all else x
+
+
+def masked_mean(x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over tokens ``(B, N, D) -> (B, D)`` counting only kept tokens."""
+    if keep_mask is None:
+        return x.mean(dim=1)
+    weights = keep_mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+__all__ = ["MLP", "QuickGELU", "Transformer", "TransformerBlock", "activation", "masked_mean"]

@@ -1,0 +1,88 @@
+"""Recipes: YAML files that name a model's parts and sizes, its data, weighted
+objectives, optimizer and schedule. Loaded into typed dataclasses so that a typo
+fails at once with the key's dotted name and what was allowed."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from vlp.data.config import DataConfig
+from vlp.models.config import ModelConfig
+from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+
+RECIPE_DIR = Path(__file__).parent / "models" / "recipes"
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    # objective name -> its options; every entry takes ``weight`` (see vlp.objectives)
+    objectives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file given its path or the name of a built-in recipe."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"{path}: recipe file not found")
+        return path
+    builtin = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not builtin.exists():
+        raise ConfigError(f"unknown recipe {str(name_or_path)!r}; built-in recipes: {', '.join(recipe_names())}")
+    return builtin
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "type" not in value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def recipe_dict(name_or_path: str | Path) -> dict[str, Any]:
+    """The raw recipe mapping, with ``base: other-recipe`` inheritance resolved."""
+    path = recipe_path(name_or_path)
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        parent = recipe_dict(base if not (path.parent / f"{base}.yaml").exists() else path.parent / f"{base}.yaml")
+        data = _merge(parent, data)
+    return data
+
+
+def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, where: str = "recipe") -> Recipe:
+    import vlp.parts  # noqa: F401  registers every part so that `type` keys resolve
+
+    data = apply_overrides(copy.deepcopy(data), overrides)
+    recipe = from_dict(Recipe, data, where)
+    from vlp.objectives import validate_objectives
+
+    recipe.objectives = validate_objectives(recipe.objectives)
+    return recipe
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by built-in name or path and apply ``KEY=VALUE`` overrides."""
+    return parse_recipe(recipe_dict(name_or_path), overrides, where=Path(str(name_or_path)).stem)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
