@@ -123,6 +123,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         return from_dict(tp, value, where)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
