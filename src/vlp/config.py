@@ -117,7 +117,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, Mapping) or "type" not in value:
             raise ConfigError(f"{where}: expected a mapping with a 'type' key ({', '.join(sorted(tp.members))})")
-        return from_dict(tp.member(value["type"], where), value, where)
+        member = tp.member(value["type"], where)
+        if "type" not in {f.name for f in dataclasses.fields(member)}:
+            # the ``type`` key chose the member; members need not declare it as a field
+            value = {k: v for k, v in value.items() if k != "type"}
+        return from_dict(member, value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -176,10 +180,29 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
         raise ConfigError(f"{where}: {err}") from err
 
 
+def family_name(config: Any) -> str | None:
+    """The ``type`` name under which ``config``'s class is registered in a family, if any."""
+    for cls in type(config).__mro__:
+        if isinstance(cls, type) and issubclass(cls, Family) and "members" in cls.__dict__:
+            for name, member in cls.members.items():
+                if member is type(config):
+                    return name
+    return None
+
+
 def to_dict(config: Any) -> Any:
     """Plain-data form of a config (round-trips through :func:`from_dict`)."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+        data = {}
+        for f in dataclasses.fields(config):
+            if f.init:
+                value = getattr(config, f.name)
+                data[f.name] = to_dict(value)
+                # a family-typed field is read back through its ``type`` key; members need not declare it
+                name = family_name(value) if dataclasses.is_dataclass(value) else None
+                if name is not None and "type" not in data[f.name]:
+                    data[f.name] = {"type": name, **data[f.name]}
+        return data
     if isinstance(config, (list, tuple)):
         return [to_dict(v) for v in config]
     if isinstance(config, Mapping):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from vlp.fusion.config import FusionConfig
 from vlp.text.config import TextConfig
@@ -20,3 +20,25 @@ class ModelConfig:
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # head name -> options
     momentum: float = 0.0  # EMA decay of the momentum model (ALBEF distillation); 0 = off
     tokenizer: str = ""  # tokenizer folder or file; empty = the recipe's default
+    # BLIP's image-grounded text decoder: a causal text encoder config whose layers all have
+    # cross-attention (cross_attention_from: 0); enables model.decode() and adds an ``lm`` head.
+    decoder: TextConfig | None = None
+    # which decoder weights are the text encoder's: "none", or BLIP's "all_but_self_attention"
+    # (embeddings, cross-attention, feed-forward and their norms are shared; causal self-attention is not)
+    decoder_share: Literal["none", "all_but_self_attention"] = "none"
+    # OSCAR: append Batch.tag_ids (object tags, segment 1) to the caption: [CLS] caption [SEP] tags [SEP]
+    use_tags: bool = False
+    # image embedding of the dual side: the first token ([CLS] / CLIP's attention pool) or the
+    # masked mean; "auto" picks "first" when the visual encoder has such a token
+    image_pool: Literal["auto", "first", "mean"] = "auto"
+    proj_bias: bool = True  # bias in text_proj / image_proj (ALBEF yes, CLIP no)
+    temperature: float = 0.07  # initial ITC temperature; logit_scale starts at log(1 / temperature)
+
+    def __post_init__(self) -> None:
+        from vlp.models.heads import validate_heads
+
+        validate_heads(self.heads)
+        if self.embed_dim < 0:
+            raise ValueError(f"model.embed_dim must be >= 0, got {self.embed_dim}")
+        if self.temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {self.temperature}")

@@ -1,0 +1,45 @@
+"""``vlp finetune TASK_RECIPE``: fine-tune a pretrained model on a downstream task."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vlp.config import apply_overrides, from_dict
+    from vlp.recipe import recipe_dict
+    from vlp.train.config import TrainConfig
+    from vlp.train.jobs import build_finetuning_job, load_tokenizer_for
+    from vlp.train.launch import overrides_of, run_job
+
+    data = apply_overrides(recipe_dict(args.task_recipe), overrides_of(args))
+    where = Path(str(args.task_recipe)).stem
+    train = from_dict(TrainConfig, data.get("train"), f"{where}.train")
+    tokenizer = load_tokenizer_for(None, args.tokenizer) if args.tokenizer else None
+
+    def build(rank: int, world_size: int):
+        return build_finetuning_job(
+            data, rank=rank, world_size=world_size, init=args.init, tokenizer=tokenizer, where=where
+        )
+
+    return run_job(args, train.device, train.seed, build, where)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from vlp.train.launch import MULTI_NODE_HELP, add_run_arguments
+
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on a task recipe",
+        description="Fine-tune on a task recipe: a recipe with a `task` section and `init` (pretrained weights: a "
+        "run folder, a checkpoint folder, a save_pretrained folder or a .safetensors file). Use optim.module_lr "
+        "for a lower rate on pretrained towers and optim.freeze to lock them.",
+        epilog=MULTI_NODE_HELP.replace("pretrain RECIPE", "finetune TASK_RECIPE"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("task_recipe", help="task recipe YAML")
+    parser.add_argument("--init", default=None, help="pretrained weights (overrides the recipe's init)")
+    add_run_arguments(parser)
+    parser.set_defaults(run=run)

@@ -1,0 +1,35 @@
+"""``vlp pretrain RECIPE``: pretrain a model from a recipe (see vlp.train)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlp.recipe import load_recipe
+    from vlp.train.jobs import build_pretraining_job, load_tokenizer_for
+    from vlp.train.launch import overrides_of, run_job
+
+    recipe = load_recipe(args.recipe, overrides_of(args))
+    tokenizer = load_tokenizer_for(recipe, args.tokenizer)
+
+    def build(rank: int, world_size: int):
+        return build_pretraining_job(recipe, rank=rank, world_size=world_size, tokenizer=tokenizer)
+
+    return run_job(args, recipe.train.device, recipe.train.seed, build, recipe.model.name)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from vlp.train.launch import MULTI_NODE_HELP, add_run_arguments
+
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="pretrain a model from a recipe (single process or torchrun)",
+        description="Pretrain the model a recipe describes on its data with its weighted objectives. "
+        "Checkpoints go to RUN/checkpoints, metrics to RUN/metrics.jsonl; Ctrl-C or SIGTERM saves and stops.",
+        epilog=MULTI_NODE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", help="built-in recipe name (see `vlp info`) or a recipe YAML file")
+    add_run_arguments(parser)
+    parser.set_defaults(run=run)

@@ -1,0 +1,150 @@
+"""Image decoding: any file PIL reads -> an RGB ``PIL.Image``, safely and fast.
+
+- JPEG draft mode: libjpeg can decode at 1/2, 1/4 or 1/8 scale almost for
+  free (it skips the inverse DCT's high frequencies). :func:`decode_image` asks
+  for the smallest scale whose result still covers ``draft_size`` on both
+  sides, so a 640x480 photo headed for a 224x224 crop decodes at 320x240.
+- EXIF orientation is applied, so a phone photo is upright.
+- Every mode becomes RGB with the right values: alpha (RGBA, LA, PA, P with a
+  transparency colour) is composited over ``background`` instead of dropped
+  (dropping it exposes whatever colour the transparent pixels happen to hold);
+  16-bit integer images (I;16*, and I holding values above 255) are scaled by
+  255/65535 instead of clipped at 255; float images (F) are read as [0, 1]
+  intensities when their maximum is <= 1 and as [0, 255] otherwise; CMYK,
+  YCbCr, HSV, L and 1 use PIL's conversions.
+- A decompression bomb (width * height above ``max_pixels``) is refused from
+  the header, before any pixel is decoded.
+Errors are :class:`ImageError` with one of the skip reasons of
+:mod:`vlp.data.skipping`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = str | Path | bytes | Image.Image
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
+
+
+class ImageError(Exception):
+    """An image that cannot be used; ``reason`` is a skip reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("empty_file", "zero bytes")
+        return Image.open(io.BytesIO(bytes(source)))
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as err:
+        raise ImageError("missing_file", f"{path} does not exist") from err
+    if size == 0:
+        raise ImageError("empty_file", "zero bytes")
+    return Image.open(path)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block must not cost the image
+        return 1
+
+
+def _alpha_over(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = image.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to RGB (see the module docstring for the rules)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        return _alpha_over(image, background)
+    if mode == "P" or mode in ("L", "1", "CMYK", "YCbCr", "HSV", "RGBX"):
+        return image.convert("RGB")
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        # 'I' comes from 16-bit PNGs too; only values above 8 bits tell the two apart
+        if mode != "I" or values.max(initial=0) > 255:
+            values = values * (255.0 / 65535.0)
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        if values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ImageError("unsupported_mode", f"mode {mode} has no RGB conversion") from err
+
+
+def decode_image(
+    source: ImageSource,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int = 89_478_485,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode ``source`` to an upright RGB image.
+
+    Args:
+        source: a path, the encoded bytes, or an already open PIL image.
+        draft_size: (width, height) the caller needs at least; JPEGs may then
+            decode at a reduced scale that still covers it. None = full size.
+        max_pixels: refuse images whose width * height exceeds this.
+        background: colour that transparent pixels are composited over.
+
+    Returns:
+        ``(image, (width, height))``: the RGB image, and the full-resolution
+        size of the upright image (what annotations in pixels refer to), so that
+        callers can rescale boxes when draft mode decoded a smaller image.
+    """
+    try:
+        with warnings.catch_warnings():
+            # our own pixel limit replaces PIL's warning; its hard error (2x its limit) still applies
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open(source)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError("decompression_bomb", f"{width}x{height} exceeds max_image_pixels={max_pixels}")
+            orientation = _orientation(image)
+            full_size = (height, width) if orientation in _SWAPS_AXES else (width, height)
+            if draft_size is not None and image.format == "JPEG":
+                want = (draft_size[1], draft_size[0]) if orientation in _SWAPS_AXES else draft_size
+                # draft picks the largest 1/2^k reduction that keeps both sides >= want
+                image.draft("RGB" if image.mode in ("RGB", "YCbCr") else image.mode, want)
+            image.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageError("decompression_bomb", str(err)) from err
+    except UnidentifiedImageError as err:
+        raise ImageError("not_an_image", "PIL cannot identify the format") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
+        raise ImageError("corrupt_image", f"{type(err).__name__}: {err}") from err
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image, background), full_size

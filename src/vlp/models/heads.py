@@ -1,0 +1,239 @@
+"""Task and pretraining heads, built by name from ``model.heads`` in a recipe.
+
+``heads: {itm: {}, mlm: {}, vqa: {num_answers: 3129}}`` builds an ``nn.ModuleDict`` with
+one module per entry. Every head maps batch-first tensors:
+
+==========  ==============================  =========================================
+name        input                           output
+==========  ==============================  =========================================
+``itm``     pooled ``(B, P)``               match logits ``(B, 2)`` (index 1 = match)
+``mlm``     fused text ``(..., Dt)``        vocabulary logits ``(..., V)``
+``mrc``     fused image ``(..., Dv)``       region class logits ``(..., C)``
+``mrfr``    fused image ``(..., Dv)``       regressed region features ``(..., F)``
+``vqa``     pooled ``(B, P)``               answer logits ``(B, A)``
+``box``     pooled ``(B, P)``               box ``(B, 4)`` normalized ``(x1, y1, x2, y2)``
+``lm``      decoder states ``(..., Dd)``    vocabulary logits ``(..., V)``
+==========  ==============================  =========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlp.config import ConfigError, from_dict
+from vlp.layers import activation
+
+
+@dataclass
+class HeadContext:
+    """What the model knows when it builds its heads: widths and the tables to tie to."""
+
+    pooled_dim: int = 0  # width of FusedOutput.pooled; 0 = no fusion
+    text_dim: int = 0  # width of fused text tokens
+    image_dim: int = 0  # width of fused image tokens
+    word_embeddings: nn.Embedding | None = None  # the text encoder's word table (MLM ties to it)
+    decoder_dim: int = 0
+    decoder_embeddings: nn.Embedding | None = None  # the decoder's word table (LM ties to it)
+    region_feature_dim: int = 0  # input width of region features (MRFR target)
+
+
+HEADS: dict[str, tuple[type, Callable[[Any, HeadContext], nn.Module]]] = {}
+
+
+def register_head(name: str, config_cls: type) -> Callable:
+    """Register ``builder(cfg, ctx) -> nn.Module`` under ``name`` with its options dataclass."""
+
+    def decorate(builder: Callable[[Any, HeadContext], nn.Module]) -> Callable:
+        HEADS[name] = (config_cls, builder)
+        return builder
+
+    return decorate
+
+
+def validate_heads(heads: Mapping[str, Any], where: str = "model.heads") -> dict[str, Any]:
+    """Check every head name and its options; returns ``{name: options dataclass}``."""
+    if not isinstance(heads, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of head name -> options, got {heads!r}")
+    out = {}
+    for name, options in heads.items():
+        if name not in HEADS:
+            raise ConfigError(f"{where}.{name}: unknown head; allowed: {', '.join(sorted(HEADS))}")
+        out[name] = from_dict(HEADS[name][0], options or {}, f"{where}.{name}")
+    return out
+
+
+def build_heads(heads: Mapping[str, Any], ctx: HeadContext) -> nn.ModuleDict:
+    """``nn.ModuleDict`` of the configured heads, sized from ``ctx``."""
+    return nn.ModuleDict({name: HEADS[name][1](cfg, ctx) for name, cfg in validate_heads(heads).items()})
+
+
+def _need(value: int, head: str, what: str) -> int:
+    if not value:
+        raise ConfigError(f"model.heads.{head}: needs {what}, which this model does not have")
+    return value
+
+
+class PredictionHead(nn.Module):
+    """BERT's prediction head: dense -> act -> LayerNorm -> decoder (+ its own bias).
+
+    ``(..., D) -> (..., V)``. The decoder weight is the word-embedding table when tied
+    (one Parameter, so saving stores it once); the transform maps ``D`` to the table's width.
+    """
+
+    def __init__(
+        self, dim: int, vocab_size: int, embed_dim: int, tie_to: nn.Embedding | None, act: str, eps: float
+    ) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, embed_dim)
+        self.act = activation(act)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
+        self.decoder = nn.Linear(embed_dim, vocab_size, bias=False)
+        if tie_to is not None:
+            self.decoder.weight = tie_to.weight
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(x)))) + self.bias
+
+
+@dataclass
+class ITMHeadConfig:
+    """Image-text matching: ``Linear(P, 2)`` on the pooled output (no options)."""
+
+
+@register_head("itm", ITMHeadConfig)
+def _itm(cfg: ITMHeadConfig, ctx: HeadContext) -> nn.Module:
+    return nn.Linear(_need(ctx.pooled_dim, "itm", "a fusion module (pooled output)"), 2)
+
+
+@dataclass
+class MLMHeadConfig:
+    tie: bool = True  # decoder weight = the text encoder's word embeddings (BERT, ALBEF, ViLT)
+    act: str = "gelu"
+    eps: float = 1e-12
+
+
+def _prediction_head(cfg: Any, dim: int, table: nn.Embedding | None, name: str) -> PredictionHead:
+    if table is None:
+        raise ConfigError(f"model.heads.{name}: needs a text part with word embeddings (model.text)")
+    vocab, width = table.weight.shape
+    return PredictionHead(dim, vocab, width, table if cfg.tie else None, cfg.act, cfg.eps)
+
+
+@register_head("mlm", MLMHeadConfig)
+def _mlm(cfg: MLMHeadConfig, ctx: HeadContext) -> nn.Module:
+    dim = _need(ctx.text_dim, "mlm", "fused text tokens (a fusion module other than 'none')")
+    return _prediction_head(cfg, dim, ctx.word_embeddings, "mlm")
+
+
+@dataclass
+class LMHeadConfig:
+    tie: bool = True  # decoder weight = the decoder's word embeddings
+    act: str = "gelu"
+    eps: float = 1e-12
+
+
+@register_head("lm", LMHeadConfig)
+def _lm(cfg: LMHeadConfig, ctx: HeadContext) -> nn.Module:
+    dim = _need(ctx.decoder_dim, "lm", "a text decoder (model.decoder)")
+    return _prediction_head(cfg, dim, ctx.decoder_embeddings, "lm")
+
+
+class RegionHead(nn.Module):
+    """UNITER's region heads: ``Linear -> GELU -> LayerNorm -> Linear``, ``(..., D) -> (..., out)``."""
+
+    def __init__(self, dim: int, out: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim, eps=eps), nn.Linear(dim, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class MRCHeadConfig:
+    num_classes: int  # detector classes (1601 for Visual Genome bottom-up features)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+
+@register_head("mrc", MRCHeadConfig)
+def _mrc(cfg: MRCHeadConfig, ctx: HeadContext) -> nn.Module:
+    return RegionHead(_need(ctx.image_dim, "mrc", "fused image tokens"), cfg.num_classes)
+
+
+@dataclass
+class MRFRHeadConfig:
+    feature_dim: int = 0  # width of the regressed region features; 0 = the region encoder's input width
+
+
+@register_head("mrfr", MRFRHeadConfig)
+def _mrfr(cfg: MRFRHeadConfig, ctx: HeadContext) -> nn.Module:
+    out = cfg.feature_dim or _need(ctx.region_feature_dim, "mrfr", "feature_dim (no region encoder to read it from)")
+    return RegionHead(_need(ctx.image_dim, "mrfr", "fused image tokens"), out)
+
+
+@dataclass
+class VQAHeadConfig:
+    num_answers: int  # size of the answer vocabulary (3129 for VQAv2)
+    hidden: int = 0  # hidden width; 0 = 2 * pooled width (ViLT, UNITER)
+
+    def __post_init__(self) -> None:
+        if self.num_answers < 1:
+            raise ValueError(f"num_answers must be >= 1, got {self.num_answers}")
+
+
+@register_head("vqa", VQAHeadConfig)
+def _vqa(cfg: VQAHeadConfig, ctx: HeadContext) -> nn.Module:
+    dim = _need(ctx.pooled_dim, "vqa", "a fusion module (pooled output)")
+    hidden = cfg.hidden or 2 * dim
+    # ViLT's classifier: Linear -> LayerNorm -> GELU -> Linear
+    return nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, cfg.num_answers))
+
+
+class BoxHead(nn.Module):
+    """Referring-expression box regression: MLP -> sigmoid ``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``.
+
+    ``(B, P) -> (B, 4)`` in normalized image coordinates. Predicting centre and size keeps
+    ``x1 <= x2`` and ``y1 <= y2`` by construction; corners are clamped to ``[0, 1]``.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, 4)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        cx, cy, w, h = torch.sigmoid(self.out(self.net(pooled))).unbind(-1)
+        box = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        return box.clamp(0.0, 1.0)
+
+
+@dataclass
+class BoxHeadConfig:
+    hidden: int = 0  # 0 = pooled width
+
+
+@register_head("box", BoxHeadConfig)
+def _box(cfg: BoxHeadConfig, ctx: HeadContext) -> nn.Module:
+    dim = _need(ctx.pooled_dim, "box", "a fusion module (pooled output)")
+    return BoxHead(dim, cfg.hidden or dim)
+
+
+__all__ = [
+    "HEADS",
+    "BoxHead",
+    "HeadContext",
+    "PredictionHead",
+    "RegionHead",
+    "build_heads",
+    "register_head",
+    "validate_heads",
+]

@@ -1,0 +1,326 @@
+"""The composed vision-language model: text part + vision part + fusion part + heads.
+
+Every classic model of the survey is one :class:`VisionLanguageModel` with a different
+:class:`~vlp.models.config.ModelConfig`; see :mod:`vlp.models.outputs` for the contract
+that objectives and tasks use. All tensors are batch-first; masks are bool keep-masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.config import ConfigError, build, family_name, from_dict, set_dotted, to_dict
+from vlp.data.batch import Batch
+from vlp.fusion import MoMEFusion, NoFusion, TextCrossFusion
+from vlp.layers import Transformer, masked_mean
+from vlp.models.config import ModelConfig
+from vlp.models.heads import HeadContext, build_heads
+from vlp.models.outputs import FusedOutput, ModelOutputs, VisualTokens
+
+
+class VisionLanguageModel(nn.Module):
+    """``VisionLanguageModel(cfg)``: builds ``text``, ``vision``, ``fusion``, optional ``decoder``,
+    dual-encoder projections (``text_proj``, ``image_proj``, ``logit_scale``) when
+    ``cfg.embed_dim > 0``, and ``heads`` from ``cfg.heads``.
+
+    ``logit_scale`` is the *log* of the inverse temperature (CLIP's convention), initialized to
+    ``log(1 / cfg.temperature)``; objectives exponentiate (and clamp) it.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        import vlp.parts  # noqa: F401  registers every part type
+
+        self.cfg = cfg
+        self.text = build(cfg.text) if cfg.text is not None else None
+        self.vision = build(cfg.vision) if cfg.vision is not None else None
+        self.fusion = build(cfg.fusion) if cfg.fusion is not None else None
+        if isinstance(self.fusion, TextCrossFusion):
+            if self.text is None:
+                raise ConfigError("model.fusion: type text_cross runs the text encoder's layers; model.text is missing")
+            self.fusion.bind(self)
+        self._check_fusion_widths()
+        self.decoder = build(cfg.decoder) if cfg.decoder is not None else None
+        if self.decoder is not None and cfg.decoder_share != "none":
+            self._share_decoder()
+        if cfg.embed_dim:
+            if self.text is None or self.vision is None:
+                raise ConfigError("model.embed_dim > 0 needs both model.text and model.vision (a dual-encoder side)")
+            text_width, image_width = self._dual_widths()
+            self.text_proj = nn.Linear(text_width, cfg.embed_dim, bias=cfg.proj_bias)
+            self.image_proj = nn.Linear(image_width, cfg.embed_dim, bias=cfg.proj_bias)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
+        else:
+            self.text_proj = self.image_proj = self.logit_scale = None
+        heads = dict(cfg.heads)
+        if self.decoder is not None:
+            heads.setdefault("lm", {})  # a decoder is only useful with its prediction head
+        fusion = self.fusion
+        self.heads = build_heads(
+            heads,
+            HeadContext(
+                pooled_dim=getattr(fusion, "pooled_dim", 0),
+                text_dim=getattr(fusion, "text_dim", 0),
+                image_dim=getattr(fusion, "image_dim", 0),
+                word_embeddings=self.text.embeddings.word if self.text is not None else None,
+                decoder_dim=self.decoder.dim if self.decoder is not None else 0,
+                decoder_embeddings=self.decoder.embeddings.word if self.decoder is not None else None,
+                region_feature_dim=getattr(self.vision, "feature_dim", 0) or 0,
+            ),
+        )
+        self.recipe = None  # set by create_model so that save_pretrained can store the whole recipe
+
+    # ----------------------------------------------------------------- construction checks
+    def _check_fusion_widths(self) -> None:
+        fusion = self.fusion
+        if fusion is None or isinstance(fusion, NoFusion):
+            return
+        if self.text is not None and fusion.text_in_dim and fusion.text_in_dim != self.text.dim:
+            raise ConfigError(
+                f"model.fusion takes text tokens of width {fusion.text_in_dim} but model.text.dim is {self.text.dim}; "
+                "set model.fusion.text_in_dim to project them"
+            )
+        if self.vision is not None and fusion.image_in_dim and fusion.image_in_dim != self.vision.dim:
+            key = "model.text.context_dim" if isinstance(fusion, TextCrossFusion) else "model.fusion.image_in_dim"
+            raise ConfigError(
+                f"model.fusion takes visual tokens of width {fusion.image_in_dim} but model.vision.dim is "
+                f"{self.vision.dim}; set {key}: {self.vision.dim}"
+            )
+
+    def _share_decoder(self) -> None:
+        """BLIP: the decoder reuses the text encoder's modules except causal self-attention (and its norm)."""
+        text, dec = self.text, self.decoder
+        if text is None:
+            raise ConfigError("model.decoder_share needs model.text to share with")
+        if (dec.dim, len(dec.layers)) != (text.dim, len(text.layers)):
+            raise ConfigError(
+                f"model.decoder_share: decoder ({len(dec.layers)} layers of {dec.dim}) must match model.text "
+                f"({len(text.layers)} layers of {text.dim})"
+            )
+        if dec.embeddings.word.weight.shape != text.embeddings.word.weight.shape:
+            raise ConfigError("model.decoder_share: model.decoder.vocab_size must equal model.text.vocab_size")
+        dec.embeddings = text.embeddings
+        for i, (mine, theirs) in enumerate(zip(dec.layers, text.layers)):
+            if mine.cross_attn is not None:
+                if theirs.cross_attn is None:
+                    raise ConfigError(
+                        f"model.decoder_share: decoder layer {i} has cross-attention but text layer {i} has none; "
+                        "set model.text.cross_attention_from: 0 (BLIP)"
+                    )
+                mine.cross_attn, mine.norm_cross = theirs.cross_attn, theirs.norm_cross
+            mine.mlp, mine.norm2 = theirs.mlp, theirs.norm2
+
+    def _dual_widths(self) -> tuple[int, int]:
+        if isinstance(self.fusion, MoMEFusion):
+            return self.fusion.text_dim, self.fusion.image_dim
+        return self.text.dim, self.vision.dim
+
+    # ----------------------------------------------------------------- unimodal parts
+    def _need(self, part: str) -> nn.Module:
+        module = getattr(self, part)
+        if module is None:
+            raise RuntimeError(f"model {self.cfg.name!r} has no {part} part (model.{part} is not configured)")
+        return module
+
+    def join_tags(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        tag_ids: torch.Tensor,
+        tag_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """OSCAR's text side ``[CLS] caption [SEP] tags [SEP]``: ``(B, L) + (B, T) -> (B, L + T)``.
+
+        ``tag_ids`` are the tokenizer's ``encode_tags`` output (tag word pieces ending in [SEP],
+        no [CLS]) and get segment id 1. Each row is packed so that its real tokens come first
+        (caption, then tags) and padding last: caption positions keep their indices, and the
+        tags get the positions right after the caption, as in OSCAR.
+        """
+        if tag_mask is None:
+            tag_mask = torch.ones_like(tag_ids, dtype=torch.bool)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        ids = torch.cat([input_ids, tag_ids], dim=1)
+        mask = torch.cat([attention_mask, tag_mask], dim=1)
+        types = torch.cat([token_type_ids, torch.ones_like(tag_ids)], dim=1)
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real tokens first, in order
+        ids, mask, types = ids.gather(1, order), mask.gather(1, order), types.gather(1, order)
+        return ids, mask, types * mask
+
+    def text_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None
+    ) -> torch.Tensor:
+        """Unimodal text tokens ``(B, L, D)``: the input the fusion module expects.
+
+        Single-stream and MoME models: the embeddings. ALBEF: layers ``[0, from_layer)``.
+        BLIP (``text_cross`` with ``restart``): the embeddings, since fusion re-runs every layer.
+        Co-attention and dual encoders: the whole text encoder.
+        """
+        text = self._need("text")
+        end = self.fusion.from_layer if isinstance(self.fusion, TextCrossFusion) else None
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        return text(input_ids, attention_mask, token_type_ids, end_layer=end)
+
+    def image_tokens(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
+        """Unimodal visual tokens (VisualTokens ``(B, N, D)`` + keep-mask) from a Batch or images ``(B, 3, H, W)``."""
+        return self._need("vision")(batch_or_images)
+
+    def fuse(self, text: torch.Tensor, text_mask: torch.Tensor, image: VisualTokens) -> FusedOutput:
+        """Joint representation of ``text`` (from :meth:`text_tokens`) and ``image`` (from :meth:`image_tokens`)."""
+        if self.fusion is None or isinstance(self.fusion, NoFusion):
+            raise RuntimeError(
+                f"model {self.cfg.name!r} is a dual encoder (no fusion module): it has no fuse(); "
+                "use encode_text / encode_image"
+            )
+        return self.fusion(text, text_mask, image)
+
+    # ----------------------------------------------------------------- dual-encoder side
+    def _need_dual(self) -> None:
+        if self.text_proj is None:
+            raise RuntimeError(
+                f"model {self.cfg.name!r} has no dual-encoder side (model.embed_dim is 0), so it has no "
+                "encode_text / encode_image"
+            )
+
+    def _text_embed(self, input_ids, attention_mask, token_type_ids, tokens=None) -> torch.Tensor:
+        """(B, E) normalized text embedding; ``tokens`` = an already computed :meth:`text_tokens` output."""
+        if isinstance(self.fusion, MoMEFusion):
+            tokens = tokens if tokens is not None else self.text_tokens(input_ids, attention_mask, token_type_ids)
+            pooled = self.fusion.encode_text(tokens, attention_mask)[:, 0]
+        else:
+            if isinstance(self.fusion, TextCrossFusion) and self.fusion.restart:
+                tokens = self.text(input_ids, attention_mask, token_type_ids)  # all layers, no image
+            elif tokens is None:
+                tokens = self.text_tokens(input_ids, attention_mask, token_type_ids)
+            pooled = self.text.pool(tokens, input_ids, attention_mask)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def _image_embed(self, image: VisualTokens) -> torch.Tensor:
+        if isinstance(self.fusion, MoMEFusion):
+            pooled = self.fusion.encode_image(image.tokens, image.mask)[:, 0]
+        elif self._image_pool() == "first":
+            pooled = image.tokens[:, 0]
+        else:
+            pooled = masked_mean(image.tokens, image.mask)
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def _image_pool(self) -> str:
+        if self.cfg.image_pool != "auto":
+            return self.cfg.image_pool
+        has_first = getattr(self.vision, "num_prefix_tokens", 0) > 0 or family_name(self.cfg.vision) == "resnet_clip"
+        return "first" if has_first else "mean"
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids=None
+    ) -> torch.Tensor:
+        """L2-normalized text embeddings ``(B, embed_dim)`` of the dual-encoder side."""
+        self._need_dual()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        return self._text_embed(input_ids, attention_mask, token_type_ids)
+
+    def encode_image(self, batch_or_images: Batch | torch.Tensor) -> torch.Tensor:
+        """L2-normalized image embeddings ``(B, embed_dim)`` of the dual-encoder side."""
+        self._need_dual()
+        return self._image_embed(self.image_tokens(batch_or_images))
+
+    # ----------------------------------------------------------------- generation
+    def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image: VisualTokens) -> torch.Tensor:
+        """Image-grounded causal decoding: ids ``(B, L)`` -> next-token logits ``(B, L, V)``.
+
+        Position ``i`` sees tokens ``<= i`` and every kept image token (cross-attention).
+        """
+        decoder = self._need("decoder")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        states = decoder(input_ids, attention_mask, context=image.tokens, context_mask=image.mask, causal=True)
+        return self.heads["lm"](states)
+
+    # ----------------------------------------------------------------- the shared pass
+    def text_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(input_ids, attention_mask, token_type_ids)`` of the text side, tags joined when ``use_tags``."""
+        ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+        if mask is None:
+            mask = torch.ones_like(ids, dtype=torch.bool)
+        if self.cfg.use_tags and batch.tag_ids is not None:
+            ids, mask, types = self.join_tags(ids, mask, types, batch.tag_ids, batch.tag_mask)
+        return ids, mask, types
+
+    def forward(self, batch: Batch) -> ModelOutputs:
+        """The unimodal pass every objective shares (text tokens, visual tokens, dual embeddings).
+
+        ``extra`` holds the text-side ``input_ids``/``attention_mask``/``token_type_ids`` actually
+        used (they differ from the batch's when OSCAR tags were joined).
+        """
+        out = ModelOutputs(model=self)
+        if self.text is not None and batch.input_ids is not None:
+            ids, mask, types = self.text_inputs(batch)
+            out.text, out.text_mask = self.text_tokens(ids, mask, types), mask
+            out.extra.update(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            if self.text_proj is not None:
+                out.text_embed = self._text_embed(ids, mask, types, tokens=out.text)
+        if self.vision is not None and (batch.images is not None or batch.region_features is not None):
+            out.image = self.image_tokens(batch)
+            if self.image_proj is not None:
+                out.image_embed = self._image_embed(out.image)
+        out.logit_scale = self.logit_scale
+        return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer layers in backward (less activation memory)."""
+        for module in self.modules():
+            if isinstance(module, Transformer):
+                module.grad_checkpointing = enable
+            elif module is not self and hasattr(module, "set_grad_checkpointing"):
+                module.set_grad_checkpointing(enable)
+
+
+RECIPE_SECTIONS = ("model", "data", "objectives", "optim", "schedule", "train")
+
+
+def create_model(name_or_recipe: str | Path | Any, **overrides: Any) -> VisionLanguageModel:
+    """Build a model from a built-in recipe name, a recipe file, a ``Recipe``, a recipe mapping or a ``ModelConfig``.
+
+    ``overrides`` are dotted keys, e.g. ``create_model("vilt-tiny", **{"model.fusion.layers": 2})``;
+    keys that do not start with a recipe section (``model``, ``data``, ...) are read under
+    ``model.`` (``fusion.layers=2`` works too). Values are plain Python data. The returned model
+    remembers its recipe (``model.recipe``) so that :func:`vlp.save_pretrained` can store it.
+    """
+    from vlp.models.config import ModelConfig
+    from vlp.recipe import Recipe, parse_recipe, recipe_dict
+
+    model_only = isinstance(name_or_recipe, ModelConfig)
+    if model_only:
+        data, where = {"model": to_dict(name_or_recipe)}, "model"
+    elif isinstance(name_or_recipe, Recipe):
+        data, where = to_dict(name_or_recipe), "recipe"
+    elif isinstance(name_or_recipe, Mapping):
+        data, where = dict(name_or_recipe), "recipe"
+    elif isinstance(name_or_recipe, (str, Path)):
+        data, where = recipe_dict(name_or_recipe), Path(str(name_or_recipe)).stem
+    else:
+        kind = type(name_or_recipe).__name__
+        raise TypeError(f"create_model: expected a recipe name/path, Recipe, mapping or ModelConfig, got {kind}")
+    for key, value in overrides.items():
+        set_dotted(data, key if key.split(".")[0] in RECIPE_SECTIONS else f"model.{key}", value)
+    if model_only:
+        import vlp.parts  # noqa: F401
+
+        model = VisionLanguageModel(from_dict(ModelConfig, data["model"], "model"))
+    else:
+        recipe = parse_recipe(data, where=where)
+        model = VisionLanguageModel(recipe.model)
+        model.recipe = recipe
+    return model
+
+
+__all__ = ["VisionLanguageModel", "create_model"]

@@ -1,0 +1,237 @@
+"""Save and load a model folder: ``model.safetensors`` + ``recipe.yaml`` + tokenizer files.
+
+Loading rebuilds the model from ``recipe.yaml`` and fills it from the safetensors file
+strictly: every parameter and persistent buffer must be there with its shape, and nothing
+else. Nothing is ever unpickled. Tensors that are the same tensor in the model (tied
+embeddings, BLIP's shared encoder/decoder modules) are stored once, under the first name
+``state_dict()`` gives them; the other names are recorded in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from vlp.config import ConfigError, from_dict, read_yaml, to_dict
+
+WEIGHTS_NAME = "model.safetensors"
+RECIPE_NAME = "recipe.yaml"
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, truncated, or does not fit the model."""
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def canonical_state(model: nn.Module, copy: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, aliases)``: the state dict with each shared tensor once, and alias -> kept name.
+
+    With ``copy`` the tensors are ready for safetensors (contiguous; a second *view* of an
+    already stored storage is cloned, since safetensors refuses overlapping memory);
+    without it they are the state dict's own tensors (for loading into).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        key = _tensor_key(tensor) if tensor.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        if copy:
+            tensor = tensor.clone().contiguous() if key is not None and key[0] in storages else tensor.contiguous()
+        if key is not None:
+            storages.add(key[0])
+        tensors[name] = tensor
+    return tensors, aliases
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_pretrained(
+    model: nn.Module,
+    folder: str | Path,
+    recipe: Any = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``folder/{model.safetensors, recipe.yaml}`` and the tokenizer's files, atomically.
+
+    ``recipe`` (a :class:`vlp.recipe.Recipe`) defaults to ``model.recipe`` (set by
+    :func:`vlp.create_model`); its ``model`` section is always the model's own config. Everything
+    is written into a temporary sibling folder that is renamed into place, so a crash never
+    leaves a half-written checkpoint. A non-empty ``folder`` is refused unless ``overwrite``.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder}: folder is not empty; pass overwrite=True to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a checkpoint folder should look ordinary
+        tensors, aliases = canonical_state(model)
+        metadata = {"format": "pt", "aliases": json.dumps(aliases, sort_keys=True)}
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        recipe = recipe if recipe is not None else getattr(model, "recipe", None)
+        data = to_dict(recipe) if recipe is not None else {}
+        data["model"] = to_dict(model.cfg)
+        (tmp / RECIPE_NAME).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _check_file(path: Path) -> None:
+    """Read the safetensors header ourselves so that truncation gets a message that says so."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file or truncated ({size} bytes)")
+        header_len = int.from_bytes(head, "little")
+        if 8 + header_len > size:
+            raise CheckpointError(
+                f"{path}: truncated or not a safetensors file: the header needs {header_len} bytes, "
+                f"the file has {size - 8} after the length prefix"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+        raise CheckpointError(
+            f"{path}: truncated: the header describes {data_end} bytes of tensor data, "
+            f"the file holds {size - 8 - header_len}"
+        )
+
+
+def _names(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Fill ``model`` from a safetensors file, strictly (missing/unexpected keys or shapes -> CheckpointError)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        loaded = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file: {err}") from err
+    expected, _ = canonical_state(model, copy=False)
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_names(unexpected)}")
+        raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(parts))
+    bad = [
+        f"{k} {tuple(loaded[k].shape)} vs model {tuple(t.shape)}"
+        for k, t in expected.items()
+        if loaded[k].shape != t.shape
+    ]
+    if bad:
+        raise CheckpointError(f"{path}: shape mismatch: {_names(bad)}")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(loaded[name])  # state_dict tensors alias the parameters, so this loads them
+    return model
+
+
+def load_config(folder: str | Path) -> tuple[Any, Any]:
+    """``(ModelConfig, Recipe or None)`` from ``folder/recipe.yaml``; errors name the file."""
+    import vlp.parts  # noqa: F401
+    from vlp.models.config import ModelConfig
+
+    path = Path(folder) / RECIPE_NAME
+    data = read_yaml(path)
+    if "model" not in data:
+        raise ConfigError(f"{path}: has no 'model' section")
+    if set(data) - {"model"}:
+        from vlp.recipe import parse_recipe
+
+        recipe = parse_recipe(data, where=str(path))
+        return recipe.model, recipe
+    return from_dict(ModelConfig, data["model"], f"{path}:model"), None
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved in ``folder`` and load its weights strictly; returned in eval mode."""
+    from vlp.models.model import VisionLanguageModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: model folder not found")
+    cfg, recipe = load_config(folder)
+    model = VisionLanguageModel(cfg)
+    model.recipe = recipe
+    load_weights(model, folder / WEIGHTS_NAME)
+    return model.to(device).eval()
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``)."""
+    from vlp.text import Tokenizer
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) were saved here")
+    return Tokenizer.load(folder)
+
+
+__all__ = [
+    "RECIPE_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "canonical_state",
+    "load",
+    "load_config",
+    "load_tokenizer",
+    "load_weights",
+    "save_pretrained",
+]

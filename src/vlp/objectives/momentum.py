@@ -1,0 +1,54 @@
+"""The momentum (EMA) model of ALBEF's momentum distillation.
+
+``MomentumModel(model, decay)`` holds a frozen copy of the model whose
+parameters follow ``ema = decay * ema + (1 - decay) * param`` once per training
+step (:meth:`update`); buffers (e.g. BatchNorm statistics) are copied. The copy
+stays in eval mode so its soft targets carry no dropout noise. It is a
+submodule of :class:`vlp.objectives.Pretraining`, so it moves with ``.to()``
+and is saved in the state dict (a resumed run keeps its EMA).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class MomentumModel(nn.Module):
+    """An exponential moving average of ``model``; call it like the model (under ``no_grad``)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"momentum decay must be in (0, 1), got {decay} (model.momentum in the recipe)")
+        self.decay = decay
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+        self.module.eval()
+
+    def train(self, mode: bool = True) -> MomentumModel:
+        super().train(mode)
+        self.module.eval()  # always: soft targets without dropout
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One EMA step towards ``model``'s current parameters; buffers are copied."""
+        ema_params = list(self.module.parameters())
+        params = [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(params):
+            raise ValueError(f"momentum model has {len(ema_params)} parameters but the model {len(params)}")
+        # lerp: ema + (1 - decay) * (param - ema) == decay * ema + (1 - decay) * param
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
+            ema_buf.copy_(buf)
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Copy ``model``'s current weights (e.g. after loading a pretrained checkpoint into it)."""
+        self.module.load_state_dict(model.state_dict())

@@ -1,0 +1,282 @@
+"""BERT-family text encoder: embeddings + a stack of transformer blocks, with optional cross-attention.
+
+One module covers the text towers of the survey's models: BERT (post-norm,
+``[CLS]`` pooling), CLIP's text transformer (pre-norm, causal, final LayerNorm,
+``eos`` pooling) and the ALBEF/BLIP text encoder whose upper layers carry
+cross-attention to image tokens (``cross_attention_from``), so that the same
+stack serves as text encoder (lower layers) and fusion encoder (upper layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vlp.config import part
+from vlp.layers import TransformerBlock, activation, masked_mean
+from vlp.text.config import TextConfig
+from vlp.text.embeddings import TextEmbeddings
+
+
+class BertTextEncoder(nn.Module):
+    """Text encoder built from :class:`vlp.layers.TransformerBlock` (batch-first, bool keep-masks).
+
+    ``forward(input_ids (B, L) long, attention_mask (B, L) bool (True = real token), token_type_ids,
+    context (B, N, Dc) image tokens, context_mask (B, N) bool) -> (B, L, D)``.
+
+    Submodules: ``embeddings`` (:class:`TextEmbeddings`), ``layers`` (``nn.ModuleList`` of
+    ``TransformerBlock``; layer ``i`` has cross-attention when ``0 <= cross_attention_from <= i``)
+    and ``final_norm`` (LayerNorm for pre-norm towers, else identity).
+    """
+
+    def __init__(self, cfg: BertTextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embeddings = TextEmbeddings(
+            cfg.vocab_size,
+            cfg.dim,
+            cfg.max_positions,
+            cfg.type_vocab_size,
+            dropout=cfg.dropout,
+            eps=cfg.eps,
+            norm=cfg.embed_norm,
+        )
+        attn_dropout = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_dim,
+                norm_first=cfg.norm_first,
+                act=cfg.act,
+                dropout=cfg.dropout,
+                attn_dropout=attn_dropout,
+                eps=cfg.eps,
+                cross_attention=0 <= cfg.cross_attention_from <= i,
+                context_dim=cfg.context_dim,
+            )
+            for i in range(cfg.layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=cfg.eps) if cfg.final_norm else nn.Identity()
+        self.grad_checkpointing = False
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT's initialization: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.dim
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer in the backward pass (less memory, ~30% more compute)."""
+        self.grad_checkpointing = enable
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
+        start_layer: int = 0,
+        end_layer: int | None = None,
+        return_all: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Embed ``input_ids`` (B, L) and run layers ``[start_layer, end_layer)`` -> (B, L, D).
+
+        With ``start_layer > 0`` the first argument must instead be the hidden states
+        ``(B, L, D)`` that an earlier call with ``end_layer=start_layer`` returned (ALBEF
+        runs layers 0-5 as the text encoder, then 6-11 with image ``context`` as the
+        fusion encoder); :meth:`forward_layers` is the explicit form of that call.
+        ``causal=None`` uses ``cfg.causal``. ``return_all`` also returns the output of
+        every layer that ran.
+        """
+        if start_layer == 0:
+            if input_ids.is_floating_point():
+                raise ValueError(
+                    "forward(start_layer=0) embeds token ids, got float hidden states; to continue from hidden "
+                    "states pass start_layer=k or call forward_layers(hidden, ..., start=k)"
+                )
+            hidden = self.embeddings(input_ids, token_type_ids)
+        else:
+            if not input_ids.is_floating_point() or input_ids.dim() != 3:
+                raise ValueError(
+                    f"forward(start_layer={start_layer}) continues from hidden states (B, L, {self.dim}) returned by "
+                    f"forward(..., end_layer={start_layer}); got {input_ids.dtype} {tuple(input_ids.shape)}"
+                )
+            if token_type_ids is not None:
+                raise ValueError(
+                    f"token_type_ids are only used by the embeddings; start_layer={start_layer} skips them"
+                )
+            hidden = input_ids
+        return self.forward_layers(
+            hidden, attention_mask, start_layer, end_layer, context, context_mask, causal, return_all=return_all
+        )
+
+    def forward_layers(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        start: int = 0,
+        end: int | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
+        return_all: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run layers ``[start, end)`` on hidden states ``(B, L, D)``; ``final_norm`` applies when ``end`` is the top.
+
+        ``context`` (B, N, Dc) is attended to by the layers that have cross-attention;
+        layers with cross-attention run without it when ``context`` is None (BLIP's
+        unimodal text pass). Passing ``context`` to a range without cross-attention
+        is an error rather than silently ignored.
+        """
+        end = self.num_layers if end is None else end
+        if not 0 <= start <= end <= self.num_layers:
+            raise ValueError(f"layer range [{start}, {end}) is not within the encoder's {self.num_layers} layers")
+        if hidden.dim() != 3 or hidden.shape[-1] != self.dim:
+            raise ValueError(f"hidden: expected (B, L, {self.dim}), got {tuple(hidden.shape)}")
+        _check_mask(attention_mask, hidden, "attention_mask")
+        if context is not None:
+            if not any(self.layers[i].cross_attn is not None for i in range(start, end)):
+                raise ValueError(
+                    f"context given but layers [{start}, {end}) have no cross-attention "
+                    f"(cross_attention_from={self.cfg.cross_attention_from})"
+                )
+            if context.dim() != 3 or context.shape[0] != hidden.shape[0]:
+                raise ValueError(f"context: expected (B={hidden.shape[0]}, N, Dc), got {tuple(context.shape)}")
+            _check_mask(context_mask, context, "context_mask")
+        causal = self.cfg.causal if causal is None else causal
+        states = []
+        for layer in self.layers[start:end]:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, attention_mask, context, context_mask, causal, use_reentrant=False)
+            else:
+                hidden = layer(hidden, attention_mask, context, context_mask, causal)
+            if return_all:
+                states.append(hidden)
+        if end == self.num_layers:
+            hidden = self.final_norm(hidden)
+        return (hidden, states) if return_all else hidden
+
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, L, D) -> (B, D)`` by ``cfg.pooling`` (see :func:`pool_tokens`)."""
+        return pool_tokens(hidden, self.cfg.pooling, attention_mask, input_ids, self.cfg.eos_id)
+
+
+def pool_tokens(
+    hidden: torch.Tensor,
+    mode: str,
+    attention_mask: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    eos_id: int = -1,
+) -> torch.Tensor:
+    """Pool text tokens ``(B, L, D) -> (B, D)``.
+
+    ``cls``: the first token. ``mean``: mean over kept tokens. ``eos``: the first
+    occurrence of ``eos_id`` in ``input_ids`` when ``eos_id >= 0`` (CLIP's
+    end-of-text token), else the last kept token of the right-padded
+    ``attention_mask`` (BERT's ``[SEP]``).
+    """
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        _check_mask(attention_mask, hidden, "attention_mask")
+        return masked_mean(hidden, attention_mask)
+    if mode != "eos":
+        raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos' or 'mean'")
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if eos_id >= 0:
+        if input_ids is None:
+            raise ValueError("eos pooling with eos_id needs input_ids")
+        is_eos = input_ids == eos_id
+        if not bool(is_eos.any(dim=1).all()):
+            raise ValueError(f"eos pooling: some rows of input_ids lack the eos token id {eos_id}")
+        return hidden[rows, is_eos.int().argmax(dim=1)]
+    if attention_mask is None:
+        return hidden[:, -1]
+    _check_mask(attention_mask, hidden, "attention_mask")
+    last = attention_mask.long().sum(dim=1).clamp_min(1) - 1
+    return hidden[rows, last]
+
+
+def _check_mask(mask: torch.Tensor | None, x: torch.Tensor, name: str) -> None:
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a bool keep-mask (True = real token), got {mask.dtype}")
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f"{name}: expected shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+
+
+@part(TextConfig, "bert", BertTextEncoder)
+@dataclass
+class BertTextConfig(TextConfig):
+    """A BERT-family text encoder. Defaults are BERT-base; ``norm_first=True, causal=True,
+    final_norm=True, embed_norm=False, type_vocab_size=0, pooling='eos'`` describe CLIP's text tower."""
+
+    type: str = "bert"
+    vocab_size: int = 30522
+    dim: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    max_positions: int = 512
+    type_vocab_size: int = 2  # segment (token type / modality) table size; 0 = none
+    dropout: float = 0.1
+    attn_dropout: float | None = None  # attention-probability dropout; None = same as dropout
+    eps: float = 1e-12
+    act: str = "gelu"
+    norm_first: bool = False  # False = BERT post-norm blocks
+    causal: bool = False  # default causal masking (CLIP text tower, BLIP decoder)
+    pooling: Literal["cls", "eos", "mean"] = "cls"
+    eos_id: int = -1  # eos pooling: token id to pool at; -1 = last kept token
+    final_norm: bool = False  # LayerNorm after the last layer (pre-norm towers)
+    embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, CLIP no)
+    cross_attention_from: int = -1  # layers >= this index cross-attend to image tokens; -1 = none
+    context_dim: int | None = None  # width of the image tokens; None = dim
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "heads", "mlp_dim", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.layers < 0:  # layers: 0 = embeddings only (single-stream models fuse in the fusion stack)
+            raise ValueError(f"layers={self.layers}: must be >= 0")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size={self.type_vocab_size}: must be >= 0")
+        if not -1 <= self.cross_attention_from < self.layers:
+            raise ValueError(
+                f"cross_attention_from={self.cross_attention_from}: expected -1 or a layer in [0, {self.layers})"
+            )
+        if self.pooling not in ("cls", "eos", "mean"):
+            raise ValueError(f"pooling={self.pooling!r}: expected 'cls', 'eos' or 'mean'")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={value}: expected a probability in [0, 1)")
+        try:
+            activation(self.act)
+        except ValueError as err:
+            raise ValueError(f"act: {err}") from None

@@ -1,0 +1,331 @@
+"""BERT-style WordPiece tokenizer on the HF ``tokenizers`` library.
+
+Text is represented as ``[CLS] w1 .. wn [SEP]`` (a pair as ``[CLS] A [SEP] B [SEP]``
+with segment ids 0 / 1), the layout BERT-family vision-language models share.
+Ids equal those of transformers' ``BertTokenizerFast`` on the same vocabulary,
+including truncation (``longest_first``, keeping the final ``[SEP]``) and
+padding (``[PAD]``, segment 0, mask False).
+
+A *word* is a unit of BERT's pre-tokenizer: whitespace-separated text with each
+punctuation mark split off ("dog's" is three words: ``dog ' s``), which is what
+BERT's whole-word masking counts as a word.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tokenizers
+import torch
+from tokenizers import models, trainers
+
+from vlp.text.tokenizer_files import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    SPECIALS,
+    UNK,
+    bert_backend,
+    finish_backend,
+    load_backend,
+    save_backend,
+)
+
+
+@dataclass
+class TokenizedText:
+    """A padded batch of token ids; every field is ``(B, L)``.
+
+    ``input_ids`` long; ``attention_mask`` bool (True = real token, False = padding);
+    ``token_type_ids`` long segment ids; ``word_ids`` long: index of the word each
+    sub-word belongs to within its own sentence (a pair restarts at 0 for the
+    second sentence), -1 for ``[CLS]``, ``[SEP]`` and ``[PAD]``.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    word_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> TokenizedText:
+        return TokenizedText(*(t.to(device) for t in self._fields()))
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.input_ids, self.attention_mask, self.token_type_ids, self.word_ids)
+
+
+# Whole-string clean-up after decoding: the WordPiece decoder only sees one token at a time, so it cannot
+# rejoin "don ' t"; these are the contractions transformers' clean-up rejoins.
+_CLEANUP = ((" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def _text_list(texts: Any, name: str) -> list[str]:
+    """``texts`` as a list of strings; a bare string is refused (it would be split into characters)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name}: expected a list of strings, got one string; wrap it in a list: [{texts[:30]!r}]")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}]: expected a string, got {type(text).__name__} {text!r:.60}")
+    return texts
+
+
+class Tokenizer:
+    """WordPiece tokenizer with BERT normalization (lowercase, optionally strip accents).
+
+    Build one with :meth:`train` (from a caption corpus) or :meth:`load` (a
+    transformers checkpoint folder, ``vocab.txt`` or ``tokenizer.json``); call it on
+    a list of texts to get a :class:`TokenizedText`. Special-token ids are read
+    from the vocabulary, never assumed. Safe to share between threads and to pickle
+    into DataLoader workers.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer) -> None:
+        self._backend = finish_backend(backend, "tokenizer")
+        self._lock = threading.Lock()  # truncation is state on the backend; set + encode must not interleave
+        self._ids = {tok: self._backend.token_to_id(tok) for tok in SPECIALS}
+        self._special_ids = frozenset(self._ids.values())
+
+    # ----- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 8000,
+        min_frequency: int = 1,
+        lowercase: bool = True,
+        strip_accents: bool | None = None,
+    ) -> Tokenizer:
+        """Learn a WordPiece vocabulary of at most ``vocab_size`` tokens (specials included) from ``texts``.
+
+        ``strip_accents=None`` strips accents exactly when lowercasing (BERT's rule).
+        """
+        if vocab_size <= len(SPECIALS):
+            raise ValueError(f"vocab_size={vocab_size}: must exceed the {len(SPECIALS)} special tokens")
+        if min_frequency < 1:
+            raise ValueError(f"min_frequency={min_frequency}: must be >= 1")
+        count = 0
+
+        def checked() -> Iterator[str]:
+            nonlocal count
+            for text in texts:
+                if not isinstance(text, str):
+                    raise TypeError(f"texts[{count}]: expected a string, got {type(text).__name__}")
+                count += 1
+                yield text
+
+        backend = bert_backend(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase, strip_accents)
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIALS),
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        backend.train_from_iterator(checked(), trainer=trainer)
+        if count == 0 or backend.get_vocab_size() <= len(SPECIALS):
+            raise ValueError("cannot train a tokenizer: the corpus has no text")
+        return cls(backend)
+
+    @classmethod
+    def load(cls, path: str | Path, lowercase: bool | None = None) -> Tokenizer:
+        """Load a checkpoint folder (``tokenizer.json`` preferred, else ``vocab.txt``; ``do_lower_case`` read from
+        ``tokenizer_config.json``), a ``vocab.txt`` or a ``tokenizer.json``. ``lowercase`` overrides the files.
+
+        Raises ``FileNotFoundError`` for a missing path and ``ValueError`` (naming the path and what was
+        expected) for a file of the wrong kind.
+        """
+        return cls(load_backend(path, lowercase))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``tokenizer.json``, ``vocab.txt`` and ``tokenizer_config.json`` (loadable by vlp and transformers)."""
+        return save_backend(self._backend, folder)
+
+    # ----- vocabulary -------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids[PAD]
+
+    @property
+    def unk_id(self) -> int:
+        return self._ids[UNK]
+
+    @property
+    def cls_id(self) -> int:
+        return self._ids[CLS]
+
+    @property
+    def sep_id(self) -> int:
+        return self._ids[SEP]
+
+    @property
+    def mask_id(self) -> int:
+        return self._ids[MASK]
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (MLM never picks these as targets)."""
+        return self._special_ids
+
+    @property
+    def lowercase(self) -> bool:
+        return bool(getattr(self._backend.normalizer, "lowercase", False))
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (do not change its truncation; vlp sets it per call)."""
+        return self._backend
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._backend.get_vocab(with_added_tokens=True)
+
+    def normalize(self, text: str) -> str:
+        """``text`` after BERT normalization (cleaned, lowercased / accents stripped as configured)."""
+        return self._backend.normalizer.normalize_str(text)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        return [self._backend.id_to_token(i) for i in self._check_ids(ids)]
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of ``tokens``; a token outside the vocabulary maps to ``[UNK]``."""
+        out = []
+        for tok in tokens:
+            idx = self._backend.token_to_id(tok)
+            out.append(self.unk_id if idx is None else idx)
+        return out
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
+        """Rejoin word pieces (``##``) into text. ``skip_special`` drops ``[CLS] [SEP] [PAD] [MASK] [UNK]``.
+
+        Punctuation is re-attached (" ." -> ".", " ' s" -> "'s", as transformers'
+        ``clean_up_tokenization_spaces`` does), so a normalized caption round-trips;
+        spaced-out hyphens and quotes ("a - b", "' x '") do not.
+        """
+        text = self._backend.decode(self._check_ids(ids), skip_special_tokens=skip_special)
+        for spaced, joined in _CLEANUP:
+            text = text.replace(spaced, joined)
+        return text
+
+    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+        """Decode each row of a ``(B, L)`` id batch."""
+        return [self.decode(row, skip_special) for row in ids]
+
+    def _check_ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(
+                    f"expected a 1-D id sequence, got shape {tuple(ids.shape)}; use batch_decode for (B, L)"
+                )
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    # ----- encoding ---------------------------------------------------------------------------------------------
+    def _encode(self, inputs: list, max_length: int, add_special_tokens: bool) -> list[tokenizers.Encoding]:
+        with self._lock:
+            # The same call transformers makes for truncation=True: longest_first, right side, no stride.
+            self._backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+            try:
+                return self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            finally:
+                self._backend.no_truncation()
+
+    def __call__(
+        self,
+        texts: list[str],
+        max_length: int = 40,
+        padding: Literal["longest", "max_length"] = "longest",
+        pair: list[str] | None = None,
+    ) -> TokenizedText:
+        """Tokenize ``texts`` (and, with ``pair``, second segments) into ``(B, L)`` tensors.
+
+        ``L`` is the longest row (``padding="longest"``) or ``max_length``. Rows
+        longer than ``max_length`` are truncated keeping the final ``[SEP]``.
+        """
+        texts = _text_list(texts, "texts")
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
+        specials = 2 if pair is None else 3
+        if max_length < specials + 1:
+            raise ValueError(
+                f"max_length={max_length}: must leave room for {specials} special tokens and one word piece"
+            )
+        inputs: list = texts
+        if pair is not None:
+            pair = _text_list(pair, "pair")
+            if len(pair) != len(texts):
+                raise ValueError(f"pair has {len(pair)} texts but texts has {len(texts)}")
+            inputs = list(zip(texts, pair))
+        encodings = self._encode(inputs, max_length, add_special_tokens=True)
+        rows = [(e.ids, e.type_ids, [-1 if w is None else w for w in e.word_ids]) for e in encodings]
+        return self._collate(rows, max_length if padding == "max_length" else None)
+
+    def encode_tags(
+        self,
+        tag_lists: list[list[str]],
+        max_length: int = 20,
+        padding: Literal["longest", "max_length"] = "longest",
+    ) -> TokenizedText:
+        """Tokenize OSCAR object tags: ``tag1 tag2 .. [SEP]`` with segment id 1, no ``[CLS]``.
+
+        Following OSCAR, the tags of one image are joined by spaces into one text and
+        form the second segment of ``[CLS] caption [SEP] tags [SEP]``, so this output
+        is meant to be concatenated after a caption encoded by ``__call__``. Rows
+        are truncated (token-wise, as OSCAR does) to ``max_length`` including the
+        final ``[SEP]``; an image without tags still gets its ``[SEP]``, so every row
+        has a kept token. ``word_ids`` count the words of the joined tag text.
+        """
+        if isinstance(tag_lists, str):
+            raise TypeError("tag_lists: expected a list of tag lists, got one string")
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
+        if max_length < 2:
+            raise ValueError(f"max_length={max_length}: must leave room for [SEP] and one word piece")
+        joined = [" ".join(_text_list(tags, f"tag_lists[{i}]")) for i, tags in enumerate(tag_lists)]
+        encodings = self._encode(joined, max_length - 1, add_special_tokens=False)
+        rows = [
+            (e.ids + [self.sep_id], [1] * (len(e.ids) + 1), [-1 if w is None else w for w in e.word_ids] + [-1])
+            for e in encodings
+        ]
+        return self._collate(rows, max_length if padding == "max_length" else None)
+
+    def _collate(self, rows: list[tuple[list[int], list[int], list[int]]], pad_to: int | None) -> TokenizedText:
+        """Right-pad rows of (ids, segment ids, word ids) with ``[PAD]``, segment 0, word -1, mask False."""
+        length = pad_to if pad_to is not None else max((len(r[0]) for r in rows), default=0)
+        batch = len(rows)
+        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        types = torch.zeros((batch, length), dtype=torch.long)
+        words = torch.full((batch, length), -1, dtype=torch.long)
+        mask = torch.zeros((batch, length), dtype=torch.bool)
+        for i, (row_ids, row_types, row_words) in enumerate(rows):
+            n = len(row_ids)
+            ids[i, :n] = torch.tensor(row_ids, dtype=torch.long)
+            types[i, :n] = torch.tensor(row_types, dtype=torch.long)
+            words[i, :n] = torch.tensor(row_words, dtype=torch.long)
+            mask[i, :n] = True
+        return TokenizedText(ids, mask, types, words)
+
+    # ----- pickling (DataLoader workers) --------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, str]:
+        return {"backend": self._backend.to_str()}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(tokenizers.Tokenizer.from_str(state["backend"]))
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, lowercase={self.lowercase})"

@@ -1,0 +1,135 @@
+"""Guard rails of a long run: non-finite losses, out-of-memory, stop signals."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import torch
+
+_ID_KEYS = ("id", "sample_id", "question_id", "ann_id", "image_id", "key", "image")
+
+
+class TrainingAborted(RuntimeError):
+    """The run cannot go on; the message says why and what to do."""
+
+
+def sample_ids(meta: Sequence[Any] | None) -> list[str]:
+    """Identifiers of a batch's samples from its ``batch.meta`` list (``id``, ``image_id``, ...)."""
+    if not meta:
+        return []
+    ids = []
+    for item in meta:
+        if isinstance(item, dict):
+            key = next((k for k in _ID_KEYS if k in item), None)
+            ids.append(str(item[key]) if key else str(item)[:60])
+        else:
+            ids.append(str(item)[:60])
+    return ids
+
+
+class NonFiniteGuard:
+    """Counts optimizer steps skipped for a non-finite loss or gradient.
+
+    ``max_in_a_row`` consecutive bad steps abort the run: by then the weights
+    or the data are broken and more steps only waste compute.
+    """
+
+    def __init__(self, max_in_a_row: int) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.skipped = 0
+        self.in_a_row = 0
+        self.first_bad_step: int | None = None
+
+    def good(self) -> None:
+        self.in_a_row = 0
+        self.first_bad_step = None
+
+    def bad(self, step: int, samples: Sequence[str], rank: int = 0) -> str:
+        """Record a skipped step; raises :class:`TrainingAborted` at the limit. Returns a warning line."""
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.first_bad_step is None:
+            self.first_bad_step = step
+        shown = ", ".join(samples[:16]) + (f", ... ({len(samples)} in all)" if len(samples) > 16 else "")
+        where = f"samples on rank {rank}: {shown or '(batches carry no meta ids)'}"
+        if self.in_a_row >= self.max_in_a_row:
+            raise TrainingAborted(
+                f"loss or gradient was not finite for {self.in_a_row} steps in a row "
+                f"(steps {self.first_bad_step}..{step}); last bad step {step} had {where}. "
+                "Check those samples, lower optim.lr or raise schedule.warmup_steps, or use precision "
+                "fp32/bf16 instead of fp16; train.max_bad_steps sets the limit."
+            )
+        return f"step {step}: non-finite loss or gradient, step skipped ({self.in_a_row} in a row; {where})"
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row, "first_bad_step": self.first_bad_step or -1}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.skipped = int(state["skipped"])
+        self.in_a_row = int(state["in_a_row"])
+        first = int(state.get("first_bad_step", -1))
+        self.first_bad_step = None if first < 0 else first
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, (RuntimeError, MemoryError)) and (
+        isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+    )
+
+
+def out_of_memory_message(step: int, batch_size: int, grad_accum: int, err: BaseException) -> str:
+    return (
+        f"ran out of memory at step {step} with train.batch_size={batch_size} per rank ({err.__class__.__name__}: "
+        f"{str(err).splitlines()[0] if str(err) else ''}). Try a smaller train.batch_size with a larger "
+        f"train.grad_accum to keep the effective batch (e.g. batch_size={max(1, batch_size // 2)} "
+        f"grad_accum={grad_accum * 2}), train.grad_checkpointing=true, or precision=bf16. "
+        "Resume from the last checkpoint with --resume."
+    )
+
+
+class StopSignals:
+    """Turns the first SIGINT / SIGTERM into a request to checkpoint and stop.
+
+    The loop polls :attr:`requested` at each optimizer step (the engine agrees on
+    it across ranks). A second signal gives the default behaviour back, so a run
+    stuck in I/O can still be stopped at once. Only the main thread may install
+    handlers; elsewhere this is a no-op.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            self.restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
+        name = signal.Signals(signum).name
+        print(f"\n{name}: checkpointing after this step, then stopping (again to stop at once)", file=sys.stderr)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

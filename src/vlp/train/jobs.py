@@ -1,0 +1,170 @@
+"""What ``vlp pretrain`` and ``vlp finetune`` train: recipe -> (module, loader).
+
+A :class:`Job` is everything the :class:`~vlp.train.engine.Trainer` needs. The
+builders import the model, objectives, data and task packages lazily, so the
+engine itself depends on none of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlp.config import ConfigError, to_dict
+from vlp.train.checkpoint import CheckpointManager, load_safetensors
+from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+
+
+@dataclass
+class Job:
+    name: str  # default run folder: runs/<name>
+    module: nn.Module  # forward(batch) -> (loss, logs)
+    loader: Any  # iterable of batches with .to(device); ideally with state_dict()
+    train: TrainConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    recipe: dict[str, Any]  # plain data, saved as recipe.yaml and inside every checkpoint
+
+
+def load_tokenizer_for(recipe: Any, path: str | None = None) -> Any:
+    """The tokenizer named by ``path`` or the recipe's ``model.tokenizer``."""
+    path = path or getattr(recipe.model, "tokenizer", "")
+    if not path:
+        raise ConfigError(
+            "model.tokenizer: empty; set it to a tokenizer folder, tokenizer.json or vocab.txt "
+            "(train one with `vlp tokenizer train --input CAPTIONS --out DIR`) or pass --tokenizer"
+        )
+    from vlp.text import Tokenizer
+
+    try:
+        return Tokenizer.load(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.tokenizer: cannot load {path!r}: {err}") from err
+
+
+def build_pretraining_job(
+    recipe: Any, *, rank: int = 0, world_size: int = 1, tokenizer: Any = None, name: str | None = None
+) -> Job:
+    """Model from ``recipe.model``, its weighted ``objectives`` as one module, the ``data`` train split."""
+    from vlp.data import build_loader
+    from vlp.models.model import create_model
+    from vlp.objectives import Pretraining
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(recipe)
+    model = create_model(recipe)
+    module = Pretraining(model, recipe.objectives, tokenizer=tokenizer)
+    loader = build_loader(
+        recipe.data,
+        "train",
+        tokenizer,
+        recipe.train.batch_size,
+        num_workers=recipe.train.num_workers,
+        rank=rank,
+        world_size=world_size,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return Job(
+        name=name or recipe.model.name,
+        module=module,
+        loader=loader,
+        train=recipe.train,
+        optim=recipe.optim,
+        schedule=recipe.schedule,
+        recipe=to_dict(recipe),
+    )
+
+
+def _weights_file(path: Path) -> Path:
+    """``model.safetensors`` of a file, a model/checkpoint folder, or a run folder (newest valid checkpoint)."""
+    if path.is_file():
+        return path
+    if (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    checkpoint = CheckpointManager(path / "checkpoints").latest_valid(warn=lambda msg: print(f"warning: {msg}"))
+    if checkpoint is not None:
+        return checkpoint / "model.safetensors"
+    raise ConfigError(f"init: {path} holds no model.safetensors and no valid checkpoint")
+
+
+def load_init_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load pretrained weights into ``model`` non-strictly; returns (missing, unexpected) keys.
+
+    ``path`` may be a ``.safetensors`` file, a folder written by ``save_pretrained``,
+    a checkpoint folder or a run folder. Weights of a pretraining run are stored
+    under ``model.`` (the :class:`~vlp.objectives.Pretraining` wrapper); that prefix
+    is stripped and the wrapper's other parts (objective heads, momentum copy) are
+    left out. Missing keys are expected for new task heads; a shape mismatch is an error.
+    """
+    file = _weights_file(Path(path))
+    weights = load_safetensors(file)
+    own = model.state_dict()
+    if not any(k in own for k in weights) and any(k.startswith("model.") for k in weights):
+        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if bad:
+        raise ConfigError(f"init: {file}: shapes do not fit the model: {', '.join(bad[:5])}")
+    result = model.load_state_dict(weights, strict=False)
+    if not set(weights) & set(own):
+        raise ConfigError(f"init: {file}: no weight name matches the model (is it a checkpoint of another model?)")
+    return sorted(result.missing_keys), sorted(result.unexpected_keys)
+
+
+def build_finetuning_job(
+    data: dict[str, Any],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    init: str | None = None,
+    tokenizer: Any = None,
+    where: str = "task recipe",
+) -> Job:
+    """A task recipe: a recipe plus ``task: {type: ..., ...}`` and ``init: PRETRAINED``.
+
+    The task side comes from ``vlp.tasks.build_finetuning(task, recipe, model,
+    tokenizer, rank=, world_size=) -> (module, loader)``; the model is built from
+    the recipe and initialised from ``init`` (or ``--init``).
+    """
+    from vlp.models.model import create_model
+    from vlp.recipe import parse_recipe
+
+    data = copy.deepcopy(data)
+    task = data.pop("task", None)
+    init = init or data.pop("init", None)
+    data.pop("init", None)
+    if not isinstance(task, dict) or "type" not in task:
+        raise ConfigError(f"{where}.task: a task recipe needs a mapping with a 'type' (e.g. vqa, retrieval)")
+    builder = getattr(importlib.import_module("vlp.tasks"), "build_finetuning", None)
+    if builder is None:
+        raise ConfigError(f"{where}.task: this vlp has no task fine-tuning builder (vlp.tasks.build_finetuning)")
+    recipe = parse_recipe(data, where=where)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(recipe)
+    model = create_model(recipe)
+    if init:
+        missing, unexpected = load_init_weights(model, init)
+        if missing:
+            print(f"init: {len(missing)} weight(s) start fresh (new heads?): {', '.join(missing[:8])}")
+    module, loader = builder(task, recipe, model, tokenizer, rank=rank, world_size=world_size)
+    plain = to_dict(recipe)
+    plain.update(task=task, init=str(init) if init else None)
+    return Job(
+        name=f"{recipe.model.name}-{task['type']}",
+        module=module,
+        loader=loader,
+        train=recipe.train,
+        optim=recipe.optim,
+        schedule=recipe.schedule,
+        recipe=plain,
+    )
+
+
+__all__ = ["Job", "build_finetuning_job", "build_pretraining_job", "load_init_weights"]

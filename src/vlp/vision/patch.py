@@ -1,0 +1,197 @@
+"""Patch (ViT) visual encoder, type ``"patch"``: ViT, CLIP-ViT, and ViLT's embeddings-only variant.
+
+Images ``(B, 3, H, W)`` are cut into ``patch_size`` squares by a strided conv,
+optionally prefixed by a learned [CLS] token, given learned or fixed 2-D sin-cos
+position embeddings, and (if ``layers > 0``) run through a pre-norm transformer.
+``layers: 0`` keeps only the embeddings; ViLT lets its fusion transformer do the rest.
+
+Parameter names follow timm's VisionTransformer so checkpoint import is a rename:
+
+==================  ==========================  ==============================
+vlp                 timm ViT                    OpenAI / OpenCLIP ``visual.``
+==================  ==========================  ==============================
+patch_embed         patch_embed.proj            conv1 (``patch_bias: false``)
+cls_token (1,1,D)   cls_token                   class_embedding (D,)
+pos_embed (1,N,D)   pos_embed                   positional_embedding (N, D)
+norm_pre            norm_pre                    ln_pre (``pre_norm: true``)
+transformer.layers  blocks (qkv/proj/fc1/fc2)   transformer.resblocks (in_proj/out_proj/c_fc/c_proj)
+norm                norm                        ln_post
+==================  ==========================  ==============================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vlp.config import ConfigError, part
+from vlp.data.batch import Batch
+from vlp.layers.block import Transformer
+from vlp.layers.positions import grid_positions, pair, resize_grid_embedding, sincos_2d
+from vlp.models.outputs import VisualTokens
+from vlp.vision.base import VisualEncoder, grid_token_positions, images_of
+from vlp.vision.config import VisionConfig
+
+ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh", "relu")
+
+
+@dataclass
+class PatchConfig(VisionConfig):
+    """A ViT image tower. ``mlp_dim: 0`` means ``4 * dim``; ``layers: 0`` = embeddings only."""
+
+    type: str = "patch"
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    dim: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 0
+    act: str = "gelu"  # gelu | quick_gelu (OpenAI CLIP) | gelu_tanh | relu
+    cls_token: bool = True
+    pos: Literal["learned", "sincos"] = "learned"
+    pre_norm: bool = False  # LayerNorm on the embeddings before the blocks (CLIP's ln_pre)
+    final_norm: bool = True  # LayerNorm after the blocks (ViT's norm, CLIP's ln_post)
+    patch_bias: bool = True  # CLIP's conv1 has no bias
+    eps: float = 1e-6
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        height, width = pair(self.image_size, "image_size")
+        if self.patch_size <= 0 or height % self.patch_size or width % self.patch_size:
+            raise ConfigError(
+                f"patch.image_size {self.image_size} must be a multiple of patch.patch_size {self.patch_size}"
+            )
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"patch.act: expected one of {list(ACTIVATIONS)}, got {self.act!r}")
+        if self.layers < 0:
+            raise ConfigError(f"patch.layers: expected >= 0, got {self.layers}")
+        if self.layers and self.dim % self.heads:
+            raise ConfigError(f"patch.dim {self.dim} is not divisible by patch.heads {self.heads}")
+        if self.pos == "sincos" and self.dim % 4:
+            raise ConfigError(f"patch.dim {self.dim} must be divisible by 4 for pos: sincos")
+
+
+class PatchEncoder(VisualEncoder):
+    """ViT encoder: ``forward(batch_or_images (B, 3, H, W)) -> VisualTokens``.
+
+    Returns tokens ``(B, prefix + h*w, D)`` batch-first with ``h = H / patch_size``,
+    ``w = W / patch_size``, a keep-mask ``(B, N)`` that is all ``True``, and positions
+    ``(B, N, 2)``: the normalized ``(row, col)`` centre of each patch in ``(0, 1)``
+    (see :func:`vlp.layers.positions.grid_positions`), and ``(-1, -1)`` for [CLS].
+    Images of another size than ``config.image_size`` get bicubic-resized learned
+    position embeddings (or freshly computed sin-cos ones).
+    """
+
+    def __init__(self, config: PatchConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dim = config.dim
+        self.patch_size = config.patch_size
+        self.grid_size = self._grid_of(pair(config.image_size, "image_size"))
+        self.num_prefix_tokens = 1 if config.cls_token else 0
+        self.patch_embed = nn.Conv2d(
+            config.in_channels, config.dim, config.patch_size, stride=config.patch_size, bias=config.patch_bias
+        )
+        if config.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        else:
+            self.register_parameter("cls_token", None)
+        self._set_pos_embed(self._initial_pos_embed(self.grid_size))
+        self.pos_drop = nn.Dropout(config.dropout)
+        self.norm_pre = nn.LayerNorm(config.dim, eps=config.eps) if config.pre_norm else nn.Identity()
+        self.transformer = (
+            Transformer(
+                config.dim,
+                config.layers,
+                config.heads,
+                mlp_dim=config.mlp_dim or 4 * config.dim,
+                norm_first=True,
+                act=config.act,
+                dropout=config.dropout,
+                attn_dropout=config.attn_dropout,
+                eps=config.eps,
+            )
+            if config.layers
+            else None
+        )
+        self.norm = nn.LayerNorm(config.dim, eps=config.eps) if config.final_norm else nn.Identity()
+
+    def _grid_of(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        return image_hw[0] // self.patch_size, image_hw[1] // self.patch_size
+
+    def _initial_pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        if self.config.pos == "sincos":
+            return sincos_2d(grid, self.dim, num_prefix_tokens=self.num_prefix_tokens).unsqueeze(0)
+        table = torch.zeros(1, self.num_prefix_tokens + grid[0] * grid[1], self.dim)
+        return nn.init.trunc_normal_(table, std=0.02)
+
+    def _set_pos_embed(self, table: torch.Tensor) -> None:
+        """Learned tables are parameters; fixed sin-cos ones are buffers not saved in checkpoints."""
+        if hasattr(self, "pos_embed"):
+            delattr(self, "pos_embed")
+        if self.config.pos == "learned":
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """``(1, prefix + h*w, D)`` position embeddings for an ``h x w`` patch grid."""
+        if grid == self.grid_size:
+            return self.pos_embed
+        if self.config.pos == "sincos":
+            table = sincos_2d(grid, self.dim, num_prefix_tokens=self.num_prefix_tokens)
+            return table.to(self.pos_embed.device).unsqueeze(0)
+        return resize_grid_embedding(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
+
+    @torch.no_grad()
+    def resize_positions(self, new_image_size: int | tuple[int, int]) -> None:
+        """Permanently switch to ``new_image_size`` (e.g. fine-tuning at 384 after pretraining at 224).
+
+        The learned grid is bicubic-resized (the [CLS] position is kept); ``config.image_size``
+        is updated so that a saved config matches the saved weights. Call this before
+        building the optimizer: the learned table becomes a new parameter.
+        """
+        image_hw = pair(new_image_size, "new_image_size")
+        self.config = dataclasses.replace(self.config, image_size=new_image_size)  # re-validates divisibility
+        grid = self._grid_of(image_hw)
+        old = self.pos_embed
+        table = self.position_embedding(grid).detach().clone()
+        self.grid_size = grid
+        self._set_pos_embed(table.to(device=old.device, dtype=old.dtype))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if self.transformer is not None:
+            self.transformer.grad_checkpointing = enable
+
+    def forward(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
+        images = images_of(batch_or_images, "patch encoder", self.config.in_channels)
+        batch, _, height, width = images.shape
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"patch encoder: image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
+            )
+        x = self.patch_embed(images)  # (B, D, h, w)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D), raster order
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.to(x.dtype).expand(batch, -1, -1), x], dim=1)
+        x = x + self.position_embedding(grid).to(x.dtype)
+        x = self.norm_pre(self.pos_drop(x))
+        if self.transformer is not None:
+            x = self.transformer(x)
+        x = self.norm(x)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        positions = grid_token_positions(grid_positions(grid, x.device), batch, self.num_prefix_tokens)
+        return VisualTokens(tokens=x, mask=mask, positions=positions)
+
+
+part(VisionConfig, "patch", PatchEncoder)(PatchConfig)
+
+__all__ = ["PatchConfig", "PatchEncoder"]

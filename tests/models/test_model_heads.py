@@ -1,0 +1,78 @@
+"""Heads: the registry, BERT's tied prediction head, region heads on a region encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlp import Batch
+from vlp.config import ConfigError, from_dict
+from vlp.models.config import ModelConfig
+from vlp.models.heads import HEADS, HeadContext, build_heads, validate_heads
+from vlp.models.model import VisionLanguageModel
+
+
+def test_registry_validates_names_and_options():
+    assert set(HEADS) == {"itm", "mlm", "mrc", "mrfr", "vqa", "box", "lm"}
+    opts = validate_heads({"itm": {}, "vqa": {"num_answers": 3, "hidden": 10}})
+    assert opts["vqa"].num_answers == 3 and opts["vqa"].hidden == 10
+    with pytest.raises(
+        ConfigError, match=r"model.heads.vqa.num_answer: unknown key; allowed keys: hidden, num_answers"
+    ):
+        validate_heads({"vqa": {"num_answer": 3}})
+    with pytest.raises(ConfigError, match="model.heads.itc: unknown head; allowed: box, itm, lm, mlm, mrc, mrfr, vqa"):
+        validate_heads({"itc": {}})
+
+
+def test_mlm_head_is_bert_prediction_head_tied_to_word_embeddings():
+    torch.manual_seed(0)
+    words = torch.nn.Embedding(11, 6)
+    heads = build_heads(
+        {"mlm": {}, "itm": {}, "vqa": {"num_answers": 4}}, HeadContext(pooled_dim=8, text_dim=8, word_embeddings=words)
+    )
+    mlm = heads["mlm"]
+    assert mlm.decoder.weight is words.weight
+    torch.nn.init.normal_(mlm.bias)
+    x = torch.randn(2, 3, 8)
+    h = F.layer_norm(F.gelu(x @ mlm.dense.weight.T + mlm.dense.bias), (6,), mlm.norm.weight, mlm.norm.bias, 1e-12)
+    torch.testing.assert_close(mlm(x), h @ words.weight.T + mlm.bias)
+    assert heads["itm"](torch.randn(5, 8)).shape == (5, 2)
+    vqa = heads["vqa"]
+    assert [type(m).__name__ for m in vqa] == ["Linear", "LayerNorm", "GELU", "Linear"] and vqa[0].out_features == 16
+    untied = build_heads({"mlm": {"tie": False}}, HeadContext(text_dim=8, word_embeddings=words))["mlm"]
+    assert untied.decoder.weight is not words.weight
+
+
+def test_region_heads_on_a_single_stream_region_model():
+    cfg = from_dict(
+        ModelConfig,
+        {
+            "text": {
+                "type": "bert",
+                "vocab_size": 40,
+                "dim": 16,
+                "layers": 0,
+                "heads": 2,
+                "mlp_dim": 32,
+                "max_positions": 16,
+            },
+            "vision": {"type": "region", "feature_dim": 10, "dim": 16, "heads": 2, "dropout": 0.0},
+            "fusion": {"type": "single_stream", "dim": 16, "layers": 1, "heads": 2, "norm_first": False, "eps": 1e-12},
+            "heads": {"mrc": {"num_classes": 9}, "mrfr": {}, "itm": {}},
+        },
+        "model",
+    )
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg)
+    b = Batch(
+        input_ids=torch.randint(5, 40, (2, 4)),
+        attention_mask=torch.ones(2, 4, dtype=torch.bool),
+        region_features=torch.randn(2, 3, 10),
+        region_boxes=torch.tensor([[0.1, 0.1, 0.5, 0.5]]).repeat(2, 3, 1),
+        region_mask=torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+    )
+    out = model(b)
+    fused = model.fuse(out.text, out.text_mask, out.image)
+    assert model.heads["mrc"](fused.image).shape == (2, 3, 9)
+    assert model.heads["mrfr"](fused.image).shape == (2, 3, 10)  # regresses the detector features

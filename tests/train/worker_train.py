@@ -1,0 +1,61 @@
+"""Runs the toy training job in its own process (for SIGKILL/SIGTERM and torchrun tests).
+
+usage: python worker_train.py RUN_DIR [--steps N] [--batch-size B] [--delay S] [--dropout P]
+       [--checkpoint-every K] [--distributed ddp|fsdp] [--resume] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from toy_train import run_toy  # noqa: E402
+
+from vlp.train.distributed import cleanup, init_distributed  # noqa: E402
+from vlp.train.guards import TrainingAborted  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--distributed", default="ddp")
+    parser.add_argument("--ema", type=float, default=0.0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # same kernels as the in-process runs it is compared with
+    info = init_distributed("cpu")
+    try:
+        result, _ = run_toy(
+            args.run_dir,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            delay=args.delay,
+            dropout=args.dropout,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            train={"checkpoint_every": args.checkpoint_every, "distributed": args.distributed, "ema_decay": args.ema},
+            dist=info,
+        )
+    except TrainingAborted as err:
+        print(f"aborted: {err}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+    print(json.dumps(result.to_dict()))
+    return 143 if result.stopped_by == "SIGTERM" else 130 if result.stopped_by else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
