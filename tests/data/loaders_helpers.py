@@ -28,9 +28,26 @@ def write_png(path: Path, size: tuple[int, int] = (32, 24), color: tuple[int, in
     return path
 
 
+def patterned(size: tuple[int, int], i: int) -> Image.Image:
+    """An image whose every crop and flip looks different: a gradient plus a square in image i's colour."""
+    w, h = size
+    x = np.linspace(0, 255, w)[None, :, None]
+    y = np.linspace(0, 255, h)[:, None, None]
+    pixels = np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)), np.full((h, w, 1), 90)], 2)
+    image = Image.fromarray(pixels.astype(np.uint8))
+    image.paste(color_of(i), (w // 5, h // 4, w // 2, h // 2))
+    return image
+
+
 def jpeg_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30), quality: int = 95) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
 
 
@@ -52,7 +69,7 @@ def webdataset_samples(start: int, count: int, size: tuple[int, int] = (16, 16))
         key = f"{n:09d}"
         meta = {"key": key, "caption": f"caption {n}", "width": size[0], "height": size[1], "url": "", "image_id": n}
         members += [
-            (f"{key}.jpg", jpeg_bytes(size, color_of(n))),
+            (f"{key}.jpg", _jpeg(patterned(size, n))),
             (f"{key}.txt", f"caption {n}".encode()),
             (f"{key}.json", json.dumps(meta).encode()),
         ]
@@ -63,7 +80,8 @@ def write_manifest(root: Path, count: int, name: str = "manifest_train.jsonl") -
     """``count`` good images with two captions each, as a JSONL manifest."""
     lines = []
     for i in range(count):
-        write_png(root / "images" / f"{i:03d}.png", color=color_of(i))
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        patterned((32, 24), i).save(root / "images" / f"{i:03d}.png")
         lines.append(json.dumps({"image": f"{i:03d}.png", "captions": [f"photo {i} a", f"photo {i} b"], "image_id": i}))
     path = root / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -37,9 +37,15 @@ def torch_reference(fusion: SingleStreamFusion, text, text_mask, image: VisualTo
     keep = torch.cat([text_mask, image.mask], 1)
     for block in fusion.encoder.layers:
         ref = nn.TransformerEncoderLayer(
-            D, HEADS, 4 * D, dropout=0.0, activation="gelu", batch_first=True,
-            norm_first=fusion.cfg.norm_first, layer_norm_eps=1e-6,
-        ).eval()  # fmt: skip
+            D,
+            HEADS,
+            4 * D,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=fusion.cfg.norm_first,
+            layer_norm_eps=1e-6,
+        ).eval()
         with torch.no_grad():
             ref.self_attn.in_proj_weight.copy_(block.attn.qkv.weight)
             ref.self_attn.in_proj_bias.copy_(block.attn.qkv.bias)

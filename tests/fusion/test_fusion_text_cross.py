@@ -14,9 +14,16 @@ from vlp.text import BertTextConfig, BertTextEncoder
 def encoder(cross_from: int) -> BertTextEncoder:
     torch.manual_seed(0)
     cfg = BertTextConfig(
-        vocab_size=50, dim=16, layers=4, heads=2, mlp_dim=32, max_positions=16, dropout=0.0,
-        cross_attention_from=cross_from, context_dim=12,
-    )  # fmt: skip
+        vocab_size=50,
+        dim=16,
+        layers=4,
+        heads=2,
+        mlp_dim=32,
+        max_positions=16,
+        dropout=0.0,
+        cross_attention_from=cross_from,
+        context_dim=12,
+    )
     return BertTextEncoder(cfg).eval()
 
 

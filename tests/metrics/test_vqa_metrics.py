@@ -78,7 +78,9 @@ def test_contraction_table_is_the_official_one():
 def test_vqa_score_overall_and_per_type():
     preds = ["yes", "two", "red"]
     gts = [["yes"] * 10, answers(2), ["blue"] * 10]
-    out = vqa_score(preds, gts, question_types=["is the", "how many", "what color"], answer_types=["yes/no", "number", "other"])
+    out = vqa_score(
+        preds, gts, question_types=["is the", "how many", "what color"], answer_types=["yes/no", "number", "other"]
+    )
     assert out["overall"] == pytest.approx(100 * (1.0 + 0.6 + 0.0) / 3)
     assert out["per_answer_type"] == pytest.approx({"yes/no": 100.0, "number": 60.0, "other": 0.0})
     assert out["per_question_type"]["how many"] == pytest.approx(60.0)

@@ -45,8 +45,15 @@ def test_albef_tiny_forward_backward():
     (itc + itm + mlm).backward()
     grads = grads_of(model)
     # every part took part: the ViT, the unimodal and the cross-attention text layers, the heads
-    for name in ["vision.patch_embed.weight", "text.layers.0.attn.qkv.weight", "text.layers.3.cross_attn.q.weight",
-                 "heads.itm.weight", "heads.mlm.bias", "logit_scale", "text_proj.weight"]:  # fmt: skip
+    for name in [
+        "vision.patch_embed.weight",
+        "text.layers.0.attn.qkv.weight",
+        "text.layers.3.cross_attn.q.weight",
+        "heads.itm.weight",
+        "heads.mlm.bias",
+        "logit_scale",
+        "text_proj.weight",
+    ]:
         assert name in grads and torch.isfinite(grads[name]).all() and grads[name].abs().sum() > 0, name
     # the encode_* paths are the ones forward used
     torch.testing.assert_close(model.encode_text(b.input_ids, b.attention_mask), out.text_embed)
@@ -110,3 +117,24 @@ def test_create_model_overrides_and_errors():
         vlp.create_model("vilt-tiny", **{"model.text.dim": 16})
     with pytest.raises(ConfigError, match="model.embed_dim > 0 needs both"):
         VisionLanguageModel(ModelConfig(embed_dim=8))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = vlp.create_model("albef-tiny").train()
+    b = batch()
+
+    def grads():
+        model.zero_grad()
+        out = model(b)
+        fused = model.fuse(out.text, out.text_mask, out.image)
+        (fused.pooled.square().sum() + out.text_embed.sum() + out.image_embed.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.text.grad_checkpointing and model.vision.transformer.grad_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)

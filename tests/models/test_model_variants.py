@@ -134,10 +134,18 @@ def test_meter_co_attention_with_both_poolers_sizes_its_heads():
     model = model_of(
         text={**TEXT, "layers": 1},
         vision={**PATCH, "layers": 1, "dim": 24, "heads": 2},
-        fusion={"type": "co_attention", "text_dim": 16, "image_dim": 8, "image_in_dim": 24, "layers": 1,
-                "heads": 2, "order": "self_first", "pooling": "both"},
+        fusion={
+            "type": "co_attention",
+            "text_dim": 16,
+            "image_dim": 8,
+            "image_in_dim": 24,
+            "layers": 1,
+            "heads": 2,
+            "order": "self_first",
+            "pooling": "both",
+        },
         heads={"itm": {}, "vqa": {"num_answers": 7}, "box": {}, "mrc": {"num_classes": 5}, "mlm": {}},
-    )  # fmt: skip
+    )
     out = model(batch())
     fused = model.fuse(out.text, out.text_mask, out.image)
     assert fused.pooled.shape == (2, 24)
@@ -148,16 +156,16 @@ def test_meter_co_attention_with_both_poolers_sizes_its_heads():
 
 
 def test_model_config_errors():
+    text1, text2 = {**TEXT, "layers": 1}, {**TEXT, "layers": 2}
     with pytest.raises(ConfigError, match="model.heads.mrc: needs fused image tokens"):
-        model_of(text={**TEXT, "layers": 1}, vision={**PATCH, "layers": 0}, fusion={"type": "none"},
-                 embed_dim=4, heads={"mrc": {"num_classes": 3}})  # fmt: skip
+        model_of(text=text1, vision=PATCH, fusion={"type": "none"}, embed_dim=4, heads={"mrc": {"num_classes": 3}})
     with pytest.raises(ConfigError, match="model.heads.lm: needs a text decoder"):
-        model_of(text={**TEXT, "layers": 1}, heads={"lm": {}})
+        model_of(text=text1, heads={"lm": {}})
     with pytest.raises(ConfigError, match="model.vision.dim is 16; set model.text.context_dim: 16"):
-        model_of(text={**TEXT, "layers": 2, "cross_attention_from": 1, "context_dim": 8}, vision={**PATCH, "layers": 0},
-                 fusion={"type": "text_cross", "from_layer": 1})  # fmt: skip
+        cross = {**text2, "cross_attention_from": 1, "context_dim": 8}
+        model_of(text=cross, vision=PATCH, fusion={"type": "text_cross", "from_layer": 1})
     with pytest.raises(ConfigError, match="decoder layer 0 has cross-attention but text layer 0 has none"):
-        model_of(text={**TEXT, "layers": 2, "cross_attention_from": 1}, decoder={**TEXT, "layers": 2, "cross_attention_from": 0},
-                 decoder_share="all_but_self_attention")  # fmt: skip
+        text, decoder = {**text2, "cross_attention_from": 1}, {**text2, "cross_attention_from": 0}
+        model_of(text=text, decoder=decoder, decoder_share="all_but_self_attention")
     with pytest.raises(RuntimeError, match="has no decoder part"):
-        model_of(text={**TEXT, "layers": 1}).decode(torch.ones(1, 2, dtype=torch.long), None, None)
+        model_of(text=text1).decode(torch.ones(1, 2, dtype=torch.long), None, None)

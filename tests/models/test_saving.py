@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 
 import vlp
@@ -127,8 +128,17 @@ def test_overwrite_is_refused_unless_asked(tmp_path):
 
 
 def test_blip_shared_modules_survive_a_round_trip(tmp_path):
-    text = {"type": "bert", "vocab_size": 50, "dim": 16, "layers": 2, "heads": 2, "mlp_dim": 32,
-            "max_positions": 16, "dropout": 0.0, "cross_attention_from": 0}  # fmt: skip
+    text = {
+        "type": "bert",
+        "vocab_size": 50,
+        "dim": 16,
+        "layers": 2,
+        "heads": 2,
+        "mlp_dim": 32,
+        "max_positions": 16,
+        "dropout": 0.0,
+        "cross_attention_from": 0,
+    }
     cfg = {
         "model": {
             "text": text,
@@ -141,8 +151,11 @@ def test_blip_shared_modules_survive_a_round_trip(tmp_path):
     }
     torch.manual_seed(0)
     model = vlp.create_model(cfg).eval()
+    model.recipe = None  # a bare model: only its config is saved
     folder = vlp.save_pretrained(model, tmp_path / "blip")
+    assert list(yaml.safe_load((folder / RECIPE_NAME).read_text())) == ["model"]
     loaded = vlp.load(folder)
+    assert loaded.recipe is None and loaded.cfg == model.cfg
     assert loaded.decoder.layers[1].mlp is loaded.text.layers[1].mlp
     ids, images = torch.randint(5, 50, (2, 6)), torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -9,6 +9,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # the toy model helper module ne
 from objectives_toy_model import ToyModel, toy_batch  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and kindest to a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def toy_model() -> ToyModel:
     torch.manual_seed(0)

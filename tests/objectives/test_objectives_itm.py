@@ -35,13 +35,18 @@ def test_sampler_with_peaked_similarity_picks_the_hardest() -> None:
 
 
 def test_hard_sampling_follows_the_softmax() -> None:
-    positive = positive_mask(3, None, torch.device("cpu"))
-    scores = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    g = torch.Generator().manual_seed(0)
-    picks = torch.stack([sample_negatives(scores, positive, g)[0][0] for _ in range(1500)])
-    # row 0: columns 1 and 2 with probabilities e/(e+1) and 1/(e+1)
-    assert (picks == 1).float().mean().item() == pytest.approx(torch.e / (torch.e + 1), abs=0.04)
-    assert not (picks == 0).any()
+    # 500 independent 3-sample groups in one call: "positives" are everything outside a row's group
+    # (and the row itself), so each row draws one of its 2 partners: the favoured one (score 1) with
+    # probability e / (e + 1), the other (score 0) with 1 / (e + 1)
+    groups = 500
+    group = torch.arange(3 * groups) // 3
+    positive = (group[:, None] != group[None, :]) | torch.eye(3 * groups, dtype=torch.bool)
+    favoured = group * 3 + (torch.arange(3 * groups) + 1) % 3
+    scores = torch.zeros(3 * groups, 3 * groups)
+    scores[torch.arange(3 * groups), favoured] = 1.0
+    picks, valid = sample_negatives(scores, positive, torch.Generator().manual_seed(0))
+    assert valid.all() and (group[picks] == group).all() and (picks != torch.arange(3 * groups)).all()
+    assert (picks == favoured).float().mean().item() == pytest.approx(torch.e / (torch.e + 1), abs=0.04)
 
 
 def test_rows_without_a_negative_are_not_valid() -> None:

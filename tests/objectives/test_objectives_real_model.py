@@ -139,3 +139,26 @@ def test_lm_on_a_blip_like_decoder() -> None:
     assert logs["loss_lm"] == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert model.decoder.layers[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_mlm_masks_oscar_tags_joined_by_the_model() -> None:
+    from vlp.config import ConfigError
+
+    model = region_model()
+    model.cfg.use_tags = True
+    batch = region_batch().replace(tag_ids=torch.tensor([[30, 31, Tok.sep_id]] * 4), tag_mask=torch.ones(4, 3).bool())
+    outputs = model(batch)
+    assert outputs.extra["input_ids"].shape == (4, 11)  # caption + tags
+    ((_, mlm),) = build_objectives({"mlm": {"prob": 0.9, "seed": 0}}, tokenizer=Tok()).values()
+    masked, labels = mlm.mask(
+        outputs.extra["input_ids"], outputs.extra["attention_mask"], None, torch.Generator().manual_seed(0)
+    )
+    joined = outputs.extra["input_ids"]
+    tags = (outputs.extra["token_type_ids"] == 1) & (joined != Tok.sep_id)
+    assert tags.sum() == 8 and (labels[tags] != -100).any()  # tag tokens are masked too (OSCAR)
+    assert torch.equal(labels[labels != -100], joined[labels != -100])
+    loss, _ = mlm(outputs, batch)
+    assert torch.isfinite(loss)
+    ((_, whole),) = build_objectives({"mlm": {"strategy": "whole_word"}}, tokenizer=Tok()).values()
+    with pytest.raises(ConfigError, match="word_ids.*strategy: random"):
+        whole(outputs, batch)

@@ -130,13 +130,18 @@ def decode_image(
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError("decompression_bomb", f"{width}x{height} exceeds max_image_pixels={max_pixels}")
-            orientation = _orientation(image)
-            full_size = (height, width) if orientation in _SWAPS_AXES else (width, height)
+            orientation = None
             if draft_size is not None and image.format == "JPEG":
+                # a JPEG's EXIF block is parsed with the header; for other formats reading it may decode
+                # the pixels (PNG), so it waits until after load() where decoding errors surface
+                orientation = _orientation(image)
                 want = (draft_size[1], draft_size[0]) if orientation in _SWAPS_AXES else draft_size
                 # draft picks the largest 1/2^k reduction that keeps both sides >= want
                 image.draft("RGB" if image.mode in ("RGB", "YCbCr") else image.mode, want)
             image.load()
+            if orientation is None:
+                orientation = _orientation(image)
+            full_size = (height, width) if orientation in _SWAPS_AXES else (width, height)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:

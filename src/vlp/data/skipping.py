@@ -39,11 +39,13 @@ REASONS = (
 class SampleError(ValueError):
     """A bad sample met in ``strict`` mode; the message names the file and the reason."""
 
-    def __init__(self, source: str, reason: str, detail: str = "") -> None:
+    def __init__(self, source: str, reason: str = "", detail: str = "") -> None:
         self.source = source
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        # one-argument form: how DataLoader re-raises a worker's exception in the main process
+        message = f"{source}: {reason}" + (f" ({detail})" if detail else "") if reason else source
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

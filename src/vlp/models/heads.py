@@ -12,6 +12,7 @@ name        input                           output
 ``mrfr``    fused image ``(..., Dv)``       regressed region features ``(..., F)``
 ``vqa``     pooled ``(B, P)``               answer logits ``(B, A)``
 ``box``     pooled ``(B, P)``               box ``(B, 4)`` normalized ``(x1, y1, x2, y2)``
+``rank``    pooled ``(B, P)``               retrieval score ``(B, 1)`` (ViLT)
 ``lm``      decoder states ``(..., Dd)``    vocabulary logits ``(..., V)``
 ==========  ==============================  =========================================
 """
@@ -196,6 +197,16 @@ def _vqa(cfg: VQAHeadConfig, ctx: HeadContext) -> nn.Module:
     hidden = cfg.hidden or 2 * dim
     # ViLT's classifier: Linear -> LayerNorm -> GELU -> Linear
     return nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, cfg.num_answers))
+
+
+@dataclass
+class RankHeadConfig:
+    """Image-text retrieval score: ``Linear(P, 1)`` on the pooled output (ViLT's ``rank_output``; no options)."""
+
+
+@register_head("rank", RankHeadConfig)
+def _rank(cfg: RankHeadConfig, ctx: HeadContext) -> nn.Module:
+    return nn.Linear(_need(ctx.pooled_dim, "rank", "a fusion module (pooled output)"), 1)
 
 
 class BoxHead(nn.Module):

@@ -57,7 +57,8 @@ def logs_to_floats(logs: dict[str, Any]) -> dict[str, float]:
     keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
     out = {k: float(v) for k, v in logs.items() if not isinstance(v, torch.Tensor)}
     if keys:
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        device = logs[keys[0]].device
+        values = torch.stack([logs[k].detach().float().reshape(()).to(device) for k in keys]).cpu().tolist()
         out.update(zip(keys, values))
     return out
 

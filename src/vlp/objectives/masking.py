@@ -29,7 +29,7 @@ def maskable_positions(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     word_ids: torch.Tensor | None = None,
-    special_ids: Sequence[int] = (),
+    special_ids: Sequence[int] | torch.Tensor = (),
 ) -> torch.Tensor:
     """``(B, L)`` bool: real tokens that may be masked.
 
@@ -42,7 +42,7 @@ def maskable_positions(
     if word_ids is not None:
         keep &= word_ids >= 0
     if len(special_ids):
-        keep &= ~torch.isin(input_ids, torch.as_tensor(list(special_ids), device=input_ids.device))
+        keep &= ~torch.isin(input_ids, torch.as_tensor(special_ids, device=input_ids.device))
     if word_ids is None and not len(special_ids):
         lengths = attention_mask.long().sum(1)
         keep[:, 0] = False
@@ -108,45 +108,42 @@ def select_spans(
     expected number of masked tokens stays ``prob * n`` although words are whole.
     """
     batch, length = word_ids.shape
-    starts = (word_starts(word_ids) & maskable).cpu()
-    ids_cpu, maskable_cpu = word_ids.cpu(), maskable.cpu()
+    # plain Python lists: the loop below touches single elements, which is slow on tensors
+    starts = (word_starts(word_ids) & maskable).tolist()
+    ids, keep = word_ids.tolist(), maskable.tolist()
     tries = max(4, 2 * length)  # random draws prepared per row; masking stops when they run out
-    draws = uniform((batch, 2 * tries + 1), word_ids.device, generator).cpu()
-    lengths = sample_span_lengths(batch * tries, p, max_span, generator).view(batch, tries)
-    selected = torch.zeros(batch, length, dtype=torch.bool)
+    draws = uniform((batch, 2 * tries + 1), word_ids.device, generator).tolist()
+    lengths = sample_span_lengths(batch * tries, p, max_span, generator).view(batch, tries).tolist()
+    selected = [[False] * length for _ in range(batch)]
     for b in range(batch):
-        first = torch.nonzero(starts[b]).squeeze(1).tolist()
-        if not first:
-            continue
-        # token range of each word: from its start to the next start (or the end of its run of equal word ids)
+        # token range [s, e) of each word: its start and the following pieces of the same word id
         words = []
-        for s in first:
+        for s in (t for t in range(length) if starts[b][t]):
             e = s + 1
-            while e < length and ids_cpu[b, e] == ids_cpu[b, s] and maskable_cpu[b, e] and not starts[b, e]:
+            while e < length and ids[b][e] == ids[b][s] and keep[b][e] and not starts[b][e]:
                 e += 1
             words.append((s, e))
-        total = sum(e - s for s, e in words)
-        budget = int(math.floor(prob * total + float(draws[b, -1])))
+        if not words:
+            continue
+        budget = math.floor(prob * sum(e - s for s, e in words) + draws[b][-1])
         used, taken = 0, [False] * len(words)
         for k in range(tries):
             if used >= budget:
                 break
-            w = min(int(float(draws[b, k]) * len(words)), len(words) - 1)
-            if taken[w]:
-                continue
-            for _ in range(int(lengths[b, k])):
+            w = min(int(draws[b][k] * len(words)), len(words) - 1)
+            for _ in range(lengths[b][k]):
                 if w >= len(words) or taken[w]:
                     break
-                size = words[w][1] - words[w][0]
-                if used + size > budget:
-                    if float(draws[b, tries + k]) * size < budget - used:
-                        selected[b, words[w][0] : words[w][1]] = True
+                s, e = words[w]
+                if used + e - s > budget:
+                    if draws[b][tries + k] * (e - s) < budget - used:
+                        selected[b][s:e] = [True] * (e - s)
                     used = budget  # the row is done either way
                     break
-                taken[w], used = True, used + size
-                selected[b, words[w][0] : words[w][1]] = True
+                taken[w], used = True, used + e - s
+                selected[b][s:e] = [True] * (e - s)
                 w += 1
-    return selected.to(word_ids.device)
+    return torch.tensor(selected, dtype=torch.bool, device=word_ids.device).reshape(batch, length)
 
 
 def corrupt(

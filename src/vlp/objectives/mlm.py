@@ -12,6 +12,10 @@ momentum model's MLM distribution on the same masked input:
 
 The ids of [MASK], the vocabulary size and the special ids come from the
 tokenizer (``build_objectives(..., tokenizer=tok)``) or from this config.
+
+OSCAR: when the model joined object tags to the caption (``outputs.extra`` holds
+the ids it read), the joined sequence is masked, tags included; ``batch.word_ids``
+then no longer lines up, so only ``strategy: random`` is available.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class MLM(Objective):
             torch.tensor([i for i in range(cfg.vocab_size) if i not in special], dtype=torch.long),
             persistent=False,
         )
+        self.register_buffer("special_ids", torch.tensor(sorted(cfg.special_ids), dtype=torch.long), persistent=False)
         self._generators: dict[str, torch.Generator] = {}
 
     def mask(
@@ -95,7 +100,7 @@ class MLM(Objective):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(masked input_ids, labels)``, both ``(B, L)``; labels are -100 except at chosen positions."""
         cfg = self.cfg
-        maskable = maskable_positions(input_ids, attention_mask, word_ids, cfg.special_ids)
+        maskable = maskable_positions(input_ids, attention_mask, word_ids, self.special_ids.to(input_ids.device))
         if cfg.strategy == "random":
             selected = select_random(maskable, cfg.prob, generator)
         else:

@@ -221,13 +221,21 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
         while True:
-            if self._iter is None:
-                self._iter = iter(self.loader)
-                for _ in range(self._replay):  # only for loaders that cannot seek
-                    next(self._iter)
-                self._replay = 0
+            fresh = self._iter is None
             try:
-                batch = next(self._iter)
+                if fresh:
+                    # A DataLoader without a generator draws its workers' base seed from the global
+                    # torch RNG when its iterator starts. Fork the RNG around that, so the training
+                    # stream (dropout, masking, negatives) is the same whether an epoch starts here
+                    # or in a resumed run mid-epoch.
+                    with torch.random.fork_rng(devices=[]):
+                        self._iter = iter(self.loader)
+                        for _ in range(self._replay):  # only for loaders that cannot seek
+                            next(self._iter)
+                        self._replay = 0
+                        batch = next(self._iter)
+                else:
+                    batch = next(self._iter)
                 self.batches_in_epoch += 1
                 return batch
             except StopIteration:
@@ -324,7 +332,7 @@ class Trainer:
                     if bad_loss > 0 or (bad_grad > 0 and not self.scaler.is_enabled()):
                         bad = [m for loss_k, m in micro if not math.isfinite(loss_k.item())] or [m for _, m in micro]
                         ids = [i for meta in bad for i in sample_ids(meta)]
-                        self.progress.write(self.guard.bad(self.step, ids, info.rank))  # raises at the limit
+                        self.progress.write(self.guard.bad(self.step + 1, ids, info.rank))  # raises at the limit
                         self.scaler.update()
                     else:
                         self.scaler.step(self.optimizer)
@@ -364,7 +372,7 @@ class Trainer:
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
                 raise TrainingAborted(
-                    out_of_memory_message(self.step, train.batch_size, train.grad_accum, err)
+                    out_of_memory_message(self.step + 1, train.batch_size, train.grad_accum, err)
                 ) from err
             raise
         finally:

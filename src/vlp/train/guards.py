@@ -76,12 +76,14 @@ class NonFiniteGuard:
         self.first_bad_step = None if first < 0 else first
 
 
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, torch.cuda.OutOfMemoryError):
+    """A GPU OOM, or the CPU allocator's failure (a RuntimeError that says so)."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(err, (RuntimeError, MemoryError)) and (
-        isinstance(err, MemoryError) or "out of memory" in str(err).lower()
-    )
+    return isinstance(err, RuntimeError) and any(text in str(err).lower() for text in _OOM_TEXT)
 
 
 def out_of_memory_message(step: int, batch_size: int, grad_accum: int, err: BaseException) -> str:

@@ -88,17 +88,19 @@ class Progress:
 
     def __init__(self, total: int, initial: int, *, is_main: bool = True, show_bar: bool = True) -> None:
         self.is_main = is_main
+        self.rate: float | None = None
         self.bar = tqdm(
             total=total, initial=initial, disable=not (is_main and show_bar), unit="step", dynamic_ncols=True
         )
 
     def update(self, steps: int, loss: float | None = None, lr: float | None = None, rate: float | None = None):
+        self.rate = rate if rate is not None else self.rate  # shown until the next measurement
         if loss is not None:
             parts = {"loss": f"{loss:.4g}"}
             if lr is not None:
                 parts["lr"] = f"{lr:.3g}"
-            if rate is not None:
-                parts["samples/s"] = f"{rate:.1f}"
+            if self.rate is not None:
+                parts["samples/s"] = f"{self.rate:.1f}"
             self.bar.set_postfix(parts, refresh=False)
         self.bar.update(steps)
 

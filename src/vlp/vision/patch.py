@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError, part
@@ -60,6 +61,9 @@ class PatchConfig(VisionConfig):
     eps: float = 1e-6
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    # how learned positions are resized for another image size: bicubic (timm, OpenCLIP) or ViLT's
+    # bilinear with align_corners=True ("bilinear_corners")
+    pos_resize: Literal["bicubic", "bilinear_corners"] = "bicubic"
 
     def __post_init__(self) -> None:
         height, width = pair(self.image_size, "image_size")
@@ -148,7 +152,17 @@ class PatchEncoder(VisualEncoder):
         if self.config.pos == "sincos":
             table = sincos_2d(grid, self.dim, num_prefix_tokens=self.num_prefix_tokens)
             return table.to(self.pos_embed.device).unsqueeze(0)
+        if self.config.pos_resize == "bilinear_corners":
+            return self._resize_bilinear_corners(grid)
         return resize_grid_embedding(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
+
+    def _resize_bilinear_corners(self, grid: tuple[int, int]) -> torch.Tensor:
+        """ViLT's rule: the grid part bilinearly resized with ``align_corners=True``, prefix kept."""
+        prefix = self.pos_embed[:, : self.num_prefix_tokens]
+        cells = self.pos_embed[:, self.num_prefix_tokens :]
+        image = cells.transpose(1, 2).reshape(1, self.dim, *self.grid_size)
+        image = F.interpolate(image, size=grid, mode="bilinear", align_corners=True)
+        return torch.cat([prefix, image.flatten(2).transpose(1, 2)], dim=1)
 
     @torch.no_grad()
     def resize_positions(self, new_image_size: int | tuple[int, int]) -> None:

@@ -98,14 +98,15 @@ class _Job:
 
 
 def _object_record(obj: Any, size: int) -> dict[str, Any]:
-    x0, y0, x1, y1 = obj.box(size)
+    # round the corners, then take differences, so that x + w is the rounded right edge
+    x0, y0, x1, y1 = (round(v, 2) for v in obj.box(size))
     r = obj.radius * size
     polygon = [round(v, 2) for px, py in SHAPE_POLYGONS[obj.shape] for v in (obj.cx * size + r * px, obj.cy * size + r * py)]
     return {
         "shape": obj.shape,
         "color": obj.color,
         "size": obj.size,
-        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+        "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
         "area": round(SHAPE_AREA[obj.shape] * r * r, 2),
         "segmentation": [polygon],
     }
@@ -126,7 +127,7 @@ def _build(job: _Job, index: int) -> dict[str, Any]:
     jpeg = None
     if "webdataset" in job.formats:
         buffer = io.BytesIO()
-        pil.save(buffer, format="JPEG", quality=95)
+        pil.save(buffer, format="JPEG", quality=95, subsampling=0)  # 4:4:4 keeps small shapes' colours
         jpeg = buffer.getvalue()
     facts = Facts(scene)
     avoid = () if split == "holdout" else job.holdout_pairs
@@ -157,7 +158,7 @@ def _check(name: str, ok: bool, expected: str, value: Any) -> None:
 def _prepare(root: Path, overwrite: bool) -> None:
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise ConfigError(f"shapesworld out_dir {str(root)!r} exists and is not empty; pass overwrite=True")
+            raise ConfigError(f"shapesworld out_dir {str(root)!r} exists and is not empty; pass overwrite=True (vlp data synth --overwrite)")
         if not (root / "meta.json").exists():
             raise ConfigError(f"shapesworld out_dir {str(root)!r} has no meta.json; refusing to clear a folder not ours")
         for name in _OWNED:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vlp.data.shapesworld.scene import Scene, position_holds, relation_holds
+from vlp.data.shapesworld.scene import REL_GAP, Scene, position_holds, relation_holds
 from vlp.data.shapesworld.vocab import (
     COLOR_WORDS,
     NUMBER_WORDS,
@@ -75,6 +75,15 @@ class Facts:
             for r in RELATIONS
         }
         self.pos = {p: [position_holds(o, p) for o in self.objects] for p in POSITIONS}
+        # "might be seen so": used to make sure no other object competes for "the one left of X"
+        self.maybe_rel = {
+            r: [
+                [i != j and relation_holds(self.objects[i], self.objects[j], r, -REL_GAP) for j in range(n)]
+                for i in range(n)
+            ]
+            for r in RELATIONS
+        }
+        self.maybe_pos = {p: [position_holds(o, p, -REL_GAP) for o in self.objects] for p in POSITIONS}
         self._unique: dict[tuple[int, str | None], list[Attrs]] = {}
         self._matches: dict[tuple[tuple[str, str], ...], list[int]] = {}
 
@@ -256,13 +265,13 @@ def referring_expressions(facts: Facts, i: int, rng: np.random.Generator) -> lis
                 if not facts.rel[r][i][j]:
                     continue
                 landmark = facts.unique_descriptions(j)
-                if landmark and [k for k in candidates if facts.rel[r][k][j]] == [i]:
+                if landmark and [k for k in candidates if facts.maybe_rel[r][k][j]] == [i]:
                     relational.append(
                         f"the {noun_phrase(rng, head)} {pick(rng, RELATION_WORDS[r])} "
                         f"the {noun_phrase(rng, pick(rng, landmark))}"
                     )
         for p in POSITIONS:
-            if facts.pos[p][i] and [k for k in candidates if facts.pos[p][k]] == [i]:
+            if facts.pos[p][i] and [k for k in candidates if facts.maybe_pos[p][k]] == [i]:
                 positional.append(f"the {noun_phrase(rng, head)} {pick(rng, POSITION_WORDS[p])}")
     return plain + relational + positional
 

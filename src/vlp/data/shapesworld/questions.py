@@ -98,8 +98,9 @@ def _relation(facts: Facts, rng: np.random.Generator, avoid: Collection[Pair]) -
     options = []
     for r in RELATIONS:
         for j in range(n):
-            hits = [i for i in range(n) if facts.rel[r][i][j]]
-            if len(hits) == 1:
+            # exactly one object clearly in the relation, and no other even close to it
+            hits = [i for i in range(n) if facts.maybe_rel[r][i][j]]
+            if len(hits) == 1 and facts.rel[r][hits[0]][j]:
                 options.append((hits[0], r, j))
     rng.shuffle(options)
     for i, r, j in options:

@@ -48,6 +48,31 @@ def render_background(background: Background, size: int) -> np.ndarray:
     return np.clip(img, 0.0, 255.0)
 
 
+def _inset(points: list[tuple[float, float]], d: float) -> list[tuple[float, float]]:
+    """``points`` (a simple polygon) with every edge moved ``d`` inwards (mitred corners)."""
+    n = len(points)
+    area2 = sum(points[k][0] * points[(k + 1) % n][1] - points[(k + 1) % n][0] * points[k][1] for k in range(n))
+    sign = 1.0 if area2 > 0 else -1.0  # orientation decides which side of an edge is inside
+    normals = []
+    for k in range(n):
+        (x0, y0), (x1, y1) = points[k], points[(k + 1) % n]
+        length = math.hypot(x1 - x0, y1 - y0)
+        normals.append((-(y1 - y0) / length * sign, (x1 - x0) / length * sign))
+    out = []
+    for k in range(n):
+        (ax, ay), (bx, by) = normals[k - 1], normals[k]  # the two edges meeting at vertex k
+        scale = d / (1.0 + ax * bx + ay * by)
+        out.append((points[k][0] + (ax + bx) * scale, points[k][1] + (ay + by) * scale))
+    return out
+
+
+# PIL truncates vertex coordinates to integers and fills every pixel whose integer coordinate
+# lies in the closed outline. Truncation shifts by half a pixel on average, which lines pixel
+# centres up; the closed boundary adds about half a pixel all round, which an inset of half a
+# (supersampled) pixel takes back. Measured area and extent then match the geometry.
+_PIL_INSET = 0.5
+
+
 def object_alpha(obj: SceneObject, size: int, supersample: int = 4) -> tuple[np.ndarray, int, int]:
     """Coverage of ``obj`` at ``size``: (alpha crop (h, w) float32, x offset, y offset)."""
     bx0, by0, bx1, by1 = obj.box(size)
@@ -56,12 +81,13 @@ def object_alpha(obj: SceneObject, size: int, supersample: int = 4) -> tuple[np.
     s = supersample
     canvas = Image.new("L", ((x1 - x0) * s, (y1 - y0) * s), 0)
     draw = ImageDraw.Draw(canvas)
-    # a supersampled pixel (i, j) covers [j, j+1) x [i, i+1); PIL fills by pixel centre, hence -0.5
-    cx, cy, r = (obj.cx * size - x0) * s - 0.5, (obj.cy * size - y0) * s - 0.5, obj.radius * size * s
+    cx, cy, r = (obj.cx * size - x0) * s, (obj.cy * size - y0) * s, obj.radius * size * s
     if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        q = r - _PIL_INSET
+        draw.ellipse((cx - q, cy - q, cx + q, cy + q), fill=255)
     else:
-        draw.polygon([(cx + r * px, cy + r * py) for px, py in SHAPE_POLYGONS[obj.shape]], fill=255)
+        outline = [(cx + r * px, cy + r * py) for px, py in SHAPE_POLYGONS[obj.shape]]
+        draw.polygon(_inset(outline, _PIL_INSET), fill=255)
     if s > 1:
         canvas = canvas.reduce(s)
     return np.asarray(canvas, dtype=np.float32) / 255.0, x0, y0

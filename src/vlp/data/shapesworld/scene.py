@@ -18,9 +18,10 @@ import numpy as np
 
 from vlp.data.shapesworld.vocab import COLORS, SHAPE_EXTENT, SHAPES, SIZE_RADIUS, SIZES
 
-# Boxes closer than this (fraction of the side) are in no relation; keeps relations robust
-# to rounding boxes to pixels and to the anti-aliased edge.
-REL_GAP = 0.01
+# Boxes closer than this (fraction of the side) are in no clear relation: a sentence states a
+# relation only with this gap, and singles out "the one X left of Y" only if every other X
+# misses it by this much too. Keeps sentences true to the eye, after rounding and flips.
+REL_GAP = 0.015
 # Placed objects keep this gap between their boxes so no two ever touch or occlude.
 PLACE_GAP = 0.04
 # Objects keep this margin to the image border.
@@ -97,32 +98,36 @@ class Scene:
         return cls(tuple(SceneObject(**o) for o in data["objects"]), Background(**bg))
 
 
-def relation_holds(a: SceneObject, b: SceneObject, relation: str) -> bool:
-    """Whether ``a`` is ``relation`` (left of / right of / above / below) ``b``: boxes strictly apart."""
+def relation_holds(a: SceneObject, b: SceneObject, relation: str, margin: float = REL_GAP) -> bool:
+    """Whether ``a`` is ``relation`` (left of / right of / above / below) ``b``: boxes at least ``margin`` apart.
+
+    With a negative margin it says whether ``a`` *might* be seen in that relation; sentences
+    that pick "the one object left of X" require the others to fail even that.
+    """
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()
     if relation == "left of":
-        return ax1 + REL_GAP <= bx0
+        return ax1 + margin <= bx0
     if relation == "right of":
-        return bx1 + REL_GAP <= ax0
+        return bx1 + margin <= ax0
     if relation == "above":
-        return ay1 + REL_GAP <= by0
+        return ay1 + margin <= by0
     if relation == "below":
-        return by1 + REL_GAP <= ay0
+        return by1 + margin <= ay0
     raise ValueError(f"unknown relation {relation!r}; expected one of left of, right of, above, below")
 
 
-def position_holds(obj: SceneObject, position: str) -> bool:
-    """Whether ``obj`` lies wholly in the ``position`` (left / right / top / bottom) half of the image."""
+def position_holds(obj: SceneObject, position: str, margin: float = REL_GAP) -> bool:
+    """Whether ``obj`` lies wholly in the ``position`` (left / right / top / bottom) half, ``margin`` from the middle."""
     x0, y0, x1, y1 = obj.box()
     if position == "left":
-        return x1 <= 0.5 - REL_GAP
+        return x1 <= 0.5 - margin
     if position == "right":
-        return x0 >= 0.5 + REL_GAP
+        return x0 >= 0.5 + margin
     if position == "top":
-        return y1 <= 0.5 - REL_GAP
+        return y1 <= 0.5 - margin
     if position == "bottom":
-        return y0 >= 0.5 + REL_GAP
+        return y0 >= 0.5 + margin
     raise ValueError(f"unknown position {position!r}; expected one of left, right, top, bottom")
 
 

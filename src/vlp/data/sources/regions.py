@@ -8,8 +8,9 @@ Keys read (aliases of the common extraction scripts in brackets):
 - ``objects_id``: (R,) detector class ids (optional; become OSCAR tags with a name list);
 - ``objects_conf``: (R,) detector scores (optional);
 - ``cls_prob``: (R, C) detector class distribution (optional; the MRC-KL target).
-Files are read with ``allow_pickle=False``: an npz holding Python objects (some
-extraction scripts store an ``info`` dict) is refused, never unpickled.
+Files are read with ``allow_pickle=False``: a key read above that holds Python
+objects makes the file ``bad_regions`` instead of being unpickled; other keys
+(some extraction scripts store an ``info`` dict) are never touched.
 """
 
 from __future__ import annotations

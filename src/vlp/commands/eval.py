@@ -1,0 +1,36 @@
+"""``vlp eval TASK``: each downstream task adds its own evaluation subcommand.
+
+A task module exposes ``register_eval(subparsers)``; this group only collects
+them, so adding a task never touches the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+EVAL_MODULES = (
+    "vlp.tasks.retrieval",
+    "vlp.tasks.vqa",
+    "vlp.tasks.refexp",
+    "vlp.tasks.captioning",
+    "vlp.tasks.zeroshot",
+    "vlp.tasks.perception",
+    "vlp.generation.evaluate",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a model on a downstream task")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK")
+    parser.set_defaults(run=lambda args: parser.print_help() or 2)
+    for name in EVAL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:  # a real missing dependency inside the task, not an absent task
+                raise
+            continue
+        register_eval = getattr(module, "register_eval", None)
+        if register_eval is not None:
+            register_eval(tasks)

@@ -1,0 +1,106 @@
+"""Transforms keep boxes and captions true: checked against the pixels they move."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlp.data.config import TransformConfig
+from vlp.data.transforms import (
+    CenterCrop,
+    HorizontalFlip,
+    ImageTransform,
+    Item,
+    RandomResizedCrop,
+    Resize,
+    swap_left_right,
+    to_tensor,
+)
+
+RED = (255, 0, 0)
+
+
+def _scene(size=(80, 60), box=(10, 20, 30, 50)) -> Item:
+    """A black image with one red rectangle covering ``box`` (xyxy, exclusive right/bottom)."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    image.paste(RED, box)
+    return Item(image, np.array([box], dtype=np.float64), ["a red box on the left"])
+
+
+def _red_extent(image: Image.Image) -> tuple[float, float, float, float]:
+    """xyxy extent of the pixels that are mostly red (independent of any box bookkeeping)."""
+    pixels = np.asarray(image, dtype=np.int32)
+    ys, xs = np.nonzero((pixels[..., 0] > 127) & (pixels[..., 1] < 128))
+    return (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_swap_left_right_words_and_case() -> None:
+    assert swap_left_right("the cup left of the plate") == "the cup right of the plate"
+    assert swap_left_right("Left, right and LEFTMOST; rightmost") == "Right, left and RIGHTMOST; leftmost"
+    assert swap_left_right("bright leftover copyright") == "bright leftover copyright"  # whole words only
+    assert swap_left_right("left-hand side") == "right-hand side"
+
+
+def test_flip_moves_pixels_boxes_and_words_together() -> None:
+    item = _scene()
+    flipped = HorizontalFlip(p=1.0)(item, random.Random(0))
+    assert flipped.flipped and flipped.texts == ["a red box on the right"]
+    np.testing.assert_allclose(flipped.boxes, [[80 - 30, 20, 80 - 10, 50]])  # x' = W - x, swapped ends
+    assert _red_extent(flipped.image) == tuple(flipped.boxes[0])
+    unflipped = HorizontalFlip(p=0.0)(item, random.Random(0))
+    assert unflipped is item
+
+
+@pytest.mark.parametrize("step", [Resize(40), CenterCrop(40), RandomResizedCrop(40, scale=(0.6, 1.0))])
+def test_geometry_keeps_boxes_on_their_pixels(step) -> None:
+    for seed in range(5):
+        out = step(_scene(), random.Random(seed))
+        assert out.image.size == (40, 40)
+        if out.boxes[0, 2] - out.boxes[0, 0] < 3 or out.boxes[0, 3] - out.boxes[0, 1] < 3:
+            continue  # the crop cut the box down to a sliver: nothing to compare
+        # resampling blurs edges by about a pixel
+        np.testing.assert_allclose(_red_extent(out.image), out.boxes[0], atol=1.5)
+
+
+def test_center_crop_hand_worked() -> None:
+    # 80x60 -> centred 60x60 square from x=10, scaled 40/60: box x 10..30 -> 0..13.33, y 20..50 -> 13.33..33.33
+    out = CenterCrop(40)(_scene(), random.Random(0))
+    np.testing.assert_allclose(out.boxes[0], [0, 20 * 2 / 3, 20 * 2 / 3, 50 * 2 / 3])
+
+
+def test_random_resized_crop_is_seeded_and_in_range() -> None:
+    crop = RandomResizedCrop(32, scale=(0.25, 0.5), ratio=(0.5, 2.0))
+    boxes = [crop.crop_box(200, 100, random.Random(s)) for s in range(50)]
+    assert boxes == [crop.crop_box(200, 100, random.Random(s)) for s in range(50)]
+    assert len(set(boxes)) > 40
+    for x1, y1, x2, y2 in boxes:
+        w, h = x2 - x1, y2 - y1
+        assert 0 <= x1 and x2 <= 200 and 0 <= y1 and y2 <= 100
+        assert 0.24 * 20000 <= w * h <= 0.51 * 20000
+        assert 0.45 <= w / h <= 2.2
+
+
+def test_to_tensor_normalizes_per_channel() -> None:
+    image = Image.new("RGB", (3, 2), (255, 0, 51))
+    tensor = to_tensor(image, mean=(0.5, 0.5, 0.1), std=(0.5, 0.25, 0.1))
+    assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.float32
+    expected = torch.tensor([(1.0 - 0.5) / 0.5, (0.0 - 0.5) / 0.25, (0.2 - 0.1) / 0.1])
+    torch.testing.assert_close(tensor[:, 0, 0], expected)
+
+
+def test_image_transform_train_vs_eval() -> None:
+    config = TransformConfig(hflip=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    train = ImageTransform(40, config, train=True)
+    tensor, item = train(_scene(), random.Random(3))
+    assert tensor.shape == (3, 40, 40) and item.flipped and item.texts == ["a red box on the right"]
+    evaluation = ImageTransform(40, config, train=False)
+    tensor, item = evaluation(_scene(), random.Random(3))
+    assert not item.flipped and item.texts == ["a red box on the left"]
+    np.testing.assert_allclose(item.boxes[0], [10 / 2, 20 * 40 / 60, 30 / 2, 50 * 40 / 60])  # eval = squash resize
+    assert float(tensor.max()) == 1.0 and float(tensor.min()) == 0.0
+    assert train.draft_size == (40, 40)
+    assert ImageTransform(40, TransformConfig(draft=False)).draft_size is None
