@@ -39,7 +39,9 @@ def patterned(size: tuple[int, int], i: int) -> Image.Image:
     return image
 
 
-def jpeg_bytes(size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30), quality: int = 95) -> bytes:
+def jpeg_bytes(
+    size: tuple[int, int] = (32, 24), color: tuple[int, int, int] = (200, 30, 30), quality: int = 95
+) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()

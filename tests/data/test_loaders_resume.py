@@ -51,6 +51,7 @@ def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
         resumed.load_state_dict({"epoch": 0, "consumed": 0, "seed": 4})
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_map_style_resume_with_workers_is_exact(tmp_path) -> None:
     config = _manifest_config(tmp_path)
     reference = build_loader(config, "train", batch_size=4, num_workers=0)
@@ -92,6 +93,7 @@ def _shards(root, sizes: list[int]) -> DataConfig:
                                   "transform": {"hflip": 0.5}})  # fmt: skip
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_streaming_order_is_seeded_and_independent_of_workers(tmp_path) -> None:
     config = _shards(tmp_path, [7, 7, 7])
     one = build_loader(config, "train", batch_size=4, num_workers=0, drop_last=False)
@@ -103,6 +105,7 @@ def test_streaming_order_is_seeded_and_independent_of_workers(tmp_path) -> None:
     _assert_same(_record(list(two) + list(two)), want)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_streaming_resume_replays_to_the_exact_position(tmp_path) -> None:
     config = _shards(tmp_path, [7, 7, 7])
     want = _record(build_loader(config, "train", batch_size=4, drop_last=False))
@@ -114,9 +117,18 @@ def test_streaming_resume_replays_to_the_exact_position(tmp_path) -> None:
     _assert_same(got, want)
 
 
-@pytest.mark.parametrize(("sizes", "per_rank"), [([5, 5, 5, 5], 10), ([7], 3)])
-def test_streaming_ranks_are_disjoint_and_equal(tmp_path, sizes, per_rank) -> None:
+@pytest.mark.parametrize(
+    ("sizes", "split", "per_rank", "lost"),
+    [
+        ([5, 5, 5, 5], "auto", 10, 0),  # whole shards per rank
+        ([7], "auto", 3, 1),  # fewer shards than ranks: positions are strided
+        ([7, 7, 7], "auto", 10, 1),  # 3 shards on 2 ranks: strided, so at most W - 1 samples lost
+        ([7, 7, 7], "shards", 7, 7),  # forced whole shards: the longer rank is cut to the shorter's length
+    ],
+)
+def test_streaming_ranks_are_disjoint_and_equal(tmp_path, sizes, split, per_rank, lost) -> None:
     config = _shards(tmp_path, sizes)
+    config.options = {"split": split}
     seen = []
     for rank in range(2):
         loader = build_loader(config, "train", batch_size=2, rank=rank, world_size=2, drop_last=False)
@@ -124,8 +136,7 @@ def test_streaming_ranks_are_disjoint_and_equal(tmp_path, sizes, per_rank) -> No
         assert len(ids) == per_rank and len(loader) == -(-per_rank // 2)
         seen.append(set(ids))
     assert not seen[0] & seen[1]
-    if len(sizes) >= 2:
-        assert seen[0] | seen[1] == set(range(sum(sizes)))  # whole shards per rank: nothing lost
+    assert len(seen[0] | seen[1]) == sum(sizes) - lost
 
 
 def test_streaming_epoch_samples_fixes_the_length(tmp_path) -> None:
@@ -134,3 +145,33 @@ def test_streaming_epoch_samples_fixes_the_length(tmp_path) -> None:
     loaders = [build_loader(config, "train", batch_size=4, rank=r, world_size=2) for r in range(2)]
     counts = [sum(len(b) for b in loader) for loader in loaders]
     assert counts == [8, 8]  # each rank cycles its 3-sample shard to fill 16 / 2
+
+
+def test_iterating_leaves_the_global_random_streams_alone(tmp_path) -> None:
+    import random
+
+    loader = build_loader(_manifest_config(tmp_path, count=8), "train", batch_size=4)
+    torch.manual_seed(0)
+    random.seed(0)
+    before = (torch.get_rng_state(), random.getstate())
+    assert len(list(loader)) == 2
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+
+
+def test_rank_and_world_size_come_from_torch_distributed(tmp_path) -> None:
+    import torch.distributed as dist
+
+    from vlp.data.sampler import resolve_rank
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    assert resolve_rank() == (0, 1) and resolve_rank(1, 3) == (1, 3)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert resolve_rank() == (0, 1) and resolve_rank(world_size=4) == (0, 4)
+        loader = build_loader(_manifest_config(tmp_path, count=8), "train", batch_size=2)
+        assert (loader.rank, loader.world_size) == (0, 1)
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        resolve_rank(2, 2)

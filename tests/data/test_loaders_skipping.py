@@ -80,7 +80,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_every_bad_input_is_skipped_and_counted(tmp_path, caplog, workers) -> None:
     _bad_dataset(tmp_path)
     loader = build_loader(_config(tmp_path), "train", tiny_tokenizer(), batch_size=4, num_workers=workers,
@@ -111,6 +111,7 @@ def test_strict_mode_raises_naming_file_and_reason(tmp_path) -> None:
         list(loader)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_truncated_and_bad_tar_shards_are_skipped(tmp_path) -> None:
     write_tar(tmp_path / "shards" / "train-00000.tar", webdataset_samples(0, 5))
     bad_members = [

@@ -226,7 +226,9 @@ def test_region_files(root: Path) -> None:
             assert z["features"].shape == (r, 64) and z["features"].dtype == np.float32
             assert np.isfinite(z["features"]).all()
             assert int(z["num_boxes"]) == r and int(z["image_w"]) == int(z["image_h"]) == 64
-            xyxy = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
+            xyxy = [
+                [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns
+            ]
             assert np.allclose(z["boxes"], xyxy, atol=0.02)
             assert list(z["objects_id"]) == [a["category_id"] - 1 for a in anns]
             assert np.allclose(z["cls_prob"].sum(1), 1.0) and list(z["cls_prob"].argmax(1)) == list(z["objects_id"])

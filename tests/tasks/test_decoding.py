@@ -106,6 +106,15 @@ def test_wide_beam_is_exact(alpha, style, seed):
         assert got == best_seq
 
 
+def test_beam_without_eos_runs_to_max_length():
+    step, table = markov(TRAP)
+    out = beam_search(step, torch.tensor([[0]]), num_beams=16, max_new_tokens=3, length_penalty=0.0)
+    best_score, best_seq = enumerate_best(table, 0, 3, eos=None)
+    assert out.new_tokens[0].tolist() == best_seq
+    assert out.scores[0].item() == pytest.approx(best_score, abs=1e-5)
+    assert out.lengths.tolist() == [3]
+
+
 def test_length_penalty_changes_the_winner_by_hand():
     # 0 = BOS, 1 = word, 2 = EOS. Candidates: [EOS] p=.4; [w, EOS] p=.6*.6=.36; [w, w] p=.24 (cut at 2)
     step, _ = markov([[0.0, 0.6, 0.4], [0.0, 0.4, 0.6], [1 / 3, 1 / 3, 1 / 3]])

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from vlp.data.batch import Batch
 from vlp.layers import Transformer, masked_mean
@@ -95,13 +95,17 @@ def run_toy(
     schedule: dict[str, Any] | None = None,
     dist: DistInfo | None = None,
     seed: int = 0,
+    plain_loader: bool = False,
 ) -> tuple[TrainResult, ToyModel]:
     """Build the toy job and train it with the real engine."""
     info = dist or init_distributed("cpu")
     torch.manual_seed(seed)  # same initial weights on every rank (FSDP does not broadcast them)
     model = ToyModel(dropout=dropout, delay=delay)
-    loader = ResumableLoader(
-        ToyDataset(dataset_size, nan_ids=nan_ids),
+    dataset = ToyDataset(dataset_size, nan_ids=nan_ids)
+    # plain_loader: a torch DataLoader without state_dict(), which the engine resumes by replay
+    loader = DataLoader(dataset, batch_size, collate_fn=collate, drop_last=True) if plain_loader else None
+    loader = loader or ResumableLoader(
+        dataset,
         batch_size,
         collate_fn=collate,
         seed=seed,

@@ -1,7 +1,11 @@
 """Runs the toy training job in its own process (for SIGKILL/SIGTERM and torchrun tests).
 
 usage: python worker_train.py RUN_DIR [--steps N] [--batch-size B] [--delay S] [--dropout P]
-       [--checkpoint-every K] [--distributed ddp|fsdp] [--resume] [--overwrite]
+       [--checkpoint-every K] [--distributed ddp|fsdp] [--ema D] [--schedule NAME] [--resume-to M]
+       [--resume] [--overwrite]
+
+``--resume-to M`` trains to N steps, then (same processes, fresh model) resumes the run to M
+steps: a save/load round trip under DDP or FSDP.
 """
 
 from __future__ import annotations
@@ -31,23 +35,29 @@ def main() -> int:
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--distributed", default="ddp")
     parser.add_argument("--ema", type=float, default=0.0)
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--resume-to", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)  # same kernels as the in-process runs it is compared with
     info = init_distributed("cpu")
     try:
-        result, _ = run_toy(
-            args.run_dir,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            delay=args.delay,
-            dropout=args.dropout,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            train={"checkpoint_every": args.checkpoint_every, "distributed": args.distributed, "ema_decay": args.ema},
-            dist=info,
-        )
+        common = {
+            "batch_size": args.batch_size,
+            "delay": args.delay,
+            "dropout": args.dropout,
+            "train": {
+                "checkpoint_every": args.checkpoint_every,
+                "distributed": args.distributed,
+                "ema_decay": args.ema,
+            },
+            "schedule": {"name": args.schedule},
+            "dist": info,
+        }
+        result, _ = run_toy(args.run_dir, steps=args.steps, resume=args.resume, overwrite=args.overwrite, **common)
+        if args.resume_to:
+            result, _ = run_toy(args.run_dir, steps=args.resume_to, resume=True, **common)
     except TrainingAborted as err:
         print(f"aborted: {err}", file=sys.stderr)
         return 1

@@ -1,9 +1,14 @@
 """Image decoding: any file PIL reads -> an RGB ``PIL.Image``, safely and fast.
 
-- JPEG draft mode: libjpeg can decode at 1/2, 1/4 or 1/8 scale almost for
-  free (it skips the inverse DCT's high frequencies). :func:`decode_image` asks
+- JPEG draft mode: libjpeg can decode at 1/2, 1/4 or 1/8 scale, skipping most
+  of the inverse DCT and colour conversion, and the resize that follows then
+  starts from a smaller image (the bigger saving). :func:`decode_image` asks
   for the smallest scale whose result still covers ``draft_size`` on both
   sides, so a 640x480 photo headed for a 224x224 crop decodes at 320x240.
+  The trade: a random crop smaller than the short side is then cut from the
+  reduced image and scaled up a little, as when training from images stored
+  pre-resized (img2dataset's usual 256 or 384 pixels); ``transform.draft:
+  false`` decodes at full size.
 - EXIF orientation is applied, so a phone photo is upright.
 - Every mode becomes RGB with the right values: alpha (RGBA, LA, PA, P with a
   transparency colour) is composited over ``background`` instead of dropped

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from vlp.config import ConfigError
@@ -81,7 +82,7 @@ def build_dataset(
         return ShardStream(
             shards, processor, LoaderCollate(tokenizer, config.max_text_len), batch_size, seed=config.seed,
             shuffle_buffer=config.shuffle_buffer, shuffle=train if shuffle is None else shuffle, rank=rank,
-            world_size=world_size, drop_last=drop_last, epoch_samples=options.epoch_samples,
+            world_size=world_size, drop_last=drop_last, epoch_samples=options.epoch_samples, split=options.split,
         )  # fmt: skip
     index = spec.index(ctx)
     attach_regions(ctx, index)
@@ -184,7 +185,11 @@ class VLPLoader:
         return per_epoch // self.batch_size if self.drop_last else math.ceil(per_epoch / self.batch_size)
 
     def _dataloader(self) -> DataLoader:
-        common = {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "timeout": self.timeout}
+        # an explicit generator: otherwise starting an iterator draws the workers' base seed from the
+        # global torch RNG, and a resumed run's training randomness would depend on where epochs start
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        common = {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "timeout": self.timeout,
+                  "generator": generator}  # fmt: skip
         if self.streaming:
             self.dataset.set_position(self.epoch, self.batches)
             return DataLoader(self.dataset, batch_size=None, collate_fn=_identity, **common)
@@ -194,14 +199,20 @@ class VLPLoader:
                           drop_last=self.drop_last, **common)  # fmt: skip
 
     def __iter__(self) -> Iterator[Batch]:
-        for item in self._dataloader():
-            assert isinstance(item, LoaderItem)
-            self.batches += 1
-            self.samples += item.consumed
-            self.skips.extend(item.skips)
-            self.epoch_skips.extend(item.skips)
-            if item.batch is not None:
-                yield item.batch
+        finished = False
+        try:
+            for item in self._dataloader():
+                assert isinstance(item, LoaderItem)
+                self.batches += 1
+                self.samples += item.consumed
+                self.skips.extend(item.skips)
+                self.epoch_skips.extend(item.skips)
+                if item.batch is not None:
+                    yield item.batch
+            finished = True
+        finally:
+            if not finished:  # a run that stops mid-epoch (a step budget) still reports what it skipped
+                self.epoch_skips.log(f"{self.name} epoch {self.epoch} so far: ")
         self.epoch_skips.log(f"{self.name} epoch {self.epoch}: ")
         self.epoch_skips = SkipCounter()
         self.set_epoch(self.epoch + 1)

@@ -88,6 +88,7 @@ class InstanceOptions(CommonOptions):
 @dataclass
 class StreamOptions(CommonOptions):
     epoch_samples: int = 0  # samples per epoch across ranks; 0 = one pass over the shards
+    split: Literal["auto", "shards", "samples"] = "auto"  # how ranks share the shards (see vlp.data.streaming)
 
 
 @dataclass
@@ -319,6 +320,7 @@ class ShapesOptions:
     soft_score: Literal["official", "min3"] = "official"
     top_k: int = 3129
     epoch_samples: int = 0
+    split: Literal["auto", "shards", "samples"] = "auto"
 
 
 register_loader("shapesworld", ShapesOptions, {}, "a ShapesWorld folder (vlp data synth), any of its formats")(None)

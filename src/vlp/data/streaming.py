@@ -3,9 +3,12 @@
 How one epoch is laid out (everything derives from (seed, epoch, rank)):
 
 1. The shard list is permuted with a generator seeded by (seed, epoch).
-2. Ranks: with at least ``world_size`` shards, rank r reads shards r, r+W, ...
-   of that permutation (no rank opens another's shards). With fewer shards,
-   every rank reads them all and keeps stream positions r, r+W, ... instead.
+2. Ranks (``split``): ``shards`` gives rank r the shards r, r+W, ... of that
+   permutation (no rank opens another's shards: the way to scale out);
+   ``samples`` lets every rank scan every shard's headers and keep stream
+   positions r, r+W, ... (each sample once, at most W-1 dropped, whatever the
+   shard sizes; only the kept samples' bytes are read). ``auto`` takes
+   ``shards`` when the shard count is a multiple of W, else ``samples``.
 3. The rank's stream (the samples of its shards, in tar order) passes through
    a shuffle buffer of ``shuffle_buffer`` entries seeded by (seed, epoch, rank).
    The buffer holds only member offsets (see
@@ -76,6 +79,7 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         drop_last: bool = False,
         epoch_samples: int = 0,
+        split: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -90,6 +94,9 @@ class ShardStream(IterableDataset):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch_samples = epoch_samples
+        if split not in ("auto", "shards", "samples"):
+            raise ValueError(f"split must be 'auto', 'shards' or 'samples', got {split!r}")
+        self.split = split
         self.epoch = 0
         self.start_batch = 0
         self._counts: dict[str, int] | None = None
@@ -108,9 +115,10 @@ class ShardStream(IterableDataset):
         order = list(self.shards)
         if self.shuffle:
             random.Random(f"{self.seed}:{epoch}:{repeat}:shards").shuffle(order)
-        if len(order) >= self.world_size:
+        by_shard = self.split == "shards" or (self.split == "auto" and len(order) % self.world_size == 0)
+        if by_shard and len(order) >= self.world_size:
             return order[rank :: self.world_size], False
-        return order, True  # too few shards: every rank reads all, striding over positions
+        return order, True  # every rank scans all shards, striding over stream positions
 
     def _rank_length(self, epoch: int, rank: int) -> int:
         mine, strided = self._assignment(epoch, rank)

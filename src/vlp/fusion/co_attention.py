@@ -50,12 +50,16 @@ class CoAttentionLayer(nn.Module):
         act: str,
         dropout: float,
         eps: float,
+        shared_cross: bool = False,
     ) -> None:
         super().__init__()
         self.order = order
         self.norm_first = norm_first
         self.text = _Stream(text_dim, image_dim, heads, int(text_dim * mlp_ratio), act, dropout, eps)
         self.image = _Stream(image_dim, text_dim, heads, int(image_dim * mlp_ratio), act, dropout, eps)
+        if shared_cross:
+            # LXMERT: one cross-attention sublayer (attention + output LayerNorm) serves both directions
+            self.image.cross_attn, self.image.cross_norm = self.text.cross_attn, self.text.cross_norm
         self.dropout = nn.Dropout(dropout)
 
     def _res(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
@@ -120,6 +124,7 @@ class CoAttentionFusion(nn.Module):
                 cfg.act,
                 cfg.dropout,
                 cfg.eps,
+                cfg.shared_cross_attention,
             )
             for _ in range(cfg.layers)
         )
@@ -159,7 +164,13 @@ class CoAttentionConfig(FusionConfig):
     eps: float = 1e-12
     text_in_dim: int = 0  # incoming text width; 0 = text_dim
     image_in_dim: int = 0  # incoming visual width; 0 = image_dim
+    shared_cross_attention: bool = False  # LXMERT: both directions use one cross-attention (needs equal widths)
 
     def __post_init__(self) -> None:
         check_heads("co_attention (text stream)", self.text_dim, self.heads)
         check_heads("co_attention (image stream)", self.image_dim or self.text_dim, self.heads)
+        if self.shared_cross_attention and (self.image_dim or self.text_dim) != self.text_dim:
+            raise ValueError(
+                f"fusion co_attention: shared_cross_attention needs image_dim == text_dim, got {self.image_dim} "
+                f"and {self.text_dim}"
+            )

@@ -35,6 +35,9 @@ class UNetConfig:
     in_channels: int = 3
     out_channels: int = 3
     channels: int = 64
+    # space-to-depth factor: the network runs on (C * p * p, H / p, W / p) (pixel-unshuffle), so a 32x32 image
+    # costs what a 16x16 one would at p = 2; the output is pixel-shuffled back to (C, H, W)
+    patch_size: int = 1
     channel_mult: tuple[int, ...] = (1, 2, 2)
     res_blocks: int = 1  # ResBlocks per level on the way down (the way up has one more, as in DDPM)
     self_attention_levels: list[int] = field(default_factory=lambda: [2])  # levels with self-attention
@@ -47,8 +50,9 @@ class UNetConfig:
     def __post_init__(self) -> None:
         if not self.channel_mult:
             raise ValueError("channel_mult: needs at least one level")
-        if self.channels < 1 or self.res_blocks < 1 or self.in_channels < 1 or self.out_channels < 1:
-            raise ValueError("channels, res_blocks, in_channels and out_channels must be >= 1")
+        for name in ("channels", "res_blocks", "in_channels", "out_channels", "patch_size", "heads", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         levels = len(self.channel_mult)
         for name in ("self_attention_levels", "cross_attention_levels"):
             bad = [lv for lv in getattr(self, name) if not 0 <= lv < levels]
@@ -65,7 +69,8 @@ class UNetConfig:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        """Image sides must be divisible by this: the patch size times one halving per level below the top."""
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -195,7 +200,7 @@ class UNetEncoder(nn.Module):
     """The encoder half: time embedding, ``conv_in``, down levels and the middle block.
 
     ``forward(x (B, C, H, W), t (B,), context, context_mask, hint=None) -> (mid (B, Cm, h, w),
-    skips [(B, Ci, Hi, Wi)], temb (B, T))``. ``hint`` ``(B, channels, H, W)`` is added to
+    skips [(B, Ci, Hi, Wi)], temb (B, T))``. ``hint`` ``(B, channels, H / p, W / p)`` is added to
     ``conv_in``'s output (ControlNet's entry point for the control map). ``skip_channels``
     lists each skip's width, in the order they are produced.
     """
@@ -205,7 +210,7 @@ class UNetEncoder(nn.Module):
         ch = cfg.channels
         temb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_channels * cfg.patch_size**2, ch, 3, padding=1)
         self.down = nn.ModuleList()
         self.skip_channels = [ch]
         width = ch
@@ -234,6 +239,8 @@ class UNetEncoder(nn.Module):
         hint: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         temb = self.time_embed(timestep_embedding(t, self.cfg.channels))
+        if self.cfg.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
         if hint is not None:
             h = h + hint
@@ -276,7 +283,7 @@ class UNet(nn.Module):
             sample = Upsample(width) if level > 0 else None
             self.up.append(nn.ModuleDict({"stages": stages, **({"upsample": sample} if sample else {})}))
         self.norm_out = nn.GroupNorm(cfg.groups, width)
-        self.conv_out = nn.Conv2d(width, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, cfg.out_channels * cfg.patch_size**2, 3, padding=1)
 
     def forward(
         self,
@@ -306,7 +313,8 @@ class UNet(nn.Module):
                 h = stage(torch.cat([h, skips.pop()], dim=1), temb, context, context_mask)
             if "upsample" in level:
                 h = level["upsample"](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, self.cfg.patch_size) if self.cfg.patch_size > 1 else out
 
 
 __all__ = [

@@ -29,6 +29,9 @@ from torch import nn
 # Buffers (not weights) that transformers checkpoints may contain: position ids are ``arange``,
 # ViLT's token type ids are zeros. Nothing in vlp needs them; they are the only names skipped.
 BUFFER_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
+# vlp buffers a checkpoint may lack without changing any output: BatchNorm's step counter is
+# only read when momentum is None (never in CLIP's ResNet), so it keeps its value when absent.
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
 class ConversionError(ValueError):
@@ -101,12 +104,14 @@ class StateMapping:
     ``table``: vlp name -> source names. ``vlp_only``: vlp parameters the checkpoint's model has no
     counterpart for, with the reason; they keep their deterministic initialization and are listed in
     the conversion report. ``tied``: checkpoint names that duplicate another checkpoint tensor
-    (e.g. an LM decoder tied to the word embeddings) and must be equal to it.
+    (e.g. an LM decoder tied to the word embeddings) and must be equal to it. ``fixed``: vlp-only
+    parameters set to a given value (an identity projection where the source has none).
     """
 
     table: Table
     vlp_only: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # vlp-only parameters set to these values
 
 
 def import_state(
@@ -118,6 +123,9 @@ def import_state(
     loaded: dict[str, torch.Tensor] = {}
     missing, mismatched, untranslated = [], [], []
     for name, target in model.state_dict().items():
+        if name in mapping.fixed:
+            loaded[name] = mapping.fixed[name].to(target.dtype).reshape(target.shape)
+            continue
         if name in mapping.vlp_only:
             loaded[name] = target
             continue
@@ -126,6 +134,9 @@ def import_state(
             untranslated.append(name)
             continue
         absent = [s for s in sources if s not in checkpoint]
+        if absent and name.endswith(OPTIONAL_SUFFIXES):
+            loaded[name] = target
+            continue
         if absent:
             missing.extend(a for a in absent if a not in missing)
             continue
@@ -166,9 +177,7 @@ def import_state(
     return loaded
 
 
-def export_state(
-    model: nn.Module, mapping: StateMapping, shapes: Mapping[str, torch.Size]
-) -> dict[str, torch.Tensor]:
+def export_state(model: nn.Module, mapping: StateMapping, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
     """The checkpoint-side state of ``model``: names of ``mapping``, shapes of ``shapes`` (the target model's).
 
     Two vlp tensors that map to one source name (tied there) must be equal, else the export would
@@ -176,7 +185,7 @@ def export_state(
     """
     out: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
-        if name in mapping.vlp_only:
+        if name in mapping.vlp_only or name in mapping.fixed:
             continue
         sources = sources_of(name, mapping.table)
         if sources is None:
@@ -197,3 +206,69 @@ def export_state(
                 )
             out[src] = chunk.clone().contiguous()
     return out
+
+
+class Converter:
+    """One model family's translation between transformers checkpoints and vlp models.
+
+    Subclasses name the transformers ``architectures`` and ``model_types`` they read, the built-in
+    ``recipe`` whose data/objective/optimizer sections a converted folder gets, and implement the
+    config translation both ways and the weight table (:class:`StateMapping`).
+    """
+
+    family: str = ""
+    recipe: str = ""
+    architectures: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+
+    def model_section(self, config: dict[str, Any], architecture: str) -> dict[str, Any]:
+        """transformers ``config.json`` -> the ``model`` section of a vlp recipe (plain data)."""
+        raise NotImplementedError
+
+    def mapping(self, model: nn.Module, architecture: str) -> StateMapping:
+        """vlp parameter names of ``model`` -> checkpoint names of ``architecture``."""
+        raise NotImplementedError
+
+    def matches(self, cfg: Any) -> bool:
+        """Whether a vlp ``ModelConfig`` has this family's structure (export detection)."""
+        raise NotImplementedError
+
+    def architecture(self, cfg: Any) -> str:
+        """The transformers class a vlp ``ModelConfig`` of this family exports to."""
+        raise NotImplementedError
+
+    def hf_config(self, cfg: Any, base: dict[str, Any], architecture: str) -> dict[str, Any]:
+        """vlp ``ModelConfig`` -> transformers ``config.json`` (``base``: the imported one, to keep its extras)."""
+        raise NotImplementedError
+
+    def prepare(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Rewrite checkpoint tensors before the table applies (default: unchanged)."""
+        return state
+
+    def finish(self, state: dict[str, torch.Tensor], shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+        """Add checkpoint tensors that vlp does not keep, after export (default: none)."""
+        return state
+
+
+def get(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``config[key]`` or ``default`` when absent or null (transformers omits defaults in saved configs)."""
+    value = config.get(key)
+    return default if value is None else value
+
+
+def need(condition: bool, message: str) -> None:
+    """Refuse a config option vlp cannot reproduce exactly."""
+    if not condition:
+        raise ConversionError(message)
+
+
+# transformers activation names -> vlp.layers.activation names
+ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu"}
+ACTS_BACK = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "relu": "relu"}
+
+
+def act_of(config: Mapping[str, Any], where: str, default: str = "gelu") -> str:
+    name = get(config, "hidden_act", default)
+    if name not in ACTS and name != "relu":
+        raise ConversionError(f"{where}.hidden_act={name!r} is not supported; expected one of {', '.join(ACTS)}")
+    return ACTS.get(name, name)

@@ -49,7 +49,7 @@ def resolve_backend(backend: str = "auto") -> str:
 
 def _check_inputs(
     predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
-) -> tuple[list[Hashable], list[str], list[list[str]]]:
+) -> tuple[list[str], list[list[str]]]:
     if not predictions:
         raise ValueError("caption_metrics needs at least one prediction")
     missing = [k for k in predictions if k not in references]
@@ -61,9 +61,8 @@ def _check_inputs(
         if extra:
             detail.append(f"no prediction for ids {extra[:5]}")
         raise ValueError("predictions and references must cover the same ids: " + "; ".join(detail))
-    ids = list(predictions)
     preds, refs = [], []
-    for k in ids:
+    for k in predictions:
         pred = predictions[k]
         if not isinstance(pred, str):
             raise TypeError(f"prediction for id {k!r} must be a string, got {type(pred).__name__}")
@@ -72,7 +71,7 @@ def _check_inputs(
             raise ValueError(f"references for id {k!r} must be a non-empty list of strings")
         preds.append(pred)
         refs.append(list(ref))
-    return ids, preds, refs
+    return preds, refs
 
 
 def _builtin(preds: list[str], refs: list[list[str]]) -> dict[str, float]:
@@ -91,7 +90,7 @@ def _builtin(preds: list[str], refs: list[list[str]]) -> dict[str, float]:
     return out
 
 
-def _official(ids: list[Hashable], preds: list[str], refs: list[list[str]], meteor: bool) -> dict[str, float]:
+def _official(preds: list[str], refs: list[list[str]], meteor: bool) -> dict[str, float]:
     # import the scorers one by one: pycocoevalcap.eval would import SPICE as well
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -142,10 +141,10 @@ def caption_metrics(
         CIDEr-D in [0, 10].
     """
     chosen = resolve_backend(backend)
-    ids, preds, refs = _check_inputs(predictions, references)
+    preds, refs = _check_inputs(predictions, references)
     if chosen == "builtin":
         return _builtin(preds, refs)
-    return _official(ids, preds, refs, meteor)
+    return _official(preds, refs, meteor)
 
 
 __all__ = ["BACKENDS", "caption_metrics", "pycocoevalcap_available", "resolve_backend"]

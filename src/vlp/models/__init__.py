@@ -14,6 +14,7 @@ _LAZY = {
     "save_pretrained": "vlp.models.saving",
     "load": "vlp.models.saving",
     "load_tokenizer": "vlp.models.saving",
+    "load_preprocess": "vlp.models.saving",
     "load_weights": "vlp.models.saving",
     "CheckpointError": "vlp.models.saving",
 }

@@ -287,14 +287,24 @@ class VisionLanguageModel(nn.Module):
 RECIPE_SECTIONS = ("model", "data", "objectives", "optim", "schedule", "train")
 
 
-def create_model(name_or_recipe: str | Path | Any, **overrides: Any) -> VisionLanguageModel:
+def create_model(
+    name_or_recipe: str | Path | Any, pretrained: str | Path | None = None, **overrides: Any
+) -> VisionLanguageModel:
     """Build a model from a built-in recipe name, a recipe file, a ``Recipe``, a recipe mapping or a ``ModelConfig``.
 
     ``overrides`` are dotted keys, e.g. ``create_model("vilt-tiny", **{"model.fusion.layers": 2})``;
     keys that do not start with a recipe section (``model``, ``data``, ...) are read under
     ``model.`` (``fusion.layers=2`` works too). Values are plain Python data. The returned model
     remembers its recipe (``model.recipe``) so that :func:`vlp.save_pretrained` can store it.
+
+    ``pretrained`` is a vlp model folder or a transformers checkpoint folder (``config.json`` +
+    weights): the sizes and weights come from it (strictly), the recipe name only says which
+    model family is expected (see :func:`vlp.interop.from_pretrained`).
     """
+    if pretrained is not None:
+        from vlp.interop.hf import from_pretrained
+
+        return from_pretrained(pretrained, name_or_recipe, **overrides)
     from vlp.models.config import ModelConfig
     from vlp.recipe import Recipe, parse_recipe, recipe_dict
 

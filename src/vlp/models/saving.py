@@ -215,13 +215,24 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def load_tokenizer(folder: str | Path) -> Any:
-    """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``)."""
+    """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``; CLIP's BPE files give a
+    :class:`vlp.text.bpe.ClipTokenizer`)."""
     from vlp.text import Tokenizer
+    from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
 
     folder = Path(folder)
+    if is_clip_tokenizer(folder):
+        return ClipTokenizer.load(folder)
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) were saved here")
     return Tokenizer.load(folder)
+
+
+def load_preprocess(folder: str | Path) -> Any:
+    """The image transform stored with a model (PIL image -> (3, H, W) tensor); see vlp.interop.preprocess."""
+    from vlp.interop.preprocess import load_preprocess as _load_preprocess
+
+    return _load_preprocess(folder)
 
 
 __all__ = [
@@ -231,6 +242,7 @@ __all__ = [
     "canonical_state",
     "load",
     "load_config",
+    "load_preprocess",
     "load_tokenizer",
     "load_weights",
     "save_pretrained",

@@ -26,7 +26,9 @@ Conventions:
   ``lp(L) = L ** length_penalty`` (``length_penalty_style="power"``, what HF
   transformers and BLIP use) or ``((5 + L) / 6) ** length_penalty`` (``"gnmt"``,
   Wu et al. 2016). ``length_penalty = 0`` ranks by raw log-probability;
-- after the end token a row is filled with ``pad_token_id``.
+- after the end token a row is filled with ``pad_token_id``; finished rows keep
+  going through ``step_fn`` until the whole batch is done, so the pad id must be
+  a valid token id of the model.
 """
 
 from __future__ import annotations
@@ -350,9 +352,10 @@ def beam_search(
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
         generated = step + 1
 
-        next_scores = torch.full((batch, k), float("-inf"), device=device)
-        next_tokens = torch.full((batch, k), pad_token_id, dtype=torch.long, device=device)
-        origin = torch.arange(batch * k, device=device).view(batch, k).clone()
+        # built as Python lists and moved once: per-element writes would be one device op each
+        next_scores = [[float("-inf")] * k for _ in range(batch)]
+        next_tokens = [[pad_token_id] * k for _ in range(batch)]
+        origin = [[b * k + j for j in range(k)] for b in range(batch)]
         for b in range(batch):
             if done[b]:
                 continue
@@ -366,9 +369,9 @@ def beam_search(
                         seq = torch.cat([tokens[b * k + beam], tokens.new_tensor([tok])])
                         hyps[b].append((score / lp(generated), seq, score, generated))
                     continue
-                next_scores[b, filled] = score
-                next_tokens[b, filled] = tok
-                origin[b, filled] = b * k + beam
+                next_scores[b][filled] = score
+                next_tokens[b][filled] = tok
+                origin[b][filled] = b * k + beam
                 filled += 1
                 if filled == k:
                     break
@@ -378,14 +381,15 @@ def beam_search(
                 if early_stopping:
                     done[b] = True
                 else:
-                    best_running = next_scores[b, 0].item()
+                    best_running = next_scores[b][0]
                     bound = best_running / max(lp(generated), lp(max_new_tokens))
                     done[b] = best_running == float("-inf") or hyps[b][-1][0] >= bound
-        flat_origin = origin.view(-1)
-        tokens = torch.cat([tokens.index_select(0, flat_origin), next_tokens.view(-1, 1)], dim=1)
+        flat_origin = torch.tensor(origin, device=device).view(-1)
+        new_column = torch.tensor(next_tokens, dtype=torch.long, device=device).view(-1, 1)
+        tokens = torch.cat([tokens.index_select(0, flat_origin), new_column], dim=1)
         if state is not None:
             state = reorder_state(state, flat_origin)
-        beam_scores = next_scores
+        beam_scores = torch.tensor(next_scores, device=device)
         if all(done):
             break
 

@@ -13,7 +13,8 @@
 
 A pairwise scorer is ``score_fn(image_idx: LongTensor (P,), text_idx: LongTensor (P,)) -> Tensor (P,)``:
 the scores of the P pairs ``(image_idx[p], text_idx[p])``, higher = better match.
-It is called on batches of at most ``batch_size`` pairs.
+It is called on batches of at most ``batch_size`` pairs, with CPU index tensors (move them to the
+model's device inside the scorer), and its scores are collected on the CPU.
 """
 
 from __future__ import annotations

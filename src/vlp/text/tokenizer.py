@@ -141,8 +141,13 @@ class Tokenizer:
         ``tokenizer_config.json``), a ``vocab.txt`` or a ``tokenizer.json``. ``lowercase`` overrides the files.
 
         Raises ``FileNotFoundError`` for a missing path and ``ValueError`` (naming the path and what was
-        expected) for a file of the wrong kind.
+        expected) for a file of the wrong kind. A CLIP BPE tokenizer (``vocab.json`` + ``merges.txt``, or a BPE
+        ``tokenizer.json``) loads as a :class:`vlp.text.bpe.ClipTokenizer`, which has the same call interface.
         """
+        from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
+
+        if cls is Tokenizer and is_clip_tokenizer(path):
+            return ClipTokenizer.load(path)  # type: ignore[return-value]
         return cls(load_backend(path, lowercase))
 
     def save(self, folder: str | Path) -> Path:

@@ -290,42 +290,23 @@ class Trainer:
             with StopSignals() as signals:
                 while self.step < train.steps:
                     lr_factor = self.schedule.apply(self.step)
-                    loss_sum = torch.zeros((), device=device)
-                    logs_sum: dict[str, Any] = {}
-                    micro = []  # (loss, meta) per micro-batch, to name samples if the step goes bad
-                    n_samples = 0
-                    for k in range(accum):
-                        batch = self._next_batch()
-                        n_samples += batch_len(batch)
-                        batch = batch.to(device, non_blocking=True)
-                        with dist_utils.no_grad_sync(self.model, skip=k < accum - 1):
-                            with autocast:
-                                loss, logs = self.model(batch)
-                            self.scaler.scale(loss / accum).backward()
-                        loss = loss.detach().float()
-                        loss_sum += loss
-                        micro.append((loss, getattr(batch, "meta", None)))
-                        for key, value in logs.items():
-                            logs_sum[key] = logs_sum.get(key, 0.0) + value
-
+                    loss_sum, logs_sum, micro, n_samples = self._forward_backward(autocast)
                     dist_utils.sync_replicated_grads(self.model)  # FSDP's unsharded scalars
                     self.scaler.unscale_(self.optimizer)  # no-op unless fp16
                     grad_norm = torch.zeros((), device=device)
                     if self.optim_cfg.grad_clip > 0:
                         grad_norm = dist_utils.clip_grad_norm(self.params, self.optim_cfg.grad_clip).float()
-                    # one small all-reduce per step keeps every rank's decisions identical
-                    stats = torch.stack(
+                    # one small all-reduce (and the step's only host sync) keeps the ranks' decisions identical
+                    flags = torch.tensor([float(signals.requested is not None), float(n_samples)])
+                    stats = torch.cat(
                         [
-                            loss_sum,
-                            (~torch.isfinite(loss_sum)).float(),
-                            (~torch.isfinite(grad_norm)).float(),
-                            torch.tensor(float(signals.requested is not None), device=device),
-                            torch.tensor(float(n_samples), device=device),
-                            grad_norm,
+                            torch.stack([loss_sum, grad_norm]),
+                            torch.stack([~torch.isfinite(loss_sum), ~torch.isfinite(grad_norm)]).float(),
+                            flags.to(device, non_blocking=True),
                         ]
                     )
                     dist_utils.all_reduce_sum(stats)
-                    loss_total, bad_loss, bad_grad, stop, samples, norm_total = stats.tolist()
+                    loss_total, norm_total, bad_loss, bad_grad, stop, samples = stats.tolist()
                     loss_value = loss_total / (accum * info.world_size)
 
                     # fp16 overflow in the gradients is the scaler's business, not an error
@@ -396,6 +377,33 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
             dist_utils.main_print(summary_text(result.to_dict()))
         return result
+
+    def _forward_backward(self, autocast: torch.autocast) -> tuple[torch.Tensor, dict[str, Any], list, int]:
+        """``grad_accum`` micro-steps; gradients are synchronised only on the last.
+
+        Returns the summed loss (on the device: no host sync here), the summed logs,
+        (loss, meta) per micro-batch (to name samples if the step goes bad) and the
+        number of samples.
+        """
+        accum = self.train.grad_accum
+        loss_sum = torch.zeros((), device=self.info.device)
+        logs_sum: dict[str, Any] = {}
+        micro = []
+        n_samples = 0
+        for k in range(accum):
+            batch = self._next_batch()
+            n_samples += batch_len(batch)
+            batch = batch.to(self.info.device, non_blocking=True)
+            with dist_utils.no_grad_sync(self.model, skip=k < accum - 1):
+                with autocast:
+                    loss, logs = self.model(batch)
+                self.scaler.scale(loss / accum).backward()
+            loss = loss.detach().float()
+            loss_sum += loss
+            micro.append((loss, getattr(batch, "meta", None)))
+            for key, value in logs.items():
+                logs_sum[key] = logs_sum.get(key, 0.0) + value
+        return loss_sum, logs_sum, micro, n_samples
 
     def _reduce_logs(self, logs_sum: dict[str, Any], accum: int) -> dict[str, float]:
         """The module's logs of this step, averaged over micro-steps and ranks."""

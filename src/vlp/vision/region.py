@@ -5,7 +5,9 @@ Each region's feature vector and its box geometry are embedded separately and su
 
     token = LayerNorm(W_f f) + LayerNorm(W_g g),   g = (x1, y1, x2, y2, w, h, w * h)
 
-with the box normalized to [0, 1]. Region features come from either
+with the box normalized to [0, 1] (``box_embedding: xyxy`` uses the plain box, as LXMERT, and
+``combine: mean`` halves the sum; ``box_embedding: none`` drops the box term, as VisualBERT).
+Region features come from either
 
 - ``source: features``: precomputed per image (bottom-up attention ``.npz``, see
   :mod:`vlp.vision.region_data`), read from ``Batch.region_features``; or
@@ -63,6 +65,10 @@ class RegionConfig(VisionConfig):
     norm_first: bool = False  # the BERT-style post-norm blocks of LXMERT's object encoder
     eps: float = 1e-12
     dropout: float = 0.1
+    # box term: "geometry" = the 7-d (x1, y1, x2, y2, w, h, w*h) of UNITER; "xyxy" = LXMERT's 4-d box;
+    # "none" = VisualBERT (features only; region_boxes become optional)
+    box_embedding: Literal["geometry", "xyxy", "none"] = "geometry"
+    combine: Literal["sum", "mean"] = "sum"  # feature term + box term (UNITER) or their mean (LXMERT)
 
     def __post_init__(self) -> None:
         if self.source == "roi_align" and self.backbone is None:
@@ -94,8 +100,9 @@ class RegionEncoder(VisualEncoder):
         self.feature_dim = feature_dim
         self.feature_proj = nn.Linear(feature_dim, config.dim)
         self.feature_norm = nn.LayerNorm(config.dim, eps=config.eps)
-        self.box_proj = nn.Linear(GEOMETRY_DIM, config.dim)
-        self.box_norm = nn.LayerNorm(config.dim, eps=config.eps)
+        box_dims = {"geometry": GEOMETRY_DIM, "xyxy": 4, "none": 0}[config.box_embedding]
+        self.box_proj = nn.Linear(box_dims, config.dim) if box_dims else None
+        self.box_norm = nn.LayerNorm(config.dim, eps=config.eps) if box_dims else None
         self.dropout = nn.Dropout(config.dropout)
         self.transformer = (
             Transformer(
@@ -114,6 +121,12 @@ class RegionEncoder(VisualEncoder):
 
     def _boxes_and_mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         boxes = batch.region_boxes
+        if boxes is None and self.box_proj is None and self.backbone is None:
+            # box_embedding: none reads no geometry; the regions are those of the features
+            features = batch.region_features
+            if features is None:
+                raise ValueError("region encoder (source: features): the batch has no region_features (B, R, F)")
+            boxes = features.new_zeros(*features.shape[:2], 4)
         if boxes is None:
             raise ValueError("region encoder: the batch has no region_boxes (B, R, 4)")
         if boxes.dim() != 3 or boxes.shape[-1] != 4:
@@ -177,7 +190,12 @@ class RegionEncoder(VisualEncoder):
                 )
             features = features.masked_fill(~mask.unsqueeze(-1), 0.0)
         geometry = box_geometry(boxes.to(features.dtype))
-        x = self.feature_norm(self.feature_proj(features)) + self.box_norm(self.box_proj(geometry))
+        x = self.feature_norm(self.feature_proj(features))
+        if self.box_proj is not None:
+            box = geometry if self.config.box_embedding == "geometry" else boxes.to(features.dtype)
+            x = x + self.box_norm(self.box_proj(box))
+            if self.config.combine == "mean":
+                x = x / 2
         x = self.dropout(x)
         if self.transformer is not None:
             x = self.transformer(x, keep_mask=mask)

@@ -4,8 +4,8 @@ Image ``i`` (0-based; image id ``i + 1``) draws its scene and its text from RNGs
 seeded by ``(seed, i)`` alone, so the output is identical for any number of
 worker processes. Splits are contiguous id ranges: train, val, test, holdout.
 Workers render, write the PNG and region files and build each image's record;
-the parent assigns annotation / sentence / ref ids in image order and writes the
-annotation files (``writers``).
+the parent numbers the COCO annotations in image order, then the annotation
+files are written, one format per process where it can (``writers.write_all``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from PIL import Image
 
 from vlp.config import ConfigError
 from vlp.data.shapesworld import writers
-from vlp.data.shapesworld.language import Facts, make_captions, make_refs
+from vlp.data.shapesworld.language import Facts, make_captions, make_refs, tokenize
 from vlp.data.shapesworld.questions import make_questions
 from vlp.data.shapesworld.regions import FEATURE_DIM, region_arrays, write_npz
 from vlp.data.shapesworld.render import render_layers
-from vlp.data.shapesworld.scene import Pair, Scene, choose_holdout_pairs, sample_scene
+from vlp.data.shapesworld.scene import Pair, Scene, SceneObject, choose_holdout_pairs, sample_scene
 from vlp.data.shapesworld.vocab import GENERATOR_VERSION, SHAPE_AREA, SHAPE_POLYGONS, vocabulary
 
 FORMATS: tuple[str, ...] = ("karpathy", "albef", "coco", "vqa", "refcoco", "webdataset", "regions", "manifest")
@@ -60,19 +60,28 @@ def split_of(index: int, counts: dict[str, int]) -> str:
 
 
 def image_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent (scene, text) generators of image ``index``; depend on nothing else."""
+    """Independent (scene, text) generators of image ``index``; depend on nothing else.
+
+    Streams: ``[seed, 0, index]`` images here, ``[seed, 1]`` the held-out pairs (scene.py),
+    ``[seed, 2, question_id]`` the VQA answer noise (writers.py).
+    """
     scene_seq, text_seq = np.random.SeedSequence([seed, 0, index]).spawn(2)
     return np.random.default_rng(scene_seq), np.random.default_rng(text_seq)
+
+
+def _split_scene(
+    rng: np.random.Generator, split: str, holdout_pairs: Sequence[Pair], min_objects: int, max_objects: int
+) -> Scene:
+    if split == "holdout":
+        return sample_scene(rng, min_objects, max_objects, require=list(holdout_pairs))
+    return sample_scene(rng, min_objects, max_objects, exclude=holdout_pairs)
 
 
 def make_scene(
     seed: int, index: int, split: str, holdout_pairs: Sequence[Pair], min_objects: int = 1, max_objects: int = 4
 ) -> Scene:
     """The scene of image ``index``: hold-out images contain a held-out pair, the others none."""
-    rng, _ = image_rngs(seed, index)
-    if split == "holdout":
-        return sample_scene(rng, min_objects, max_objects, require=list(holdout_pairs))
-    return sample_scene(rng, min_objects, max_objects, exclude=holdout_pairs)
+    return _split_scene(image_rngs(seed, index)[0], split, holdout_pairs, min_objects, max_objects)
 
 
 def scene_of(meta: dict[str, Any], image_id: int) -> Scene:
@@ -97,11 +106,13 @@ class _Job:
     formats: frozenset[str]
 
 
-def _object_record(obj: Any, size: int) -> dict[str, Any]:
+def _object_record(obj: SceneObject, size: int) -> dict[str, Any]:
     # round the corners, then take differences, so that x + w is the rounded right edge
     x0, y0, x1, y1 = (round(v, 2) for v in obj.box(size))
     r = obj.radius * size
-    polygon = [round(v, 2) for px, py in SHAPE_POLYGONS[obj.shape] for v in (obj.cx * size + r * px, obj.cy * size + r * py)]
+    polygon = [
+        round(v, 2) for px, py in SHAPE_POLYGONS[obj.shape] for v in (obj.cx * size + r * px, obj.cy * size + r * py)
+    ]
     return {
         "shape": obj.shape,
         "color": obj.color,
@@ -116,8 +127,8 @@ def _build(job: _Job, index: int) -> dict[str, Any]:
     """Render image ``index``, write its PNG (and region file) and return its record."""
     split = split_of(index, job.counts)
     image_id = index + 1
-    scene = make_scene(job.seed, index, split, job.holdout_pairs, job.min_objects, job.max_objects)
-    _, text_rng = image_rngs(job.seed, index)
+    scene_rng, text_rng = image_rngs(job.seed, index)
+    scene = _split_scene(scene_rng, split, job.holdout_pairs, job.min_objects, job.max_objects)
     rendered = render_layers(scene, job.size)
     rel = f"images/{split}/{image_id:07d}.png"
     pil = Image.fromarray(rendered.image)
@@ -131,6 +142,8 @@ def _build(job: _Job, index: int) -> dict[str, Any]:
         jpeg = buffer.getvalue()
     facts = Facts(scene)
     avoid = () if split == "holdout" else job.holdout_pairs
+    captions = make_captions(scene, text_rng, job.captions, facts)
+    refs = make_refs(scene, text_rng, facts=facts)
     return {
         "image_id": image_id,
         "split": split,
@@ -138,9 +151,10 @@ def _build(job: _Job, index: int) -> dict[str, Any]:
         "width": job.size,
         "height": job.size,
         "objects": [_object_record(o, job.size) for o in scene.objects],
-        "captions": make_captions(scene, text_rng, job.captions, facts),
+        "captions": captions,
+        "caption_tokens": [tokenize(c) for c in captions],  # tokenised here, in parallel, not in the parent
         "questions": [vars(qa) for qa in make_questions(scene, text_rng, job.questions, avoid, facts)],
-        "refs": make_refs(scene, text_rng, facts=facts),
+        "refs": [(index, [(s, tokenize(s)) for s in sentences]) for index, sentences in refs],
         "jpeg": jpeg,
     }
 
@@ -158,9 +172,14 @@ def _check(name: str, ok: bool, expected: str, value: Any) -> None:
 def _prepare(root: Path, overwrite: bool) -> None:
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise ConfigError(f"shapesworld out_dir {str(root)!r} exists and is not empty; pass overwrite=True (vlp data synth --overwrite)")
+            raise ConfigError(
+                f"shapesworld out_dir {str(root)!r} exists and is not empty; "
+                "pass overwrite=True (vlp data synth --overwrite)"
+            )
         if not (root / "meta.json").exists():
-            raise ConfigError(f"shapesworld out_dir {str(root)!r} has no meta.json; refusing to clear a folder not ours")
+            raise ConfigError(
+                f"shapesworld out_dir {str(root)!r} has no meta.json; refusing to clear a folder not ours"
+            )
         for name in _OWNED:
             path = root / name
             if path.is_dir():
@@ -203,12 +222,20 @@ def generate(
     """
     start = time.perf_counter()
     _check("images", isinstance(images, int) and images >= 1, "an integer >= 1", images)
+    _check("seed", isinstance(seed, int) and seed >= 0, "an integer >= 0", seed)
     _check("size", isinstance(size, int) and 16 <= size <= 1024, "an integer in [16, 1024]", size)
-    _check("splits", len(splits) == 3 and min(splits) >= 0 and abs(sum(splits) - 1) < 1e-6, "3 fractions summing to 1", splits)
+    _check(
+        "splits",
+        len(splits) == 3 and min(splits) >= 0 and abs(sum(splits) - 1) < 1e-6,
+        "3 fractions summing to 1",
+        splits,
+    )
     _check("holdout", 0.0 <= holdout < 1.0, "a fraction in [0, 1)", holdout)
     _check("holdout_pairs", 0.0 <= holdout_pairs <= 0.5, "a fraction in [0, 0.5]", holdout_pairs)
     _check("holdout_pairs", holdout == 0 or holdout_pairs > 0, "> 0 when holdout > 0", holdout_pairs)
-    _check("min_objects", 1 <= min_objects <= max_objects, f"1 <= min_objects <= max_objects={max_objects}", min_objects)
+    _check(
+        "min_objects", 1 <= min_objects <= max_objects, f"1 <= min_objects <= max_objects={max_objects}", min_objects
+    )
     _check("max_objects", max_objects <= 9, "at most 9 (objects must fit without overlap)", max_objects)
     _check("captions_per_image", captions_per_image >= 1, ">= 1", captions_per_image)
     _check("questions_per_image", questions_per_image >= 1, ">= 1", questions_per_image)
@@ -250,21 +277,11 @@ def generate(
         for obj in rec["objects"]:
             obj["id"] = ann_id
             ann_id += 1
-    timings: dict[str, float] = {}
-    paths: dict[str, list[str]] = {}
-    for name, write in (
-        ("karpathy", lambda: writers.write_karpathy(root, records)),
-        ("albef", lambda: writers.write_albef(root, records)),
-        ("coco", lambda: writers.write_coco(root, records)),
-        ("vqa", lambda: writers.write_vqa(root, records, answer_noise, seed, max_objects)),
-        ("refcoco", lambda: writers.write_refcoco(root, records)),
-        ("webdataset", lambda: writers.write_webdataset(root, records, shard_size)),
-        ("manifest", lambda: writers.write_manifests(root, records)),
-    ):
-        if name in formats:
-            tick = time.perf_counter()
-            paths[name] = [str(p.relative_to(root)) for p in write()]
-            timings[f"write_{name}_s"] = time.perf_counter() - tick
+    options = {
+        "vqa": {"noise": answer_noise, "seed": seed, "max_count": max_objects},
+        "webdataset": {"shard_size": shard_size},
+    }
+    paths, timings = writers.write_all(root, records, formats, options, workers)
     if "regions" in formats:
         paths["regions"] = ["regions"]
     paths["images"] = [f"images/{s}" for s in SPLITS]

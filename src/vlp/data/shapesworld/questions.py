@@ -88,7 +88,9 @@ def _attribute(facts: Facts, rng: np.random.Generator, avoid: Collection[Pair]) 
             phrase = noun_phrase(rng, pick(rng, descs), any_noun="object" if asked == "shape" else "")
             answer = getattr(facts.objects[int(i)], asked)
             if asked == "color" and rng.random() < 0.5:
-                return QA(f"what is the color of the {phrase}?", answer, "other", "what is the color of the", "attribute")
+                return QA(
+                    f"what is the color of the {phrase}?", answer, "other", "what is the color of the", "attribute"
+                )
             return QA(f"what {asked} is the {phrase}?", answer, "other", f"what {asked} is the", "attribute")
     return None
 
@@ -110,7 +112,9 @@ def _relation(facts: Facts, rng: np.random.Generator, avoid: Collection[Pair]) -
         rel = pick(rng, RELATION_WORDS[r])
         phrase = noun_phrase(rng, pick(rng, landmark))
         if rng.random() < 0.5:
-            return QA(f"what shape is {rel} the {phrase}?", facts.objects[i].shape, "other", "what shape is", "relation")
+            return QA(
+                f"what shape is {rel} the {phrase}?", facts.objects[i].shape, "other", "what shape is", "relation"
+            )
         noun = noun_phrase(rng, {})
         answer = facts.objects[i].color
         return QA(f"what color is the {noun} {rel} the {phrase}?", answer, "other", "what color is the", "relation")

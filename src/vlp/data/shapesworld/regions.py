@@ -44,9 +44,9 @@ from vlp.data.shapesworld.vocab import COLORS, SHAPES
 FEATURE_DIM = 64
 DESCRIPTOR_DIM = 57
 CLASS_CONFIDENCE = 0.9  # mass of the true class in cls_prob; the rest is spread evenly
-_PROJECTION = (np.random.default_rng(20240611).standard_normal((DESCRIPTOR_DIM, FEATURE_DIM)) / DESCRIPTOR_DIM**0.5).astype(
-    np.float32
-)
+_PROJECTION = (
+    np.random.default_rng(20240611).standard_normal((DESCRIPTOR_DIM, FEATURE_DIM)) / DESCRIPTOR_DIM**0.5
+).astype(np.float32)
 _MOMENTS = ((2, 0), (0, 2), (1, 1), (3, 0), (0, 3), (2, 1), (1, 2))
 
 
@@ -105,10 +105,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     """``array`` in the .npy format, version 1.0 (what ``np.save`` writes, without its overhead)."""
     if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array into 1-d)
         array = array.copy(order="C")
-    header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
-        np.lib.format.dtype_to_descr(array.dtype),
-        tuple(array.shape),
-    )
+    descr, shape = np.lib.format.dtype_to_descr(array.dtype), tuple(array.shape)
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
     # magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64
     pad = -(10 + len(header) + 1) % 64
     header_bytes = (header + " " * pad + "\n").encode("latin1")
@@ -130,7 +128,9 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
         data = _npy_bytes(np.asarray(value))
         crc = zlib.crc32(data)
         offset = len(local)
-        local += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, _DOS_DATE, crc, len(data), len(data), len(name), 0)
+        local += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, _DOS_DATE, crc, len(data), len(data), len(name), 0
+        )
         local += name + data
         central += struct.pack(
             "<IHHHHHHIIIHHHHHII",

@@ -10,6 +10,7 @@ a horizontal flip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -118,7 +119,7 @@ def relation_holds(a: SceneObject, b: SceneObject, relation: str, margin: float 
 
 
 def position_holds(obj: SceneObject, position: str, margin: float = REL_GAP) -> bool:
-    """Whether ``obj`` lies wholly in the ``position`` (left / right / top / bottom) half, ``margin`` from the middle."""
+    """Whether ``obj`` lies wholly in the ``position`` (left / right / top / bottom) half, ``margin`` clear."""
     x0, y0, x1, y1 = obj.box()
     if position == "left":
         return x1 <= 0.5 - margin
@@ -139,9 +140,9 @@ def all_pairs() -> list[Pair]:
 def choose_holdout_pairs(seed: int, fraction: float) -> list[Pair]:
     """The compositional hold-out: ``fraction`` of all (shape, colour) pairs, chosen by ``seed``.
 
-    Pairs are spread so that every shape and every colour keeps as many training
-    partners as possible (first one held-out pair per shape and colour, then a second...),
-    so each attribute is still learnable alone while the held-out combinations are new.
+    Pairs are spread as evenly as possible over shapes and colours (at most
+    ceil(k / #shapes) per shape and ceil(k / #colours) per colour), so each attribute
+    keeps most of its training partners while the held-out combinations are new.
     """
     if not 0.0 <= fraction <= 0.5:
         raise ValueError(f"holdout_pairs={fraction!r}: expected a fraction of pairs in [0, 0.5]")
@@ -150,18 +151,14 @@ def choose_holdout_pairs(seed: int, fraction: float) -> list[Pair]:
     if fraction > 0 and k == 0:
         k = 1
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
-    used_shape = dict.fromkeys(SHAPES, 0)
-    used_color = dict.fromkeys(COLORS, 0)
-    chosen: list[Pair] = []
-    remaining = list(pairs)
-    for _ in range(k):
-        load = [max(used_shape[s], used_color[c]) for s, c in remaining]
-        best = [p for p, load_p in zip(remaining, load) if load_p == min(load)]
-        pick = best[int(rng.integers(len(best)))]
-        chosen.append(pick)
-        remaining.remove(pick)
-        used_shape[pick[0]] += 1
-        used_color[pick[1]] += 1
+    shapes = [SHAPES[int(i)] for i in rng.permutation(len(SHAPES))]
+    colors = [list(COLORS)[int(i)] for i in rng.permutation(len(COLORS))]
+    n_s, n_c = len(shapes), len(colors)
+    period = math.lcm(n_s, n_c)
+    # walk the diagonals of the shuffled shape x colour grid: step t uses shape t mod S and
+    # colour t mod C (shifted once per full period), which visits every pair once and keeps
+    # the counts per shape and per colour balanced at every prefix
+    chosen = [(shapes[t % n_s], colors[(t + t // period) % n_c]) for t in range(k)]
     return sorted(chosen, key=pairs.index)
 
 

@@ -64,7 +64,11 @@ PLURALS: dict[str, str] = {
 }
 COLOR_WORDS: dict[str, tuple[str, ...]] = {name: (name,) for name in COLORS}
 COLOR_WORDS["purple"] = ("purple", "violet")
-SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "medium": ("medium",), "large": ("large", "big")}
+SIZE_WORDS: dict[str, tuple[str, ...]] = {
+    "small": ("small", "little"),
+    "medium": ("medium",),
+    "large": ("large", "big"),
+}
 # Nouns for "an object of any shape".
 OBJECT_WORDS: tuple[str, ...] = ("object", "shape")
 # Relation phrases; "left"/"right" only ever appear in these and in the absolute positions,

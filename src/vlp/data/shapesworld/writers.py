@@ -4,27 +4,30 @@ A *record* is one image's ground truth as plain data (made by ``generate``)::
 
     {"image_id": int, "split": str, "file": "images/train/0000001.png", "width": int, "height": int,
      "objects": [{"id": ann_id, "shape", "color", "size", "bbox": [x, y, w, h], "area", "segmentation"}],
-     "captions": [str], "questions": [{"question", "answer", "answer_type", "question_type", "family"}],
-     "refs": [(object index, [sentence, ...])], "jpeg": bytes | None}
+     "captions": [str], "caption_tokens": [[str]],
+     "questions": [{"question", "answer", "answer_type", "question_type", "family"}],
+     "refs": [(object index, [(sentence, tokens), ...])], "jpeg": bytes | None}
 
-Each function writes one format under the dataset root; see the package docstring
-for the layout. Output depends only on the records, so it is byte-for-byte
-reproducible (no timestamps, fixed tar metadata, insertion-ordered JSON).
+Each ``write_*`` function writes one format under the dataset root (see the package
+docstring for the layout) and returns the paths it wrote; ``write_all`` runs them,
+in parallel processes when it can. Output depends only on the records, so it is
+byte-for-byte reproducible (no timestamps, fixed tar metadata, ordered JSON).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
 import pickle
 import tarfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlp.data.shapesworld.language import tokenize
 from vlp.data.shapesworld.vocab import COLORS, SHAPES, SIZES
 
 Record = dict[str, Any]
@@ -56,8 +59,8 @@ def write_karpathy(root: Path, records: Sequence[Record]) -> list[Path]:
     images, sentid = [], 0
     for imgid, rec in enumerate(records):
         sentences = []
-        for caption in rec["captions"]:
-            sentences.append({"tokens": tokenize(caption), "raw": caption, "imgid": imgid, "sentid": sentid})
+        for caption, tokens in zip(rec["captions"], rec["caption_tokens"]):
+            sentences.append({"tokens": tokens, "raw": caption, "imgid": imgid, "sentid": sentid})
             sentid += 1
         folder, filename = rec["file"].rsplit("/", 1)
         images.append(
@@ -116,7 +119,11 @@ def write_manifests(root: Path, records: Sequence[Record]) -> list[Path]:
 
 
 def coco_instances(records: Iterable[Record], file_name: str = "split") -> dict[str, Any]:
-    """COCO instances for ``records``; ``file_name`` relative to ``images/{split}`` ("split") or ``images/`` ("root")."""
+    """COCO instances for ``records``.
+
+    ``file_name`` is relative to ``images/{split}`` (``"split"``, the per-split files) or to
+    ``images/`` (``"root"``, RefCOCO's all-image file).
+    """
     images, annotations = [], []
     for r in records:
         name = r["file"].rsplit("/", 1)[1]
@@ -233,8 +240,7 @@ def write_refcoco(root: Path, records: Sequence[Record]) -> list[Path]:
         for index, sentences in r["refs"]:
             obj = r["objects"][index]
             sents = []
-            for raw in sentences:
-                tokens = tokenize(raw)
+            for raw, tokens in sentences:
                 sents.append({"tokens": tokens, "raw": raw, "sent_id": sent_id, "sent": " ".join(tokens)})
                 sent_id += 1
             stem = r["file"].rsplit("/", 1)[1].rsplit(".", 1)[0]
@@ -253,8 +259,11 @@ def write_refcoco(root: Path, records: Sequence[Record]) -> list[Path]:
             ref_id += 1
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     refs_path = root / "annotations" / "refs(unc).p"
+    # pickle memoises shared objects, so its bytes depend on which strings happen to be the same
+    # object (records from worker processes share less); a JSON round trip makes that canonical
+    canonical = json.loads(json.dumps(refs))
     with open(refs_path, "wb") as f:
-        pickle.dump(refs, f, protocol=2)
+        pickle.dump(canonical, f, protocol=2)
     return [refs_path, dump_json(root / "annotations" / "instances.json", coco_instances(records, file_name="root"))]
 
 
@@ -303,3 +312,54 @@ def write_webdataset(root: Path, records: Sequence[Record], shard_size: int = 10
                     _tar_add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
             written.append(path)
     return written
+
+
+# ------------------------------------------------------------------------------ all of them
+
+_WRITERS = {
+    "karpathy": write_karpathy,
+    "albef": write_albef,
+    "coco": write_coco,
+    "vqa": write_vqa,
+    "refcoco": write_refcoco,
+    "webdataset": write_webdataset,
+    "manifest": write_manifests,
+}
+# the costliest first, so that parallel writers finish at about the same time
+_COST_ORDER = ("refcoco", "webdataset", "vqa", "karpathy", "coco", "albef", "manifest")
+_SHARED: list[Record] = []  # the records, inherited by forked writer processes (never pickled)
+
+
+def _run_writer(task: tuple[str, str, dict[str, Any]]) -> tuple[str, list[str], float]:
+    name, root, options = task
+    tick = time.perf_counter()
+    written = _WRITERS[name](Path(root), _SHARED, **options)
+    return name, [str(p.relative_to(root)) for p in written], time.perf_counter() - tick
+
+
+def write_all(
+    root: Path,
+    records: Sequence[Record],
+    formats: Iterable[str],
+    options: dict[str, dict[str, Any]],
+    workers: int = 1,
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Write every annotation format in ``formats``; returns (paths per format, seconds per format).
+
+    ``options[name]`` are keyword arguments of that writer. With ``workers`` > 1 and the
+    ``fork`` start method, the formats are written by that many processes at once.
+    """
+    global _SHARED
+    wanted = set(formats)
+    tasks = [(name, str(root), options.get(name, {})) for name in _COST_ORDER if name in wanted]
+    _SHARED = list(records)
+    try:
+        if workers > 1 and len(tasks) > 1 and "fork" in mp.get_all_start_methods():
+            with mp.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+                results = pool.map(_run_writer, tasks, chunksize=1)
+        else:
+            results = [_run_writer(task) for task in tasks]
+    finally:
+        _SHARED = []
+    results.sort(key=lambda r: list(_WRITERS).index(r[0]))
+    return {name: paths for name, paths, _ in results}, {f"write_{name}_s": t for name, _, t in results}

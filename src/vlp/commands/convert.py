@@ -1,0 +1,74 @@
+"""``vlp convert``: import transformers / OpenCLIP checkpoints into vlp model folders, or export back."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _summary(folder: Path) -> None:
+    from vlp.models.saving import load_config
+
+    cfg, _ = load_config(folder)
+    parts = [
+        f"{p}={type(getattr(cfg, p)).__name__}" for p in ("text", "vision", "fusion", "decoder") if getattr(cfg, p)
+    ]
+    print(f"model      {cfg.name}: {', '.join(parts)}; heads: {', '.join(cfg.heads) or '-'}")
+    print(f"files      {', '.join(sorted(p.name for p in folder.iterdir()))}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlp.interop.common import ConversionError
+
+    src, dst = Path(args.src), Path(args.dst)
+    try:
+        if args.to == "transformers":
+            from vlp.interop.hf import export_folder
+
+            export_folder(src, dst, architecture=args.arch, overwrite=args.overwrite)
+            print(f"exported   {src} -> {dst} (transformers)")
+            print(f"files      {', '.join(sorted(p.name for p in dst.iterdir()))}")
+            return 0
+        source = args.source or ("openclip" if src.is_file() else "transformers")
+        if source == "openclip":
+            from vlp.interop.openclip import import_openclip
+
+            import_openclip(src, dst, act=args.act, tokenizer=args.tokenizer, overwrite=args.overwrite)
+        else:
+            from vlp.interop.hf import import_folder
+
+            if args.tokenizer or args.act != "quick_gelu":
+                raise ConversionError("--tokenizer and --act apply to --from openclip; a transformers folder has both")
+            import_folder(src, dst, overwrite=args.overwrite)
+        print(f"imported   {src} ({source}) -> {dst}")
+        _summary(dst)
+        return 0
+    except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"vlp convert: {err}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="import a transformers or OpenCLIP checkpoint into a vlp model folder (or export back)",
+        description="Import: SRC is a transformers folder (config.json + model.safetensors / pytorch_model.bin) of "
+        "CLIPModel, ViltModel (+ VQA / retrieval / MLM heads), BlipForImageTextRetrieval, "
+        "BlipForConditionalGeneration, LxmertModel or VisualBertModel, or an OpenCLIP state dict file (.pt/.bin read "
+        "with weights_only, or .safetensors). DST becomes a vlp folder with the weights, recipe.yaml, tokenizer "
+        "files and preprocess.json. Export (--to transformers): SRC is a vlp folder, DST a transformers folder.",
+    )
+    parser.add_argument("src", help="checkpoint folder or OpenCLIP state dict file")
+    parser.add_argument("dst", help="output folder (must be empty unless --overwrite)")
+    parser.add_argument("--to", choices=("vlp", "transformers"), default="vlp", help="direction (default: vlp)")
+    parser.add_argument(
+        "--from", dest="source", choices=("transformers", "openclip"), help="source kind (default: by SRC)"
+    )
+    parser.add_argument("--arch", help="export: transformers class to write (default: chosen by the model's heads)")
+    parser.add_argument(
+        "--act", default="quick_gelu", choices=("quick_gelu", "gelu"), help="OpenCLIP: activation (OpenAI: quick_gelu)"
+    )
+    parser.add_argument("--tokenizer", help="OpenCLIP: CLIP tokenizer folder (vocab.json + merges.txt) to store")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    parser.set_defaults(run=run)

@@ -1,0 +1,297 @@
+"""Import transformers checkpoint folders into vlp model folders, and export them back.
+
+``import_folder(SRC, DST)`` reads ``SRC/config.json`` (the architecture picks the converter),
+builds the matching vlp recipe with the checkpoint's sizes, fills the model strictly from the
+weights (``model.safetensors``, a sharded index, or ``pytorch_model.bin`` read with
+``weights_only=True``) and writes a vlp folder: ``model.safetensors`` + ``recipe.yaml`` + the
+tokenizer files + ``preprocess.json`` + ``transformers_config.json`` (the original config, kept
+so that an export restores its extra fields) + ``interop.json`` (family and architecture).
+
+``export_folder(SRC, DST)`` does the reverse: a vlp folder (imported or trained in vlp) becomes a
+folder that ``transformers.<Architecture>.from_pretrained`` loads with no missing or unexpected
+keys. ``from_pretrained(PATH)`` is the in-memory import used by ``vlp.create_model(pretrained=)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlp.config import ConfigError, set_dotted
+from vlp.interop.common import ConversionError, Converter, export_state, import_state, listing, read_json, read_weights
+from vlp.interop.preprocess import HF_NAME, PREPROCESS_NAME, Preprocess, from_hf, from_recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+HF_CONFIG_NAME = "transformers_config.json"
+INTEROP_NAME = "interop.json"
+# the transformers image processor class written on export, per family
+PROCESSORS = {"clip": "CLIPImageProcessor", "vilt": "ViltImageProcessor", "blip": "BlipImageProcessor"}
+
+
+def converters() -> list[Converter]:
+    """Every registered converter (imported lazily: each module is small but there is no need to load them all)."""
+    from vlp.interop.blip import BlipConverter
+    from vlp.interop.clip import ClipConverter
+    from vlp.interop.lxmert import LxmertConverter
+    from vlp.interop.vilt import ViltConverter
+    from vlp.interop.visualbert import VisualBertConverter
+
+    return [ClipConverter(), ViltConverter(), BlipConverter(), LxmertConverter(), VisualBertConverter()]
+
+
+def _known() -> str:
+    return ", ".join(a for c in converters() for a in c.architectures)
+
+
+def converter_for(config: dict[str, Any], where: str) -> tuple[Converter, str]:
+    """``(converter, architecture)`` of a transformers ``config.json``."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    for conv in converters():
+        for arch in archs:
+            if arch in conv.architectures:
+                return conv, arch
+    for conv in converters():
+        if model_type in conv.model_types and not archs:
+            return conv, conv.architectures[0]
+    raise ConversionError(
+        f"{where}: architectures {archs or '(none)'} / model_type {model_type!r} has no vlp converter; "
+        f"supported: {_known()}"
+    )
+
+
+def is_vlp_folder(folder: Path) -> bool:
+    return (folder / "recipe.yaml").is_file() and (folder / "model.safetensors").is_file()
+
+
+def is_hf_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- import
+def _recipe_data(conv: Converter, config: dict[str, Any], arch: str, name: str, pre: Preprocess | None) -> dict:
+    from vlp.recipe import recipe_dict
+
+    data = recipe_dict(conv.recipe)
+    data["model"] = {"name": name, **conv.model_section(config, arch)}
+    if pre is not None:
+        settings = pre.transform_config()
+        section = data.setdefault("data", {})
+        section["image_size"] = settings["image_size"]
+        section["transform"] = {**section.get("transform", {}), **settings["transform"]}
+    return data
+
+
+def _build(data: dict, overrides: dict[str, Any] | None, where: str) -> Any:
+    from vlp.models.model import RECIPE_SECTIONS, VisionLanguageModel
+    from vlp.recipe import parse_recipe
+
+    data = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key if key.split(".")[0] in RECIPE_SECTIONS else f"model.{key}", value)
+    recipe = parse_recipe(data, where=where)
+    model = VisionLanguageModel(recipe.model)
+    model.recipe = recipe
+    return model
+
+
+def load_hf(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Converter, str, dict]:
+    """``(model, converter, architecture, config.json)``: a transformers folder as a vlp model (eval mode)."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json", "a transformers config.json")
+    conv, arch = converter_for(config, str(folder / "config.json"))
+    pre = from_hf(folder)
+    model = _build(_recipe_data(conv, config, arch, folder.name, pre), overrides, str(folder))
+    state = conv.prepare(read_weights(folder), config)
+    import_state(model, state, conv.mapping(model, arch), str(folder))
+    _check_tokenizer(folder, model)
+    return model.eval(), conv, arch, config
+
+
+def _check_tokenizer(folder: Path, model: Any) -> None:
+    """A tokenizer shipped with the weights must not produce ids the embedding table lacks."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
+        return
+    from vlp.models.saving import load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    text = model.text if model.text is not None else model.decoder
+    if text is not None and tokenizer.vocab_size > text.cfg.vocab_size:
+        raise ConversionError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary is "
+            f"{text.cfg.vocab_size}; they are not from the same checkpoint"
+        )
+
+
+class _Extras:
+    """Stands in for a tokenizer in ``save_pretrained``: its ``save`` writes everything that comes
+    along with the weights, so the whole folder is still written atomically."""
+
+    def __init__(self, source: Path, files: dict[str, str]) -> None:
+        self.source = source
+        self.files = files
+
+    def save(self, folder: Path) -> Path:
+        for name in TOKENIZER_FILES:
+            if (self.source / name).is_file():
+                shutil.copy2(self.source / name, Path(folder) / name)
+        for name, text in self.files.items():
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+        return Path(folder)
+
+
+def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
+    """Convert the transformers folder ``src`` into the vlp folder ``dst``; returns ``dst``."""
+    from vlp.models.saving import save_pretrained
+
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: checkpoint folder not found")
+    model, conv, arch, config = load_hf(src)
+    pre = from_hf(src)
+    files = {
+        HF_CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True) + "\n",
+        INTEROP_NAME: json.dumps({"family": conv.family, "architecture": arch, "source": src.name}, indent=2) + "\n",
+    }
+    if pre is not None:
+        files[PREPROCESS_NAME] = json.dumps(pre.__dict__, indent=2, default=list) + "\n"
+    return save_pretrained(model, dst, tokenizer=_Extras(src, files), overwrite=overwrite)
+
+
+def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any) -> Any:
+    """A vlp model from a vlp folder or a transformers folder (``vlp.create_model(name, pretrained=path)``).
+
+    ``name``, when given, is the recipe the caller expects (``"clip"``, ``"vilt-tiny"``, ...): a
+    checkpoint of another model family is refused. ``overrides`` are dotted recipe keys; any that
+    changes a weight's shape makes the strict load fail with the names.
+    """
+    from vlp.models.saving import load_config, load_weights
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: pretrained folder not found")
+    if is_vlp_folder(folder):
+        _, recipe = load_config(folder)
+        import yaml
+
+        data = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+        model = _build(data, overrides, str(folder / "recipe.yaml"))
+        load_weights(model, folder / "model.safetensors")
+        conv = detect(model.cfg, folder)
+        model.eval()
+    elif is_hf_folder(folder):
+        model, conv, _, _ = load_hf(folder, overrides)
+    else:
+        raise FileNotFoundError(
+            f"{folder}: neither a vlp model folder (recipe.yaml + model.safetensors) nor a transformers folder "
+            "(config.json + weights)"
+        )
+    if name is not None:
+        _check_family(name, conv, folder)
+    return model
+
+
+def _check_family(name: Any, conv: Converter | None, folder: Path) -> None:
+    from vlp.models.config import ModelConfig
+    from vlp.recipe import parse_recipe, recipe_dict
+
+    if not isinstance(name, (str, Path)):
+        raise TypeError(f"create_model(..., pretrained=): the model is named by a recipe name or path, got {name!r}")
+    expected = parse_recipe(recipe_dict(name), where=str(name)).model
+    assert isinstance(expected, ModelConfig)
+    wanted = next((c for c in converters() if c.matches(expected)), None)
+    if wanted is not None and conv is not None and wanted.family != conv.family:
+        raise ConfigError(
+            f"create_model({str(name)!r}, pretrained={str(folder)!r}): the folder holds a {conv.family} model, "
+            f"but recipe {str(name)!r} is a {wanted.family} model"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- export
+def detect(cfg: Any, folder: Path | None = None) -> Converter | None:
+    """The converter of a vlp model: the one recorded at import (``interop.json``), else by structure."""
+    if folder is not None and (folder / INTEROP_NAME).is_file():
+        family = read_json(folder / INTEROP_NAME, "vlp interop record").get("family")
+        for conv in converters():
+            if conv.family == family:
+                return conv
+    return next((c for c in converters() if c.matches(cfg)), None)
+
+
+def _fill_tied(hf_model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Names the target model ties to a tensor already in ``state`` get that tensor too."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in hf_model.state_dict().items():
+        groups.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+    for names in groups.values():
+        have = [n for n in names if n in state]
+        for name in names:
+            if name not in state and have:
+                state[name] = state[have[0]]
+    return state
+
+
+def export_folder(src: str | Path, dst: str | Path, architecture: str | None = None, overwrite: bool = False) -> Path:
+    """Write the vlp folder ``src`` as a transformers folder ``dst`` (weights, config, tokenizer, preprocessor)."""
+    try:
+        import transformers
+    except ImportError as err:  # pragma: no cover - transformers is a test dependency
+        raise ConversionError("exporting to transformers needs the transformers package (pip install vlp[hf])") from err
+    from vlp.models.saving import load
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise FileExistsError(f"{dst}: folder is not empty; pass overwrite=True to replace it")
+    model = load(src)
+    conv = detect(model.cfg, src)
+    if conv is None:
+        raise ConversionError(
+            f"{src}: model {model.cfg.name!r} has no transformers counterpart (families: "
+            f"{', '.join(c.family for c in converters())})"
+        )
+    record = read_json(src / INTEROP_NAME, "vlp interop record") if (src / INTEROP_NAME).is_file() else {}
+    arch = architecture or conv.architecture(model.cfg)
+    if arch not in conv.architectures:
+        raise ConversionError(f"{arch}: not a {conv.family} architecture; expected one of {conv.architectures}")
+    if record.get("architecture") not in (None, arch) and architecture is None:
+        arch = conv.architecture(model.cfg)
+    base = read_json(src / HF_CONFIG_NAME, "transformers config") if (src / HF_CONFIG_NAME).is_file() else {}
+    config_dict = conv.hf_config(model.cfg, base, arch)
+    config_dict["architectures"] = [arch]
+    cls = getattr(transformers, arch)
+    config = cls.config_class.from_dict({k: v for k, v in config_dict.items() if k != "transformers_version"})
+    hf_model = cls(config).eval()
+    shapes = {k: v.shape for k, v in hf_model.state_dict().items()}
+    state = conv.finish(export_state(model, conv.mapping(model, arch), shapes), shapes)
+    state = _fill_tied(hf_model, state)
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
+    if missing or unexpected:
+        raise ConversionError(
+            f"{arch}: export does not cover the model (missing {listing(missing)}; unexpected {listing(unexpected)})"
+        )
+    hf_model.load_state_dict(state, strict=True)
+    if dst.exists():
+        shutil.rmtree(dst)
+    hf_model.save_pretrained(dst)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    processor = PROCESSORS.get(conv.family)
+    if processor is not None:
+        pre = Preprocess.load(src) if (src / PREPROCESS_NAME).is_file() else from_recipe(model.recipe)
+        (dst / HF_NAME).write_text(json.dumps(pre.to_hf(processor), indent=2) + "\n", encoding="utf-8")
+    return dst

@@ -1,0 +1,275 @@
+"""Image preprocessing settings of imported checkpoints: read, store, and apply exactly.
+
+A transformers folder describes its image pipeline in ``preprocessor_config.json``. vlp keeps
+the settings that matter (resize rule and size, crop, interpolation, rescale, mean, std) in
+``preprocess.json`` beside the converted weights, and :func:`load_preprocess` turns them into a
+callable ``PIL image -> (3, H, W) float tensor`` that reproduces transformers' PIL backend:
+
+- ``shortest_edge`` (CLIP): the shorter side becomes ``size``, the longer ``int(size * long /
+  short)``, then a centre crop whose offsets are ``(old - new) // 2``;
+- ``exact`` (BLIP): resize to ``(height, width)``;
+- ``vilt`` (ViLT): shorter side ``size``, longer side at most ``int(1333 / 800 * size)``, both
+  rounded to multiples of ``size_divisor``.
+
+Resizing is PIL's on the 8-bit image (as transformers does), then ``x * rescale`` and
+``(x - mean) / std`` in float32 by :func:`vlp.data.transforms.to_tensor`. The recipe's data
+section also gets the closest :class:`vlp.data.config.TransformConfig` (size, centre crop or
+resize, mean, std, interpolation) for training-time loaders, whose crop rounds slightly
+differently at the pixel level.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from vlp.data.config import CLIP_MEAN, CLIP_STD
+from vlp.data.transforms import to_tensor
+from vlp.interop.common import ConversionError, read_json
+
+PREPROCESS_NAME = "preprocess.json"
+HF_NAME = "preprocessor_config.json"
+
+# PIL resample codes as transformers stores them
+_FROM_PIL = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_TO_PIL = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+_PIL_CODE = {name: int(code) for name, code in _TO_PIL.items()}
+
+
+@dataclass
+class Preprocess:
+    """Settings of one image pipeline; call it on a PIL image to get ``(3, H, W)`` float32."""
+
+    resize: Literal["shortest_edge", "exact", "vilt", "none"] = "shortest_edge"
+    size: tuple[int, int] = (224, 224)  # (height, width); shortest_edge / vilt read size[0]
+    crop: tuple[int, int] | None = (224, 224)  # centre crop (height, width), or None
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    rescale: float = 1 / 255
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    size_divisor: int = 32  # vilt only
+    extra: dict[str, Any] = field(default_factory=dict)  # other transformers settings, kept for export
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _TO_PIL:
+            raise ConversionError(f"preprocess interpolation {self.interpolation!r}: expected one of {list(_TO_PIL)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ConversionError(f"preprocess mean/std must be 3 values (std > 0), got {self.mean} / {self.std}")
+        self.size, self.mean, self.std = tuple(self.size), tuple(self.mean), tuple(self.std)
+        self.crop = tuple(self.crop) if self.crop is not None else None
+
+    # ------------------------------------------------------------------ geometry
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing an image of ``width x height`` (before cropping)."""
+        if self.resize == "none":
+            return width, height
+        if self.resize == "exact":
+            return self.size[1], self.size[0]
+        short_target = self.size[0]
+        if self.resize == "shortest_edge":
+            short, long = min(width, height), max(width, height)
+            if short == short_target:
+                return width, height
+            new_long = int(short_target * long / short)
+            return (short_target, new_long) if width <= height else (new_long, short_target)
+        # vilt: scale the shorter side, cap the longer one, round both down to the divisor
+        longer_cap = int(1333 / 800 * short_target)
+        scale = short_target / min(width, height)
+        if height < width:
+            new_h, new_w = float(short_target), scale * width
+        else:
+            new_h, new_w = scale * height, float(short_target)
+        if max(new_h, new_w) > longer_cap:
+            scale = longer_cap / max(new_h, new_w)
+            new_h, new_w = scale * new_h, scale * new_w
+        new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
+        div = self.size_divisor
+        return new_w // div * div, new_h // div * div
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``image`` (any PIL mode) -> normalized ``(3, H, W)`` float32 tensor."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"preprocess: expected a PIL image, got {type(image).__name__}")
+        image = image.convert("RGB")
+        size = self.output_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, _TO_PIL[self.interpolation])
+        if self.crop is not None:
+            crop_h, crop_w = self.crop
+            width, height = image.size
+            if crop_h > height or crop_w > width:
+                raise ValueError(
+                    f"preprocess: crop {crop_h}x{crop_w} is larger than the resized image {height}x{width}"
+                )
+            top, left = (height - crop_h) // 2, (width - crop_w) // 2
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+        # to_tensor divides by 255; other rescale factors are applied on top of that
+        pixels = to_tensor(image, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        if abs(self.rescale * 255 - 1) > 1e-12:
+            pixels = pixels * (self.rescale * 255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Stack several images ``(B, 3, H, W)``; they must come out the same size."""
+        tensors = [self(image) for image in images]
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"preprocess: images come out at different sizes {sorted(shapes)}; process them one by one"
+            )
+        return torch.stack(tensors)
+
+    # ------------------------------------------------------------------ storage
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / PREPROCESS_NAME
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocess:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PREPROCESS_NAME
+        data = read_json(path, "vlp image preprocessing settings (preprocess.json)")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ConversionError(f"{path}: {err}") from err
+
+    def transform_config(self) -> dict[str, Any]:
+        """The recipe's ``data`` settings closest to this pipeline (for vlp's own loaders)."""
+        out_size = self.crop[0] if self.crop is not None else self.size[0]
+        return {
+            "image_size": int(out_size),
+            "transform": {
+                "eval_crop": "center" if self.crop is not None else "resize",
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "interpolation": self.interpolation,
+            },
+        }
+
+    def to_hf(self, processor: str) -> dict[str, Any]:
+        """transformers ``preprocessor_config.json`` contents for ``processor`` (e.g. ``CLIPImageProcessor``)."""
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            image_processor_type=processor,
+            do_resize=self.resize != "none",
+            resample=_PIL_CODE[self.interpolation],
+            do_rescale=True,
+            rescale_factor=self.rescale,
+            do_normalize=True,
+            image_mean=list(self.mean),
+            image_std=list(self.std),
+            do_convert_rgb=True,
+            do_center_crop=self.crop is not None,
+        )
+        if self.resize == "exact":
+            out["size"] = {"height": self.size[0], "width": self.size[1]}
+        elif self.resize in ("shortest_edge", "vilt"):
+            out["size"] = {"shortest_edge": self.size[0]}
+        if self.resize == "vilt":
+            out["size_divisor"] = self.size_divisor
+        if self.crop is not None:
+            out["crop_size"] = {"height": self.crop[0], "width": self.crop[1]}
+        return out
+
+
+def _pair(value: Any, key: str, path: Path) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if "shortest_edge" in value:
+            return int(value["shortest_edge"]), int(value["shortest_edge"])
+    raise ConversionError(f"{path}: {key}={value!r}: expected an int or {{height, width}} or {{shortest_edge}}")
+
+
+def from_hf(folder: str | Path) -> Preprocess | None:
+    """The :class:`Preprocess` of a transformers folder's ``preprocessor_config.json`` (None if absent)."""
+    path = Path(folder) / HF_NAME
+    if not path.is_file():
+        return None
+    data = read_json(path, "a transformers image processor config")
+    kind = str(data.get("image_processor_type", data.get("feature_extractor_type", "")))
+    size_value = data.get("size")
+    size = _pair(size_value, "size", path)
+    if size is None:
+        raise ConversionError(f"{path}: has no 'size'")
+    if "Vilt" in kind:
+        resize = "vilt"
+    elif isinstance(size_value, dict) and "shortest_edge" in size_value:
+        resize = "shortest_edge"
+    elif isinstance(size_value, int) and kind.startswith("CLIP"):
+        resize = "shortest_edge"  # old CLIP configs: an int size meant the shorter edge
+    else:
+        resize = "exact"
+    if data.get("do_resize") is False:
+        resize = "none"
+    resample = data.get("resample", 3)
+    if resample not in _FROM_PIL:
+        raise ConversionError(f"{path}: resample={resample!r} is not supported; expected 0, 2 or 3 (PIL codes)")
+    crop = _pair(data.get("crop_size"), "crop_size", path) if data.get("do_center_crop") else None
+    known = {
+        "image_processor_type", "feature_extractor_type", "size", "crop_size", "do_center_crop", "resample",
+        "image_mean", "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize", "size_divisor",
+        "do_convert_rgb",
+    }  # fmt: skip
+    extra = {k: v for k, v in data.items() if k not in known and not k.startswith("_")}
+    do_norm = data.get("do_normalize", True)
+    return Preprocess(
+        resize=resize,
+        size=size,
+        crop=crop,
+        interpolation=_FROM_PIL[resample],
+        rescale=float(data.get("rescale_factor", 1 / 255)) if data.get("do_rescale", True) else 1.0,
+        mean=tuple(data.get("image_mean", CLIP_MEAN)) if do_norm else (0.0, 0.0, 0.0),
+        std=tuple(data.get("image_std", CLIP_STD)) if do_norm else (1.0, 1.0, 1.0),
+        size_divisor=int(data.get("size_divisor", 32)),
+        extra=extra,
+    )
+
+
+def from_recipe(recipe: Any) -> Preprocess:
+    """The evaluation pipeline a vlp recipe's ``data`` section describes (for models trained in vlp)."""
+    data = recipe.data
+    tf = data.transform
+    size = data.image_size
+    if tf.eval_crop == "center":
+        return Preprocess("shortest_edge", (size, size), (size, size), tf.interpolation, 1 / 255, tf.mean, tf.std)
+    return Preprocess("exact", (size, size), None, tf.interpolation, 1 / 255, tf.mean, tf.std)
+
+
+def load_preprocess(folder: str | Path) -> Preprocess:
+    """The image transform of a model folder: ``preprocess.json`` (vlp), else ``preprocessor_config.json``
+    (transformers), else the recipe's data section."""
+    folder = Path(folder)
+    if (folder / PREPROCESS_NAME).is_file():
+        return Preprocess.load(folder / PREPROCESS_NAME)
+    found = from_hf(folder)
+    if found is not None:
+        return found
+    if (folder / "recipe.yaml").is_file():
+        from vlp.models.saving import load_config
+
+        _, recipe = load_config(folder)
+        if recipe is not None:
+            return from_recipe(recipe)
+    raise FileNotFoundError(
+        f"{folder}: no image preprocessing settings (preprocess.json, preprocessor_config.json, or a recipe.yaml "
+        "with a data section)"
+    )

@@ -1,0 +1,499 @@
+"""What every downstream task shares: loading a model to evaluate, eval data, batching,
+image preprocessing for the predict APIs, the metrics table and ``results.json``.
+
+A model to evaluate (``vlp eval TASK --model PATH``) may be
+
+- a ``save_pretrained`` folder (``model.safetensors`` + ``recipe.yaml`` + tokenizer files);
+- a training run folder (``recipe.yaml`` + ``checkpoints/step_*``) of ``vlp pretrain`` or
+  ``vlp finetune``: the newest valid checkpoint is used and the training wrapper's prefix
+  (``model.``) is stripped; its ``task`` section (answer vocabulary, prompt, ...) comes along;
+- one checkpoint folder ``RUN/checkpoints/step_N`` (the recipe is read from ``RUN``).
+
+Eval data: ``--data`` is a dataset folder (``data.root``) read with ``--format`` (``shapesworld``
+or any loader type of :mod:`vlp.data.registry`), or a YAML file holding a ``data:`` section.
+Without ``--data`` the model's own recipe ``data`` section is used. Image size, text length and
+pixel statistics always come from the model's recipe, so evaluation sees what training saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from vlp.data.config import DataConfig
+
+# Recipe keys a fine-tuning run adds on top of a model recipe (see vlp.train.jobs.build_finetuning_job).
+RUN_ONLY_KEYS = ("task", "init")
+TASK_RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation (eval mode, on ``device``) with what came with it.
+
+    ``recipe``: the parsed :class:`vlp.recipe.Recipe` (or None); ``task``: the ``task`` section of
+    a fine-tuning run (e.g. ``answer_vocab``, ``prompt``), empty otherwise; ``source``: the weights file.
+    """
+
+    model: Any
+    tokenizer: Any
+    recipe: Any = None
+    task: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+def task_recipe_path(name: str) -> Path:
+    """A built-in task recipe (``src/vlp/tasks/recipes/<name>.yaml``) by name, e.g. ``vqa-vilt-tiny``."""
+    path = TASK_RECIPE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in TASK_RECIPE_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown task recipe {name!r}; built-in task recipes: {names}")
+    return path
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device: {device!r} is not a device (expected auto, cpu, cuda or cuda:N)") from err
+
+
+def _run_folder_of(path: Path) -> tuple[Path, Path | None]:
+    """(folder holding recipe.yaml, weights file or None) for a run, checkpoint or pretrained folder."""
+    if (path / "model.safetensors").is_file() and (path / "recipe.yaml").is_file():
+        return path, path / "model.safetensors"
+    if (path / "model.safetensors").is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent, path / "model.safetensors"  # RUN/checkpoints/step_N
+    if (path / "recipe.yaml").is_file() and (path / "checkpoints").is_dir():
+        from vlp.train.checkpoint import CheckpointManager
+
+        latest = CheckpointManager(path / "checkpoints").latest_valid(warn=lambda msg: print(f"warning: {msg}"))
+        if latest is None:
+            raise ConfigError(f"--model: {path} is a run folder without a valid checkpoint")
+        return path, latest / "model.safetensors"
+    return path, None
+
+
+def load_model(path: str | Path, tokenizer: Any = None, device: Any = "cpu") -> LoadedModel:
+    """Load a model folder for evaluation (see the module docstring for what ``path`` may be).
+
+    Weights must cover every parameter and buffer of the model; a missing one is an error that
+    names it (evaluating a half-initialized model silently would be worse). ``tokenizer``: a
+    Tokenizer, a tokenizer path, or None = the files saved beside the weights, else the recipe's
+    ``model.tokenizer``.
+    """
+    from vlp.models.model import VisionLanguageModel
+    from vlp.recipe import parse_recipe
+    from vlp.train.checkpoint import load_safetensors
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--model: {path} does not exist")
+    folder, weights_file = _run_folder_of(path)
+    if weights_file is None:
+        raise ConfigError(
+            f"--model: {path} holds neither model.safetensors + recipe.yaml (save_pretrained) nor a run "
+            "(recipe.yaml + checkpoints/)"
+        )
+    data = read_yaml(folder / "recipe.yaml")
+    if "model" not in data:
+        raise ConfigError(f"{folder / 'recipe.yaml'}: has no 'model' section")
+    task = data.get("task") or {}
+    recipe = parse_recipe({k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}, where=str(folder / "recipe.yaml"))
+    model = VisionLanguageModel(recipe.model)
+    model.recipe = recipe
+    weights = load_safetensors(weights_file)
+    own = model.state_dict()
+    if not any(k in own for k in weights) and any(k.startswith("model.") for k in weights):
+        # a training run stores the wrapper (Pretraining / a task module): keep its ``model.`` part
+        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    for problem, keys in (("missing", set(own) - set(weights)), ("unexpected", set(weights) - set(own))):
+        if keys:
+            keys = sorted(keys)
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            raise ConfigError(f"{weights_file}: weights do not fit the model recipe; {problem}: {shown}")
+    bad = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if weights[k].shape != v.shape]
+    if bad:
+        raise ConfigError(f"{weights_file}: shapes do not fit the model: {', '.join(bad[:5])}")
+    model.load_state_dict({k: weights[k] for k in own})
+    model.to(device).eval()
+    tokenizer = _tokenizer_for(tokenizer, folder, recipe, data.get("init"))
+    return LoadedModel(model, tokenizer, recipe, dict(task), str(weights_file))
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
+
+
+def _tokenizer_for(tokenizer: Any, folder: Path, recipe: Any, init: str | None) -> Any:
+    """The explicit tokenizer, else the one saved beside the weights, else the recipe's
+    ``model.tokenizer``, else the one saved with the run's ``init`` weights."""
+    from vlp.text import Tokenizer
+
+    if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
+        return tokenizer
+    candidates = [tokenizer] if tokenizer else []
+    if _has_tokenizer(folder):
+        candidates.append(folder)
+    if recipe is not None and recipe.model.tokenizer:
+        candidates.append(recipe.model.tokenizer)
+    if init and Path(init).is_dir() and _has_tokenizer(Path(init)):
+        candidates.append(init)
+    if not candidates:
+        raise ConfigError(
+            f"--tokenizer: {folder} has no tokenizer files, its recipe names no model.tokenizer and its init "
+            "folder has none either; pass --tokenizer"
+        )
+    try:
+        return Tokenizer.load(candidates[0])
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--tokenizer: cannot load {candidates[0]}: {err}") from err
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def model_data_config(model: Any) -> DataConfig:
+    """The ``data`` section the model was trained with (image size, text length, pixel statistics).
+
+    Falls back to the vision part's ``image_size`` when the model carries no recipe.
+    """
+    recipe = getattr(model, "recipe", None)
+    if recipe is not None and getattr(recipe, "data", None) is not None:
+        return recipe.data
+    size = getattr(getattr(getattr(model, "cfg", None), "vision", None), "image_size", None)
+    return DataConfig(image_size=int(size)) if size else DataConfig()
+
+
+def eval_data_config(
+    base: DataConfig,
+    data: str | Path | None,
+    fmt: str,
+    shapes_format: str,
+    overrides: Sequence[str] = (),
+) -> DataConfig:
+    """The data section to evaluate on.
+
+    ``base``: the model's data section (image size, text length, transform are kept from it).
+    ``data``: a dataset folder, a YAML file with a ``data:`` section (or a bare data section), or
+    None = ``base`` itself. ``fmt``: ``shapesworld`` or a loader type (``karpathy``, ``albef``,
+    ``vqav2``, ``manifest``, ...). ``shapes_format``: the ShapesWorld format the task reads
+    (``captions``, ``vqa``, ...). ``overrides``: ``data.KEY=VALUE`` strings (``data.`` optional).
+    """
+    plain = to_dict(base)
+    if data is not None:
+        path = Path(data)
+        if path.suffix in (".yaml", ".yml"):
+            loaded = read_yaml(path)
+            section = loaded.get("data", loaded)
+            if not isinstance(section, dict):
+                raise ConfigError(f"--data: {path}: expected a 'data:' mapping")
+            kept = {k: plain[k] for k in ("image_size", "max_text_len", "transform")}
+            plain = {**section, **{k: v for k, v in kept.items() if k not in section}}
+        elif path.is_dir():
+            plain.update(root=str(path), paths={}, options={})
+            plain["type"] = fmt
+        else:
+            raise ConfigError(f"--data: {path} is neither a dataset folder nor a YAML file")
+    if plain.get("type") == "shapesworld":
+        options = dict(plain.get("options") or {})
+        options["format"] = shapes_format
+        plain["options"] = options
+    wrapped = {"data": plain}
+    apply_overrides(wrapped, [o if o.startswith("data.") else f"data.{o}" for o in overrides])
+    return from_dict(DataConfig, wrapped["data"], "data")
+
+
+def build_eval_dataset(config: DataConfig, split: str, tokenizer: Any = None) -> Any:
+    """The evaluation dataset of ``split`` (eval transform; caption formats indexed one record per image)."""
+    from vlp.data import build_dataset
+
+    return build_dataset(config, split, tokenizer, train=False, shuffle=False)
+
+
+def iterate_batches(
+    dataset: Any,
+    tokenizer: Any,
+    batch_size: int,
+    max_text_len: int = 40,
+    num_answers: int | None = None,
+    num_workers: int = 0,
+    skipped: list | None = None,
+) -> Iterator[Any]:
+    """The dataset's samples in order as :class:`~vlp.data.batch.Batch` es.
+
+    ``dataset``: any map-style dataset of sample dicts (a :class:`~vlp.data.dataset.VLDataset` or an
+    in-memory list); bad samples (``Skipped``) are left out and appended to ``skipped``.
+    """
+    from torch.utils.data import DataLoader
+
+    from vlp.data.collate import LoaderCollate
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    collate = LoaderCollate(tokenizer, max_text_len, num_answers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    for item in loader:
+        if skipped is not None:
+            skipped.extend(item.skips)
+        if item.batch is not None:
+            yield item.batch
+
+
+def preprocess_images(images: Sequence[Any], config: DataConfig) -> Any:
+    """PIL images or paths -> normalized ``(B, 3, S, S)`` float tensor with the eval transform of ``config``."""
+    import random
+
+    import torch
+    from PIL import Image
+
+    from vlp.data.image_io import ImageError, decode_image
+    from vlp.data.transforms import ImageTransform, Item
+
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
+    transform = ImageTransform(config.image_size, config.transform, train=False)
+    tensors = []
+    for i, image in enumerate(images):
+        if not isinstance(image, (str, Path, Image.Image)):
+            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
+        try:
+            decoded, _ = decode_image(image, transform.draft_size, config.max_image_pixels)
+        except ImageError as err:
+            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
+        tensor, _ = transform(Item(decoded), random.Random(0))  # eval transforms draw nothing
+        tensors.append(tensor)
+    if not tensors:
+        raise ValueError("images: got an empty list")
+    return torch.stack(tensors)
+
+
+def check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
+    """``texts`` as a non-empty list of strings (a bare string is refused: it is not a list)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{name}: expected a list of strings, got one string; wrap it in a list")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}]: expected a string, got {type(text).__name__}")
+    if not out:
+        raise ValueError(f"{name}: got an empty list")
+    return out
+
+
+def image_batch(model: Any, images: Sequence[Any]) -> Any:
+    """A :class:`~vlp.data.batch.Batch` of preprocessed ``images`` for ``model`` (pixel models only)."""
+    from vlp.data.batch import Batch
+
+    vision = getattr(getattr(model, "cfg", None), "vision", None)
+    from vlp.config import family_name
+
+    if vision is not None and family_name(vision) == "region":
+        raise ValueError(
+            "this model reads detector region features, not pixels: predict from PIL images needs a pixel "
+            "model (patch/grid); evaluate region models on a dataset with region files instead"
+        )
+    return Batch(images=preprocess_images(images, model_data_config(model)))
+
+
+def has_fusion(model: Any) -> bool:
+    """True when the model has a fusion module (``fuse`` works); False for dual encoders."""
+    from vlp.fusion import NoFusion
+
+    fusion = getattr(model, "fusion", None)
+    return fusion is not None and not isinstance(fusion, NoFusion)
+
+
+def has_dual(model: Any) -> bool:
+    """True when the model has a dual-encoder side (``encode_image`` / ``encode_text``)."""
+    return getattr(model, "text_proj", None) is not None
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: Mapping[str, Any], chance: Mapping[str, Any] | None = None, title: str = "") -> str:
+    """A plain-text table: one row per scalar metric (nested dicts are flattened as ``a/b``), with
+    its chance level when ``chance`` has the same key."""
+    rows: list[tuple[str, str, str]] = []
+    chance = flatten(chance or {})
+    for key, value in flatten(metrics).items():
+        if isinstance(value, (list, tuple)):
+            continue
+        rows.append((key, _fmt(value), _fmt(chance[key]) if key in chance else ""))
+    show_chance = any(r[2] for r in rows)
+    header = ("metric", "value", "chance") if show_chance else ("metric", "value")
+    rows = [r if show_chance else r[:2] for r in rows]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title] if title else []
+    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    out.append(line)
+    for row in rows:
+        out.append("  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]))
+    return "\n".join(out)
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (temp file + rename), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, ensure_ascii=False, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # tensors, numpy values
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
+    """``out_dir/results.json`` (atomically); returns its path."""
+    return write_json(Path(out_dir) / "results.json", dict(results))
+
+
+# ----------------------------------------------------------------------------- the eval command
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
+    """The options every ``vlp eval TASK`` shares."""
+    parser.add_argument("--model", required=True, help="save_pretrained folder, run folder or checkpoint folder")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: saved with the model)")
+    parser.add_argument(
+        "--data", default=None, help="dataset folder (read with --format) or YAML with a data: section "
+        "(default: the model recipe's data section)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", default="shapesworld", help="how --data is read: shapesworld (default) or a loader type "
+        "(karpathy, albef, manifest, vqav2, ...)",
+    )  # fmt: skip
+    parser.add_argument("--split", default=default_split, help=f"split to evaluate (default: {default_split})")
+    parser.add_argument("--out", required=True, help="folder for results.json (and predictions)")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a data value, e.g. --set data.paths.annotations=dataset_coco.json (repeatable)",
+    )  # fmt: skip
+
+
+@dataclass
+class EvalSetup:
+    """What ``prepare_eval`` resolves from the command line."""
+
+    loaded: LoadedModel
+    data: DataConfig
+    device: Any
+
+
+def prepare_eval(args: argparse.Namespace, shapes_format: str) -> EvalSetup:
+    """Load ``--model`` on ``--device`` and build the data config of ``--data``/``--format``."""
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, args.tokenizer, device)
+    base = model_data_config(loaded.model)
+    data = eval_data_config(base, args.data, args.format, shapes_format, args.overrides)
+    if args.data is None and not data.root and data.type != "webdataset":
+        print(f"note: the model recipe's data section has no root; reading {data.type} files relative to {Path.cwd()}")
+    return EvalSetup(loaded, data, device)
+
+
+def finish_eval(
+    args: argparse.Namespace,
+    task: str,
+    metrics: Mapping[str, Any],
+    setup: EvalSetup,
+    chance: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    table_metrics: Mapping[str, Any] | None = None,
+) -> int:
+    """Print the metrics table and write ``results.json``; returns the exit code 0.
+
+    ``results.json``: ``{"task", "model", "split", "data", "settings", "metrics", "chance"}``.
+    ``table_metrics``: what the table shows (default: every scalar of ``metrics``).
+    """
+    results = {
+        "task": task,
+        "model": str(args.model),
+        "weights": setup.loaded.source,
+        "split": args.split,
+        "data": to_dict(setup.data),
+        "settings": dict(settings or {}),
+        "metrics": copy.deepcopy(dict(metrics)),
+        "chance": copy.deepcopy(dict(chance or {})),
+    }
+    path = write_results(args.out, results)
+    title = f"{task} on {setup.data.type}:{args.split} ({setup.data.root or '.'})"
+    print(metrics_table(table_metrics if table_metrics is not None else metrics, chance, title))
+    print(f"wrote {path}")
+    return 0
+
+
+__all__ = [
+    "EvalSetup",
+    "LoadedModel",
+    "add_eval_arguments",
+    "build_eval_dataset",
+    "check_texts",
+    "eval_data_config",
+    "finish_eval",
+    "flatten",
+    "has_dual",
+    "has_fusion",
+    "image_batch",
+    "iterate_batches",
+    "load_model",
+    "metrics_table",
+    "model_data_config",
+    "preprocess_images",
+    "prepare_eval",
+    "resolve_device",
+    "task_recipe_path",
+    "write_json",
+    "write_results",
+]
