@@ -34,7 +34,7 @@ def main() -> None:
     print(f"{args.images} images at {args.size}x{args.size}, {result['workers']} workers: {size_mb:.0f} MiB written")
     print(f"total      {t['total_s']:7.2f} s   {result['images_per_s']:8.0f} images/s")
     print(f"render     {t['render_s']:7.2f} s   (scenes, pixels, PNG, regions, text; in the workers)")
-    print(f"annotate   {t['write_s']:7.2f} s   (parent: every annotation file and shard)")
+    print(f"annotate   {t['write_s']:7.2f} s   (every annotation file and shard, one format per process)")
     for key, value in t.items():
         if key.startswith("write_") and key != "write_s":
             print(f"  {key[6:-2]:<10}{value:7.2f} s")

@@ -107,6 +107,14 @@ def test_clip_finetune_then_dual_eval(world, tmp_path):
     # 6 val images with 5 captions each: a random ranking finds an image's caption in its top-1 with p = 5/30
     assert results["chance"]["i2t_r1"] == pytest.approx(100 * 5 / 30)
     assert results["chance"]["t2i_r1"] == pytest.approx(100 / 6)
+    # the same split read from the Karpathy-format file (dataset_coco.json layout) scores the same
+    karpathy = tmp_path / "karpathy"
+    args = ["--data", str(world), "--format", "karpathy", "--set", "paths.annotations=annotations/dataset_shapes.json"]
+    code = main(["eval", "retrieval", "--model", str(run), "--split", "val", "--out", str(karpathy), *args])
+    assert code == 0
+    again = _results(karpathy)
+    assert again["data"]["type"] == "karpathy"
+    assert {k: again["metrics"][k] for k in RECALLS} == pytest.approx({k: results["metrics"][k] for k in RECALLS})
 
 
 def test_eval_errors_name_the_problem(world, tmp_path):

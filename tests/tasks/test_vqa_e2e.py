@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from shapes_task_helpers import finetune, make_world, pretrained, train_tokenizer
 
 from vlp.cli import main
@@ -77,6 +78,18 @@ def test_vilt_classification_finetune_then_eval(world, tmp_path):
     with torch.no_grad():
         best = answer_logits(loaded.model, batch).argmax(1).tolist()
     assert [predictions[q["question_id"]] for q in questions] == [vocab[i] for i in best]
+    # the same questions read as plain VQAv2 files, described by a YAML data section
+    spec = {"data": {"type": "vqav2", "root": str(world), "paths": {
+        "questions": "annotations/v2_OpenEnded_shapes_{split}_questions.json",
+        "annotations": "annotations/v2_shapes_{split}_annotations.json",
+        "train_annotations": "annotations/v2_shapes_train_annotations.json", "images": "images/{split}"},
+        "options": {"image_template": "{image_id:07d}.png"}}}  # fmt: skip
+    (tmp_path / "vqav2.yaml").write_text(yaml.safe_dump(spec))
+    out2 = tmp_path / "eval2"
+    assert main(["eval", "vqa", "--model", str(run), "--split", "val", "--out", str(out2), "--data",
+                 str(tmp_path / "vqav2.yaml")]) == 0  # fmt: skip
+    again, _ = _check_results(out2, world, "classify")
+    assert again["data"]["type"] == "vqav2" and again["metrics"]["overall"] == results["metrics"]["overall"]
 
 
 def test_blip_generative_finetune_then_generate_and_rank(world, tmp_path):

@@ -6,6 +6,8 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from vlp.recipe import load_recipe
     from vlp.train.jobs import build_pretraining_job, load_tokenizer_for
     from vlp.train.launch import overrides_of, run_job
@@ -16,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     def build(rank: int, world_size: int):
         return build_pretraining_job(recipe, rank=rank, world_size=world_size, tokenizer=tokenizer)
 
-    return run_job(args, recipe.train.device, recipe.train.seed, build, recipe.model.name)
+    return run_job(args, recipe.train.device, recipe.train.seed, build, Path(str(args.recipe)).stem)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -149,9 +149,9 @@ class Trainer:
         if train.grad_checkpointing and enable_grad_checkpointing(module) == 0:
             dist_utils.main_print("train.grad_checkpointing: this model has no checkpointable blocks; ignored")
         module.to(info.device)
-        if train.compile:
-            module.compile()  # in place: parameter names (and checkpoints) stay the same
         self.model = dist_utils.wrap_model(module, train.distributed, info, train.find_unused_parameters)
+        if train.compile:
+            self.model.compile()  # in place, after wrapping (as DDP/FSDP advise): parameter names stay the same
         self.model.train()
         self.optimizer = build_optimizer(module, self.optim_cfg, info.device)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
