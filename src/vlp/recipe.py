@@ -17,6 +17,7 @@ from vlp.models.config import ModelConfig
 from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
 
 RECIPE_DIR = Path(__file__).parent / "models" / "recipes"
+TASK_RECIPE_DIR = Path(__file__).parent / "tasks" / "recipes"
 
 
 @dataclass
@@ -41,10 +42,15 @@ def recipe_path(name_or_path: str | Path) -> Path:
         if not path.exists():
             raise ConfigError(f"{path}: recipe file not found")
         return path
-    builtin = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not builtin.exists():
-        raise ConfigError(f"unknown recipe {str(name_or_path)!r}; built-in recipes: {', '.join(recipe_names())}")
-    return builtin
+    for folder in (RECIPE_DIR, TASK_RECIPE_DIR):
+        builtin = folder / f"{name_or_path}.yaml"
+        if builtin.exists():
+            return builtin
+    tasks = sorted(p.stem for p in TASK_RECIPE_DIR.glob("*.yaml"))
+    raise ConfigError(
+        f"unknown recipe {str(name_or_path)!r}; built-in model recipes: {', '.join(recipe_names())}; "
+        f"task recipes: {', '.join(tasks)}"
+    )
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

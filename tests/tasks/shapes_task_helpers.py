@@ -18,9 +18,9 @@ TASK_RECIPES = Path(vlp.__file__).parent / "tasks" / "recipes"
 
 
 def make_world(root: Path, images: int = 60) -> Path:
-    """~60 images of 32x32 in the caption (ALBEF and Karpathy) and VQAv2 formats (about a second)."""
+    """~60 images of 32x32 in the caption (ALBEF and Karpathy), VQAv2 and region formats (about a second)."""
     world = root / "shapes"
-    generate(world, images=images, size=32, seed=0, workers=1, formats=("albef", "karpathy", "vqa"))
+    generate(world, images=images, size=32, seed=0, workers=1, formats=("albef", "karpathy", "vqa", "regions"))
     return world
 
 

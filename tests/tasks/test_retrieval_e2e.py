@@ -9,6 +9,7 @@ import pytest
 import torch
 from shapes_task_helpers import finetune, make_world, pretrained
 
+import vlp
 from vlp.cli import main
 from vlp.metrics import retrieval_metrics
 from vlp.tasks.common import load_model, preprocess_images
@@ -124,3 +125,35 @@ def test_eval_errors_name_the_problem(world, tmp_path):
     code = main(["eval", "retrieval", "--model", str(init), "--data", str(world), "--out", str(tmp_path / "o"),
                  "--exhaustive"])  # fmt: skip
     assert code == 2  # a dual encoder has no fusion module to score pairs with
+
+
+def test_oscar_scores_each_caption_with_the_images_tags(world):
+    """Region features + object tags (OSCAR): the text side depends on the image, pair by pair."""
+    from vlp.data import build_dataset
+    from vlp.data.collate import collate
+    from vlp.data.config import DataConfig
+    from vlp.tasks import retrieval
+    from vlp.text import Tokenizer
+
+    world, tok_dir = world
+    tok = Tokenizer.load(tok_dir)
+    torch.manual_seed(0)
+    model = vlp.create_model("oscar-tiny").eval()
+    data = DataConfig(type="shapesworld", root=str(world), image_size=32, max_text_len=24,
+                      options={"format": "captions", "regions": True, "load_images": False})  # fmt: skip
+    got = retrieval.evaluate(model, tok, data, split="val", batch_size=4, pair_batch_size=7)
+    assert got["mode"] == "exhaustive" and got["num_pairs"] == 6 * 30
+    dataset = build_dataset(data, "val", tok, train=False)
+    scores = torch.empty(len(dataset), len(dataset.texts))
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            assert sample["tags"]  # ShapesWorld's oracle detector names every object
+            for t, text in enumerate(dataset.texts):
+                batch = collate([{**sample, "text": text}], tok, 24)
+                ids, mask, types = model.text_inputs(batch)  # caption [SEP] tags [SEP]
+                fused = model.fuse(model.text_tokens(ids, mask, types), mask, model.image_tokens(batch))
+                scores[i, t] = model.heads["itm"](fused.pooled)[0, 1]
+    expected = retrieval_metrics(scores, dataset.txt2img)
+    for key in RECALLS:
+        assert got[key] == pytest.approx(expected[key]), key

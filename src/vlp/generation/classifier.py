@@ -42,7 +42,7 @@ class ClassifierConfig:
 class AttributeClassifier(nn.Module):
     """``(B, 3, H, W)`` in [-1, 1] -> ``(shape logits (B, 6), colour logits (B, 7))``.
 
-    Three conv stages (two 3x3 convs + ReLU each, max-pooling between them), then the
+    Three conv stages (two 3x3 convs + BatchNorm + ReLU each, max-pooling between them), then the
     concatenated global average and max over positions feed two linear heads.
     """
 
@@ -52,7 +52,14 @@ class AttributeClassifier(nn.Module):
         w = self.cfg.width
 
         def stage(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU())
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            )
 
         self.features = nn.Sequential(stage(3, w), nn.MaxPool2d(2), stage(w, 2 * w), nn.MaxPool2d(2), stage(2 * w, 4 * w))
         self.shape_head = nn.Linear(8 * w, len(SHAPES))

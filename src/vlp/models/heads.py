@@ -15,6 +15,9 @@ name        input                           output
 ``rank``    pooled ``(B, P)``               retrieval score ``(B, 1)`` (ViLT)
 ``lm``      decoder states ``(..., Dd)``    vocabulary logits ``(..., V)``
 ==========  ==============================  =========================================
+
+``region_score`` (referring expressions with region models) maps fused image tokens
+``(..., Dv)`` to one logit per region ``(..., 1)``.
 """
 
 from __future__ import annotations
@@ -236,6 +239,26 @@ class BoxHeadConfig:
 def _box(cfg: BoxHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.pooled_dim, "box", "a fusion module (pooled output)")
     return BoxHead(dim, cfg.hidden or dim)
+
+
+@dataclass
+class RegionScoreHeadConfig:
+    """Referring expressions with region models: one logit per fused region token.
+
+    ``hidden: 0`` is a plain ``Linear(Dv, 1)``; ``hidden > 0`` is UNITER's MLP
+    (``Linear -> GELU -> LayerNorm -> Linear``) with that hidden width.
+    """
+
+    hidden: int = 0
+
+
+@register_head("region_score", RegionScoreHeadConfig)
+def _region_score(cfg: RegionScoreHeadConfig, ctx: HeadContext) -> nn.Module:
+    dim = _need(ctx.image_dim, "region_score", "fused image tokens")
+    if cfg.hidden <= 0:
+        return nn.Linear(dim, 1)
+    return nn.Sequential(nn.Linear(dim, cfg.hidden), nn.GELU(), nn.LayerNorm(cfg.hidden, eps=1e-12),
+                         nn.Linear(cfg.hidden, 1))  # fmt: skip
 
 
 __all__ = [

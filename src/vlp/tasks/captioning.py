@@ -209,7 +209,8 @@ def evaluate(
 
     ``data``: a :class:`~vlp.data.config.DataConfig` (``split`` read one record per image) or a
     dataset whose samples carry ``meta["captions"]``. Returns ``Bleu_1..4``, ``ROUGE_L``, ``CIDEr``
-    (+ ``METEOR`` with pycocoevalcap), ``backend``, ``n_images`` and, with ``keep_predictions``,
+    (+ ``METEOR`` with pycocoevalcap), ``backend``, ``n_images``, ``n_skipped`` (unreadable images
+    left out) and, with ``keep_predictions``,
     ``predictions``: ``[{"image_id", "caption"}]`` (COCO's results format).
     """
     from vlp.data.config import DataConfig
@@ -222,11 +223,11 @@ def evaluate(
     dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
     predictions: dict[Any, str] = {}
     references: dict[Any, list[str]] = {}
-    records = []
+    records, skipped = [], []
     was_training = model.training
     model.eval()
     try:
-        for batch in iterate_batches(dataset, None, batch_size, num_workers=num_workers):
+        for batch in iterate_batches(dataset, None, batch_size, num_workers=num_workers, skipped=skipped):
             texts = _captions_of(model, tokenizer, batch.to(device), prompt, options)
             for meta, text in zip(batch.meta, texts):
                 refs = meta.get("captions")
@@ -240,7 +241,7 @@ def evaluate(
     if not predictions:
         raise ConfigError("captioning: the evaluation data yielded no images")
     metrics: dict[str, Any] = caption_metrics(predictions, references, backend=chosen, meteor=meteor)
-    metrics.update(backend=chosen, n_images=len(predictions))
+    metrics.update(backend=chosen, n_images=len(predictions), n_skipped=len(skipped))
     if keep_predictions:
         metrics["predictions"] = records
     return metrics
@@ -257,7 +258,11 @@ def caption(
     **decode: Any,
 ) -> list[str]:
     """One caption per image (PIL images or paths); ``decode`` holds :class:`DecodeOptions` fields
-    (``num_beams``, ``max_new_tokens``, ``length_penalty``, ``top_p``, ``seed``, ...)."""
+    (``num_beams``, ``max_new_tokens``, ``length_penalty``, ``top_p``, ``seed``, ...).
+
+    ``prompt`` must be the one the model was fine-tuned with (a run's ``task["prompt"]``, which
+    :func:`vlp.tasks.common.load_model` returns as ``LoadedModel.task``).
+    """
     from vlp.tasks.common import image_batch
 
     options = DecodeOptions(strategy=strategy, **decode)

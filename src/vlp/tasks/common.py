@@ -206,7 +206,9 @@ def eval_data_config(
             kept = {k: plain[k] for k in ("image_size", "max_text_len", "transform")}
             plain = {**section, **{k: v for k, v in kept.items() if k not in section}}
         elif path.is_dir():
-            plain.update(root=str(path), paths={}, options={})
+            # the model's loader options (e.g. ShapesWorld regions for a region model) carry over to
+            # data of the same type; another type starts from its own defaults
+            plain.update(root=str(path), paths={}, options=plain["options"] if fmt == base.type else {})
             plain["type"] = fmt
         else:
             raise ConfigError(f"--data: {path} is neither a dataset folder nor a YAML file")
@@ -329,7 +331,8 @@ def has_dual(model: Any) -> bool:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.4f}"
+        # percentages (recall, VQA accuracy) read well with 2 decimals, [0, 1] scores (BLEU, ...) need 4
+        return "nan" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
     return str(value)
 
 

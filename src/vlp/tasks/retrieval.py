@@ -101,15 +101,11 @@ class Encoded:
 
 def _pad_cat(parts: list[Any], value: float | bool = 0) -> Any:
     """Concatenate ``(B_k, L_k, ...)`` tensors along dim 0, right-padding dim 1 to the longest."""
+    import torch
     import torch.nn.functional as F
 
     width = max(p.shape[1] for p in parts)
-    padded = []
-    for p in parts:
-        pad = [0, 0] * (p.dim() - 2) + [0, width - p.shape[1]]
-        padded.append(F.pad(p, pad, value=value) if width > p.shape[1] else p)
-    import torch
-
+    padded = [F.pad(p, [0, 0] * (p.dim() - 2) + [0, width - p.shape[1]], value=value) for p in parts]
     return torch.cat(padded)
 
 
@@ -139,67 +135,79 @@ def _score_head(model: Any) -> str:
 
 def encode(model: Any, image_batches: Any, texts: list[str], tokenizer: Any, *, mode: str, device: Any,
            max_text_len: int = 40, text_batch_size: int = 64) -> Encoded:  # fmt: skip
-    """Run the unimodal encoders once over every image batch and every caption."""
+    """Run the unimodal encoders once over every image batch and every caption (no gradients)."""
     import torch
 
-    from vlp.data.batch import Batch
+    out = Encoded()
+    with torch.no_grad():
+        _encode_images(model, image_batches, mode, device, out)
+        _encode_texts(model, texts, tokenizer, mode, device, max_text_len, text_batch_size, out)
+    return out
+
+
+def _encode_images(model: Any, image_batches: Any, mode: str, device: Any, out: Encoded) -> None:
+    import torch
+
     from vlp.models.outputs import VisualTokens
 
     use_tags = bool(getattr(model.cfg, "use_tags", False))
-    fused = mode != "dual"
-    out = Encoded()
-    img_emb, vis, vis_mask, tag_ids, tag_mask, order = [], [], [], [], [], []
-    with torch.no_grad():
-        for batch in image_batches:
-            # the text side is dropped: model(batch) then runs only the vision part (+ image embedding)
-            result = model(batch.replace(input_ids=None, attention_mask=None, token_type_ids=None).to(device))
-            if mode != "exhaustive":
-                img_emb.append(result.image_embed.float().cpu())
-            if fused:
-                vis.append(result.image.tokens.cpu())
-                vis_mask.append(result.image.mask.cpu())
-                if use_tags:
-                    if batch.tag_ids is None:
-                        raise ConfigError("model.use_tags: the evaluation data has no object tags (regions)")
-                    tag_ids.append(batch.tag_ids)
-                    tag_mask.append(batch.tag_mask)
-            known = batch.image_index is not None
-            order.append(batch.image_index if known else torch.tensor([m["index"] for m in batch.meta]))
-        if not order:
-            raise ConfigError("retrieval: the evaluation data yielded no images")
-        order = torch.cat(order)
-        if not torch.equal(order, torch.arange(order.numel())):
-            raise ConfigError("retrieval: images are missing or out of order (was an image file unreadable?)")
-        if img_emb:
-            out.image_embed = torch.cat(img_emb)
-        if fused:
-            out.image_tokens = VisualTokens(_pad_cat(vis), _pad_cat(vis_mask, False))
+    embeds, tokens, masks, tag_ids, tag_masks, order = [], [], [], [], [], []
+    for batch in image_batches:
+        result = model(batch.to(device))  # images-mode batches hold no caption: only the vision side runs
+        if mode != "exhaustive":
+            embeds.append(result.image_embed.float().cpu())
+        if mode != "dual":
+            tokens.append(result.image.tokens.cpu())
+            masks.append(result.image.mask.cpu())
             if use_tags:
-                out.tags = (_pad_cat(tag_ids, 0), _pad_cat(tag_mask, False))
-        txt_emb, tokens, masks, ids, types = [], [], [], [], []
-        for start in range(0, len(texts), text_batch_size):
-            tok = tokenizer(texts[start : start + text_batch_size], max_length=max_text_len)
-            batch = Batch(input_ids=tok.input_ids, attention_mask=tok.attention_mask.bool(),
-                          token_type_ids=tok.token_type_ids)  # fmt: skip
-            if use_tags:  # the text side depends on the image's tags: keep ids, encode per pair
-                ids.append(tok.input_ids)
-                types.append(tok.token_type_ids)
-                masks.append(tok.attention_mask.bool())
-                if mode == "exhaustive":
-                    continue
+                if batch.tag_ids is None:
+                    raise ConfigError("model.use_tags: the evaluation data has no object tags (regions with tags)")
+                tag_ids.append(batch.tag_ids)
+                tag_masks.append(batch.tag_mask)
+        known = batch.image_index is not None
+        order.append(batch.image_index if known else torch.tensor([m["index"] for m in batch.meta]))
+    if not order:
+        raise ConfigError("retrieval: the evaluation data yielded no images")
+    if not torch.equal(torch.cat(order), torch.arange(sum(len(o) for o in order))):
+        raise ConfigError("retrieval: images are missing or out of order (was an image file unreadable?)")
+    if embeds:
+        out.image_embed = torch.cat(embeds)
+    if tokens:
+        out.image_tokens = VisualTokens(_pad_cat(tokens), _pad_cat(masks, False))
+    if tag_ids:
+        out.tags = (_pad_cat(tag_ids, 0), _pad_cat(tag_masks, False))
+
+
+def _encode_texts(model: Any, texts: list[str], tokenizer: Any, mode: str, device: Any, max_len: int,
+                  batch_size: int, out: Encoded) -> None:  # fmt: skip
+    import torch
+
+    from vlp.data.batch import Batch
+
+    use_tags = bool(getattr(model.cfg, "use_tags", False))
+    embeds, tokens, masks, ids, types = [], [], [], [], []
+    for start in range(0, len(texts), batch_size):
+        tok = tokenizer(texts[start : start + batch_size], max_length=max_len)
+        mask = tok.attention_mask.bool()
+        per_pair = use_tags and mode != "dual"
+        if per_pair:  # OSCAR: the text side depends on the image's tags; keep the ids, encode per pair
+            ids.append(tok.input_ids)
+            types.append(tok.token_type_ids)
+            masks.append(mask)
+        if mode != "exhaustive" or not per_pair:  # embeddings, and/or text tokens to cache
+            batch = Batch(input_ids=tok.input_ids, attention_mask=mask, token_type_ids=tok.token_type_ids)
             result = model(batch.to(device))
             if mode != "exhaustive":
-                txt_emb.append(result.text_embed.float().cpu())
-            if fused and not use_tags:
+                embeds.append(result.text_embed.float().cpu())
+            if mode != "dual" and not per_pair:
                 tokens.append(result.text.cpu())
                 masks.append(result.text_mask.cpu())
-        if txt_emb:
-            out.text_embed = torch.cat(txt_emb)
-        if fused and use_tags:
-            out.text_ids = (_pad_cat(ids, 0), _pad_cat(masks, False), _pad_cat(types, 0))
-        elif fused:
-            out.text_tokens = (_pad_cat(tokens), _pad_cat(masks, False))
-    return out
+    if embeds:
+        out.text_embed = torch.cat(embeds)
+    if ids:
+        out.text_ids = (_pad_cat(ids, tokenizer.pad_id), _pad_cat(masks, False), _pad_cat(types, 0))
+    elif tokens:
+        out.text_tokens = (_pad_cat(tokens), _pad_cat(masks, False))
 
 
 def pair_scorer(model: Any, encoded: Encoded, device: Any) -> Any:
@@ -312,8 +320,9 @@ def evaluate(
     img2txt = dataset.img2txt
     mode = _resolve_mode(model, mode)
     max_len = data.max_text_len if isinstance(data, DataConfig) else model_data_config(model).max_text_len
-    skipped: list = []
-    images = iterate_batches(dataset, None, batch_size, num_workers=num_workers, skipped=skipped)
+    # the tokenizer only encodes object tags here (OSCAR); images-mode samples carry no text. An
+    # unreadable image is skipped by the loader and then refused by encode(): recall needs them all.
+    images = iterate_batches(dataset, tokenizer, batch_size, max_len, num_workers=num_workers)
     was_training = model.training
     model.eval()
     try:
@@ -393,13 +402,12 @@ predict = retrieve
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import build_eval_dataset, finish_eval, prepare_eval
+    from vlp.tasks.common import finish_eval, prepare_eval
 
     setup = prepare_eval(args, "captions")
     mode = "exhaustive" if args.exhaustive else "dual" if args.dual else "auto"
-    dataset = build_eval_dataset(setup.data, args.split, setup.loaded.tokenizer)
     metrics = evaluate(
-        setup.loaded.model, setup.loaded.tokenizer, dataset, split=args.split, mode=mode, k=args.k,
+        setup.loaded.model, setup.loaded.tokenizer, setup.data, split=args.split, mode=mode, k=args.k,
         add_itc=args.add_itc, batch_size=args.batch_size, pair_batch_size=args.pair_batch_size,
         device=setup.device, num_workers=args.workers,
     )  # fmt: skip

@@ -187,7 +187,7 @@ def evaluate(
     ``answer_vocab`` defaults to the dataset's. ``data``: a DataConfig or a dataset of VQA samples
     whose meta holds ``answers`` (and ``answer_type``, ``question_type``, ``question_id``).
 
-    Returns ``overall``, ``per_answer_type``, ``per_question_type``, ``n_questions``, ``method``,
+    Returns ``overall``, ``per_answer_type``, ``per_question_type``, ``n_questions``, ``n_skipped``, ``method``,
     ``chance`` (``overall`` and ``per_answer_type`` of the prior) and, with ``keep_predictions``,
     ``predictions``: ``[{"question_id", "answer"}]`` (VQA's results format).
     """
@@ -218,7 +218,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        batches = iterate_batches(dataset, tokenizer, batch_size, max_len, len(data_vocab) or None, num_workers)
+        skipped: list = []
+        batches = iterate_batches(
+            dataset, tokenizer, batch_size, max_len, len(data_vocab) or None, num_workers, skipped
+        )
         for batch in batches:
             batch = batch.to(device)
             with torch.no_grad():
@@ -250,6 +253,7 @@ def evaluate(
         "per_answer_type": scored["per_answer_type"],
         "per_question_type": scored["per_question_type"],
         "n_questions": len(metas),
+        "n_skipped": len(skipped),  # unreadable samples the loader left out
         "method": method,
         "chance": {"overall": prior["overall"], "per_answer_type": prior["per_answer_type"]},
     }

@@ -205,6 +205,32 @@ class PatchEncoder(VisualEncoder):
         positions = grid_token_positions(grid_positions(grid, x.device), batch, self.num_prefix_tokens)
         return VisualTokens(tokens=x, mask=mask, positions=positions)
 
+    def dense_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """MaskCLIP's dense patch features: ``(B, 3, H, W) -> ((B, h*w, D), (h, w))``, raster order.
+
+        The layers before the last run as usual; in the last layer only the value path is kept
+        (``out(v(norm1(x)))``: no query-key attention, no residual, no MLP), then the final norm.
+        Each patch keeps its own content instead of the image-level summary attention mixes in,
+        which is what makes patch-text similarity a localization map (Zhou et al., 2022).
+        Prefix tokens ([CLS]) are dropped. Needs ``layers >= 1``.
+        """
+        if self.transformer is None:
+            raise ValueError("dense_features needs a patch encoder with transformer layers (layers >= 1)")
+        images = images_of(images, "patch encoder", self.config.in_channels)
+        batch = images.shape[0]
+        x = self.patch_embed(images)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.to(x.dtype).expand(batch, -1, -1), x], dim=1)
+        x = self.norm_pre(x + self.position_embedding(grid).to(x.dtype))
+        *body, last = self.transformer.layers
+        for layer in body:
+            x = layer(x)
+        value = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)[2]  # heads concatenated = the unsplit v
+        x = self.norm(last.attn.out(value))
+        return x[:, self.num_prefix_tokens :], grid
+
 
 part(VisionConfig, "patch", PatchEncoder)(PatchConfig)
 

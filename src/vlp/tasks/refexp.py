@@ -1,0 +1,535 @@
+"""Referring expressions (RefCOCO-style): find the box an expression refers to; accuracy at IoU >= 0.5.
+
+Two heads, chosen by the model's visual representation (``mode: auto``):
+
+- ``regions`` (UNITER, VisualBERT, LXMERT, OSCAR on detector regions): the ``region_score`` head
+  gives one logit per fused region token; softmax over the image's regions and cross-entropy to
+  the region whose box has the highest IoU with the target box (as UNITER and MAttNet train on
+  detected regions). The prediction is the box of the arg-max region.
+- ``box`` (patch and grid models: ViLT, Pixel-BERT, METER, ALBEF, ...): the ``box`` head regresses
+  a normalized ``(x1, y1, x2, y2)`` box from the fused pooled output ([CLS]), trained with
+  ``l1_weight * L1 + giou_weight * (1 - GIoU)`` (DETR's weights 5 and 2 by default; L1 is summed
+  over the four coordinates and averaged over expressions, as DETR does).
+
+Evaluation follows the RefCOCO protocol: one prediction per expression (sentence), accuracy =
+fraction with IoU >= 0.5 against the ground-truth box; mean IoU is reported too. IoU is computed
+in the model's normalized view of the image, which equals IoU in pixels for the default
+``transform.eval_crop: resize`` (IoU is invariant to scaling each axis). ``chance``: picking a
+region uniformly at random (regions) or a box of the mean target size at the image centre (box).
+
+Data: ``data.type: refcoco`` (``refs(unc).p`` + ``instances.json``) or ShapesWorld with
+``options.format: refcoco``; region models also need region files (``options.regions: true``
+for ShapesWorld's oracle-detector ``regions/*.npz``, ``paths.regions`` otherwise).
+Predict: :func:`locate` ``(model, tokenizer, image, expression) -> (x1, y1, x2, y2)`` in pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.config import ConfigError, family_name, from_dict
+from vlp.data.batch import Batch
+from vlp.objectives.base import logs_to_floats
+
+MODES = ("auto", "regions", "box")
+
+
+@dataclass
+class RefExpTask:
+    """The ``task:`` section of a referring-expression recipe."""
+
+    type: str = "refexp"
+    mode: Literal["auto", "regions", "box"] = "auto"
+    hidden: int = 0  # width of a new head's MLP (region_score: 0 = linear; box: 0 = pooled width)
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+
+
+def is_region_model(model: Any) -> bool:
+    """True when the model's visual tokens are detector regions (``model.vision.type: region``)."""
+    vision = getattr(getattr(model, "cfg", None), "vision", None)
+    return vision is not None and family_name(vision) == "region"
+
+
+def resolve_mode(model: Any, mode: str = "auto") -> str:
+    """``auto`` -> ``regions`` for region models, else ``box``; checks the model can run the mode."""
+    from vlp.tasks.common import has_fusion
+
+    if mode not in MODES:
+        raise ConfigError(f"refexp mode: {mode!r} is not one of {', '.join(MODES)}")
+    if not has_fusion(model):
+        raise ConfigError("refexp needs a fusion module (a dual encoder has no joint text-image tokens)")
+    if mode == "auto":
+        return "regions" if is_region_model(model) else "box"
+    if mode == "regions" and not is_region_model(model):
+        raise ConfigError("refexp mode regions: the model does not read detector regions (model.vision.type)")
+    return mode
+
+
+def head_name(mode: str) -> str:
+    return "region_score" if mode == "regions" else "box"
+
+
+def ensure_refexp_head(model: Any, mode: str, hidden: int = 0) -> None:
+    """Add the ``region_score`` or ``box`` head when the model lacks it; the model config is
+    updated too, so the saved recipe rebuilds the same head."""
+    from vlp.models.heads import HeadContext, build_heads
+
+    name = head_name(mode)
+    if name in model.heads:
+        return
+    options = {"hidden": hidden} if hidden else {}
+    fusion = model.fusion
+    ctx = HeadContext(pooled_dim=fusion.pooled_dim, image_dim=getattr(fusion, "image_dim", 0) or 0)
+    if mode == "regions" and not ctx.image_dim:
+        raise ConfigError("refexp mode regions: the fusion module does not update the image tokens")
+    device = next(model.parameters()).device
+    model.heads[name] = build_heads({name: options}, ctx)[name].to(device)
+    model.cfg.heads[name] = options
+
+
+# ----------------------------------------------------------------------------- the two heads
+
+
+def _fuse(model: Any, batch: Batch) -> tuple[Any, Any]:
+    ids, mask, types = model.text_inputs(batch)
+    image = model.image_tokens(batch)
+    return model.fuse(model.text_tokens(ids, mask, types), mask, image), image
+
+
+def region_scores(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores (B, R), keep (B, R))``: one logit per region, ``-inf`` at padded regions."""
+    if batch.region_features is None and batch.images is None:
+        raise ConfigError(
+            "refexp (regions): the batch has no region features; evaluate region models on data with region "
+            "files (ShapesWorld: data.options.regions=true; refcoco: data.paths.regions)"
+        )
+    fused, image = _fuse(model, batch)
+    if fused.image is None:
+        raise ConfigError("refexp (regions): the fusion module returns no fused image tokens")
+    keep = batch.region_mask if batch.region_mask is not None else image.mask[:, -fused.image.shape[1] :]
+    tokens = fused.image[:, fused.image.shape[1] - keep.shape[1] :]  # drop prefix tokens, if any
+    scores = model.heads["region_score"](tokens).squeeze(-1).float()
+    return scores.masked_fill(~keep, float("-inf")), keep
+
+
+def region_targets(region_boxes: torch.Tensor, keep: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` index of the kept region with the highest IoU with the target box (first on ties).
+
+    region_boxes ``(B, R, 4)``, keep ``(B, R)`` bool, target_boxes ``(B, 4)``, all xyxy.
+    """
+    from vlp.metrics import elementwise_box_iou
+
+    iou = elementwise_box_iou(region_boxes, target_boxes[:, None, :]).masked_fill(~keep, -1.0)
+    return iou.argmax(dim=1)
+
+
+def box_regression_loss(
+    pred: torch.Tensor, target: torch.Tensor, l1_weight: float = 5.0, giou_weight: float = 2.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``l1_weight * L1 + giou_weight * (1 - GIoU)`` of ``(B, 4)`` xyxy boxes, each term averaged over
+    boxes (L1 summed over the coordinates); returns the loss and its two unweighted terms."""
+    from vlp.metrics import giou_loss
+
+    l1 = (pred - target).abs().sum(-1).mean()
+    giou = giou_loss(pred, target)
+    return l1_weight * l1 + giou_weight * giou, {"l1": l1, "giou": giou}
+
+
+def predict_normalized(model: Any, batch: Batch, mode: str) -> torch.Tensor:
+    """``(B, 4)`` normalized xyxy boxes: the arg-max region's box, or the box head's output."""
+    if mode == "regions":
+        scores, _ = region_scores(model, batch)
+        index = scores.argmax(dim=1)
+        return batch.region_boxes[torch.arange(len(index), device=index.device), index].float()
+    fused, _ = _fuse(model, batch)
+    return model.heads["box"](fused.pooled).float()
+
+
+class RegionScorer(nn.Module):
+    """Fine-tuning module (region models): cross-entropy over regions to the best-IoU region.
+
+    Logs ``acc``: share of expressions whose arg-max region has IoU >= 0.5 with the target.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if "region_score" not in model.heads:
+            raise ConfigError("refexp regions: the model has no region_score head (model.heads.region_score: {})")
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vlp.metrics import elementwise_box_iou
+
+        if batch.target_boxes is None or batch.region_boxes is None:
+            raise ConfigError("refexp fine-tuning: the batch has no target_boxes/region_boxes (data: refcoco format)")
+        scores, keep = region_scores(self.model, batch)
+        targets = region_targets(batch.region_boxes, keep, batch.target_boxes)
+        usable = keep.any(dim=1)  # an image without regions has nothing to choose from
+        if not bool(usable.any()):
+            return scores.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0, {"acc": 0.0}
+        loss = F.cross_entropy(scores[usable], targets[usable])
+        with torch.no_grad():
+            picked = batch.region_boxes[torch.arange(len(scores), device=scores.device), scores.argmax(1)]
+            acc = (elementwise_box_iou(picked, batch.target_boxes)[usable] >= 0.5).float().mean()
+        return loss, logs_to_floats({"acc": acc})
+
+
+class BoxRegressor(nn.Module):
+    """Fine-tuning module (patch/grid models): L1 + GIoU on the box head's output (see the module doc).
+
+    Logs the unweighted ``l1`` and ``giou`` terms and ``acc`` (IoU >= 0.5).
+    """
+
+    def __init__(self, model: nn.Module, l1_weight: float = 5.0, giou_weight: float = 2.0) -> None:
+        super().__init__()
+        if "box" not in model.heads:
+            raise ConfigError("refexp box: the model has no box head (model.heads.box: {})")
+        self.model = model
+        self.l1_weight, self.giou_weight = l1_weight, giou_weight
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        from vlp.metrics import elementwise_box_iou
+
+        if batch.target_boxes is None:
+            raise ConfigError("refexp fine-tuning: the batch has no target_boxes (data must be in refcoco format)")
+        pred = predict_normalized(self.model, batch, "box")
+        loss, terms = box_regression_loss(pred, batch.target_boxes.float(), self.l1_weight, self.giou_weight)
+        with torch.no_grad():
+            acc = (elementwise_box_iou(pred, batch.target_boxes) >= 0.5).float().mean()
+        return loss, logs_to_floats({**terms, "acc": acc})
+
+
+def build_finetuning(
+    task: dict[str, Any], recipe: Any, model: Any, tokenizer: Any, *, rank: int = 0, world_size: int = 1
+) -> tuple[Any, Any]:
+    """``(RegionScorer | BoxRegressor, refcoco train loader)`` for ``vlp finetune``; records the mode."""
+    from vlp.data import build_loader
+
+    opts = from_dict(RefExpTask, task, "task")
+    mode = resolve_mode(model, opts.mode)
+    ensure_refexp_head(model, mode, opts.hidden)
+    name = head_name(mode)
+    recipe.model.heads[name] = dict(model.cfg.heads.get(name, {}))  # the run's saved recipe rebuilds the head
+    loader = build_loader(
+        recipe.data, "train", tokenizer, recipe.train.batch_size, num_workers=recipe.train.num_workers,
+        rank=rank, world_size=world_size, pin_memory=torch.cuda.is_available(),
+    )  # fmt: skip
+    task["mode"] = mode
+    module = RegionScorer(model) if mode == "regions" else BoxRegressor(model, opts.l1_weight, opts.giou_weight)
+    return module, loader
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def trained_mode(model: Any, mode: str = "auto") -> str:
+    """The mode to evaluate/predict with; the model must carry that mode's trained head."""
+    mode = resolve_mode(model, mode)
+    if head_name(mode) not in model.heads:
+        raise ConfigError(
+            f"refexp {mode}: the model has no {head_name(mode)} head; fine-tune it first "
+            "(e.g. vlp finetune refexp-vilt-tiny.yaml / refexp-uniter-tiny.yaml)"
+        )
+    return mode
+
+
+def view_box_to_pixels(box: Any, width: float, height: float, eval_crop: str = "resize") -> list[float]:
+    """A normalized xyxy box in the model's view of the image -> pixels of the original image.
+
+    ``resize`` views the whole image squashed to a square; ``center`` views the centred square of
+    side ``min(width, height)`` (the transforms of :mod:`vlp.data.transforms`).
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if eval_crop == "center":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        return [left + x1 * side, top + y1 * side, left + x2 * side, top + y2 * side]
+    return [x1 * width, y1 * height, x2 * width, y2 * height]
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    data: Any,
+    *,
+    split: str = "test",
+    mode: str = "auto",
+    batch_size: int = 64,
+    device: Any = None,
+    num_workers: int = 0,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Accuracy at IoU >= 0.5 and mean IoU (percent) of ``model`` on referring expressions.
+
+    ``data``: a DataConfig (refcoco format) or a dataset of samples with ``target_box`` (and regions
+    for region models). Returns ``accuracy``, ``miou``, ``n_expressions``, ``mode``, ``chance``
+    (``accuracy``, ``miou``) and, with ``keep_predictions``, ``predictions``:
+    ``[{"ref_id", "sent_id", "image_id", "box" (pixels when the image size is known), "iou"}]``.
+    """
+    from vlp.data.config import DataConfig
+    from vlp.metrics import elementwise_box_iou
+    from vlp.tasks.common import build_eval_dataset, iterate_batches, model_data_config
+
+    mode = trained_mode(model, mode)
+    device = device if device is not None else next(model.parameters()).device
+    dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
+    config = data if isinstance(data, DataConfig) else model_data_config(model)
+    records = getattr(getattr(dataset, "index", None), "records", None)
+    ious, chance_acc, chance_iou, targets, metas, boxes = [], [], [], [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in iterate_batches(dataset, tokenizer, batch_size, config.max_text_len, None, num_workers):
+            if batch.target_boxes is None:
+                raise ConfigError("refexp: the evaluation samples have no target box (data must be refcoco format)")
+            batch = batch.to(device)
+            with torch.no_grad():
+                pred = predict_normalized(model, batch, mode)
+            target = batch.target_boxes.float()
+            ious.append(elementwise_box_iou(pred, target).cpu())
+            if mode == "regions":  # a uniformly random region: expected hit rate and IoU per expression
+                keep = batch.region_mask
+                every = elementwise_box_iou(batch.region_boxes.float(), target[:, None]) * keep
+                count = keep.sum(1).clamp_min(1)
+                chance_acc.append(((every >= 0.5) & keep).sum(1).cpu() / count.cpu())
+                chance_iou.append(every.sum(1).cpu() / count.cpu())
+            targets.append(target.cpu())
+            boxes.append(pred.cpu())
+            metas.extend(batch.meta)
+    finally:
+        model.train(was_training)
+    if not metas:
+        raise ConfigError("refexp: the evaluation data yielded no expressions")
+    iou = torch.cat(ious)
+    if mode == "regions":
+        chance = {
+            "accuracy": 100 * torch.cat(chance_acc).double().mean().item(),
+            "miou": 100 * torch.cat(chance_iou).double().mean().item(),
+        }
+    else:
+        chance = centre_box_chance(torch.cat(targets))
+    metrics: dict[str, Any] = {
+        "accuracy": 100 * (iou >= 0.5).double().mean().item(),
+        "miou": 100 * iou.double().mean().item(),
+        "n_expressions": len(metas),
+        "mode": mode,
+        "chance": chance,
+    }
+    if keep_predictions:
+        metrics["predictions"] = _predictions(torch.cat(boxes), iou, metas, records, config.transform.eval_crop)
+    return metrics
+
+
+def centre_box_chance(targets: torch.Tensor) -> dict[str, float]:
+    """Accuracy at IoU >= 0.5 and mean IoU (percent) of always answering the box of the mean target
+    size at the image centre; ``targets`` ``(N, 4)`` normalized xyxy."""
+    from vlp.metrics import elementwise_box_iou
+
+    w, h = (targets[:, 2:] - targets[:, :2]).double().mean(0).tolist()
+    centre = targets.new_tensor([0.5 - w / 2, 0.5 - h / 2, 0.5 + w / 2, 0.5 + h / 2])
+    iou = elementwise_box_iou(centre.expand_as(targets), targets).double()
+    return {"accuracy": 100 * (iou >= 0.5).double().mean().item(), "miou": 100 * iou.mean().item()}
+
+
+def _predictions(boxes: torch.Tensor, iou: torch.Tensor, metas: list[dict[str, Any]], records: Any,
+                 eval_crop: str) -> list[dict[str, Any]]:  # fmt: skip
+    out = []
+    for box, value, meta in zip(boxes.tolist(), iou.tolist(), metas):
+        record = records[meta["index"]] if records is not None and "index" in meta else {}
+        width, height = record.get("width"), record.get("height")
+        if width and height:
+            box = view_box_to_pixels(box, width, height, eval_crop)
+        out.append({"ref_id": meta.get("ref_id"), "sent_id": meta.get("sent_id"), "image_id": meta.get("image_id"),
+                    "expression": meta.get("text"), "box": [round(v, 2) for v in box], "iou": value})  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
+    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
+    from PIL import Image
+
+    from vlp.data.image_io import ImageError, decode_image
+
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
+    out = []
+    for i, image in enumerate(images):
+        if not isinstance(image, (str, Path, Image.Image)):
+            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
+        try:
+            out.append(decode_image(image, None, max_pixels)[0])
+        except ImageError as err:
+            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
+    return out
+
+
+def _region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tuple[Batch, list[tuple[float, float]]]:
+    """Region files / ``{"features" (R, F), "boxes" (R, 4) pixels}`` dicts -> padded Batch + image sizes."""
+    import numpy as np
+
+    from vlp.data.sources.regions import RegionError, load_regions
+
+    feats, boxes, out_sizes = [], [], []
+    for i, (item, size) in enumerate(zip(regions, sizes)):
+        if isinstance(item, (str, Path)):
+            try:
+                loaded = load_regions(item)
+                with np.load(item, allow_pickle=False) as npz:
+                    file_size = (float(npz["image_w"]), float(npz["image_h"]))
+            except (RegionError, KeyError) as err:
+                raise ValueError(f"regions[{i}]: {err}") from err
+            size = size or file_size
+            feats.append(torch.from_numpy(loaded["features"]))
+            boxes.append(torch.from_numpy(loaded["boxes"]))
+        elif isinstance(item, dict) and "features" in item and "boxes" in item:
+            if size is None:
+                raise ValueError(f"regions[{i}]: pixel boxes need the image (or a region file with its size)")
+            scale = torch.tensor([size[0], size[1], size[0], size[1]], dtype=torch.float32)
+            feats.append(torch.as_tensor(np.asarray(item["features"]), dtype=torch.float32))
+            boxes.append((torch.as_tensor(np.asarray(item["boxes"]), dtype=torch.float32) / scale).clamp(0, 1))
+        else:
+            raise TypeError(f"regions[{i}]: expected a region .npz path or a dict with 'features' and 'boxes'")
+        if feats[-1].ndim != 2 or boxes[-1].shape != (feats[-1].shape[0], 4):
+            raise ValueError(f"regions[{i}]: features (R, F) and boxes (R, 4) do not match")
+        out_sizes.append(size)
+    count = max(len(f) for f in feats)
+    batch = Batch(
+        region_features=torch.zeros(len(feats), count, feats[0].shape[1]),
+        region_boxes=torch.zeros(len(feats), count, 4),
+        region_mask=torch.zeros(len(feats), count, dtype=torch.bool),
+    )
+    for i, (f, b) in enumerate(zip(feats, boxes)):
+        batch.region_features[i, : len(f)], batch.region_boxes[i, : len(f)] = f, b
+        batch.region_mask[i, : len(f)] = True
+    return batch, out_sizes
+
+
+def predict(
+    model: Any,
+    tokenizer: Any,
+    images: list[Any],
+    texts: list[str],
+    *,
+    regions: list[Any] | None = None,
+    mode: str = "auto",
+    device: Any = None,
+) -> list[tuple[float, float, float, float]]:
+    """One box ``(x1, y1, x2, y2)`` in pixels of the original image per (image, expression) pair.
+
+    Patch/grid models read the images (PIL images or paths). Region models read ``regions``: one
+    region ``.npz`` path or ``{"features": (R, F), "boxes": (R, 4) pixels}`` per image (an image
+    entry may then be None when the region file gives the image size).
+    """
+    from vlp.tasks.common import check_texts, model_data_config, preprocess_images
+
+    texts = check_texts(texts, "texts")
+    if len(images) != len(texts):
+        raise ValueError(f"got {len(images)} images but {len(texts)} expressions; pass one expression per image")
+    mode = trained_mode(model, mode)
+    config = model_data_config(model)
+    device = device if device is not None else next(model.parameters()).device
+    if mode == "regions":
+        if regions is None or len(regions) != len(texts):
+            raise ValueError("predict (region model): pass regions=[one region file or dict per image]")
+        present = [i for i, image in enumerate(images) if image is not None]
+        upright = dict(zip(present, load_upright([images[i] for i in present], config.max_image_pixels)))
+        sizes = [upright[i].size if i in upright else None for i in range(len(texts))]
+        batch, sizes = _region_batch(list(regions), sizes)
+    else:
+        upright = load_upright(list(images), config.max_image_pixels)
+        sizes = [im.size for im in upright]
+        batch = Batch(images=preprocess_images(upright, config))
+    tok = tokenizer(texts, max_length=config.max_text_len)
+    batch = batch.replace(input_ids=tok.input_ids, attention_mask=tok.attention_mask.bool(),
+                          token_type_ids=tok.token_type_ids).to(device)  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            boxes = predict_normalized(model, batch, mode).cpu().tolist()
+    finally:
+        model.train(was_training)
+    crop = "resize" if mode == "regions" else config.transform.eval_crop  # region boxes are whole-image
+    return [tuple(view_box_to_pixels(b, w, h, crop)) for b, (w, h) in zip(boxes, sizes)]
+
+
+def locate(
+    model: Any, tokenizer: Any, image: Any, expression: str, *, regions: Any = None, mode: str = "auto"
+) -> tuple[float, float, float, float]:
+    """The box ``(x1, y1, x2, y2)`` in pixels that ``expression`` refers to in ``image`` (PIL image or
+    path). Region models also need ``regions`` (the image's region ``.npz`` or a features/boxes dict)."""
+    return predict(model, tokenizer, [image], [expression], regions=None if regions is None else [regions],
+                   mode=mode)[0]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- vlp eval refexp
+
+
+def eval_data_for(model: Any, data: Any) -> Any:
+    """Region models read ShapesWorld's region files (and no pixels) unless the data says otherwise."""
+    if is_region_model(model) and data.type == "shapesworld":
+        data.options.setdefault("regions", True)
+        data.options.setdefault("load_images", False)
+    return data
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from vlp.tasks.common import finish_eval, prepare_eval, write_json
+
+    setup = prepare_eval(args, "refcoco")
+    model = setup.loaded.model
+    mode = args.mode if args.mode != "auto" else setup.loaded.task.get("mode", "auto")
+    data = eval_data_for(model, setup.data)
+    metrics = evaluate(
+        model, setup.loaded.tokenizer, data, split=args.split, mode=mode, batch_size=args.batch_size,
+        device=setup.device, num_workers=args.workers, keep_predictions=True,
+    )  # fmt: skip
+    write_json(Path(args.out) / "predictions.json", metrics.pop("predictions"))
+    chance = metrics.pop("chance")
+    table = {k: metrics[k] for k in ("accuracy", "miou", "n_expressions")}
+    return finish_eval(args, "refexp", metrics, setup, chance, {"mode": metrics["mode"]}, table_metrics=table)
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    from vlp.tasks.common import add_eval_arguments
+
+    parser = subparsers.add_parser(
+        "refexp", help="referring expressions: accuracy at IoU >= 0.5, mean IoU",
+        description="Referring-expression comprehension on RefCOCO-format data (ShapesWorld: --format shapesworld): "
+        "region models pick a region, patch/grid models regress a box; accuracy at IoU >= 0.5 and mean IoU.",
+    )  # fmt: skip
+    add_eval_arguments(parser)
+    parser.add_argument("--mode", choices=MODES, default="auto",
+                        help="regions (region_score head) or box (box head); default: as fine-tuned")  # fmt: skip
+    parser.set_defaults(run=_run_eval)
+
+
+__all__ = [
+    "BoxRegressor",
+    "RefExpTask",
+    "RegionScorer",
+    "box_regression_loss",
+    "build_finetuning",
+    "centre_box_chance",
+    "ensure_refexp_head",
+    "evaluate",
+    "locate",
+    "predict",
+    "predict_normalized",
+    "region_scores",
+    "region_targets",
+    "register_eval",
+    "resolve_mode",
+    "view_box_to_pixels",
+]
