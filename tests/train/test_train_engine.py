@@ -159,3 +159,14 @@ def test_ema_weights_are_checkpointed(tmp_path):
 
     ema = load_file(tmp_path / "run" / "checkpoints" / "step_00000002" / "ema.safetensors")
     assert set(ema) == {n for n, _ in ToyModel().named_parameters()}
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_toy(tmp_path / "run", steps=3)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(r["step"], pytest.approx(r["loss"])) for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]

@@ -25,8 +25,20 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vlp.data.shapesworld import COLORS, Scene, make_captions, render_layers, sample_scene
+from vlp.data.shapesworld import COLORS, Scene, make_captions, render_layers, sample_scene, tokenize
 from vlp.data.shapesworld.render import Rendered
+from vlp.data.shapesworld.vocab import COLOR_WORDS, PLURALS, SHAPE_WORDS
+
+# every word that names a shape or a colour, plurals included
+ATTRIBUTE_WORDS = frozenset(
+    [w for words in (*SHAPE_WORDS.values(), *COLOR_WORDS.values()) for w in words]
+    + [PLURALS[w] for words in SHAPE_WORDS.values() for w in words]
+)
+
+
+def names_attribute(caption: str) -> bool:
+    """Whether ``caption`` names a shape or a colour."""
+    return any(word in ATTRIBUTE_WORDS for word in tokenize(caption))
 
 ControlKind = Literal["layout", "edge"]
 
@@ -61,6 +73,9 @@ class ShapesDataConfig:
     max_objects: int = 2
     max_text_len: int = 24
     seed: int = 0
+    # all: any of the scene's captions; attributes: only those naming a shape or colour (counts such as
+    # "there is one object." say nothing a short training run can use)
+    captions: Literal["all", "attributes"] = "all"
     tokenizer_captions: int = 2000  # scenes whose captions train the WordPiece tokenizer
     vocab_size: int = 400  # largest tokenizer vocabulary (ShapesWorld needs about 100 words)
 
@@ -71,6 +86,8 @@ class ShapesDataConfig:
             raise ValueError(
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}: expected 1 <= min <= max <= 9"
             )
+        if self.captions not in ("all", "attributes"):
+            raise ValueError(f"captions={self.captions!r}: expected 'all' or 'attributes'")
         if self.max_text_len < 3:
             raise ValueError(f"max_text_len={self.max_text_len}: must be >= 3 ([CLS] word [SEP])")
 
@@ -153,6 +170,9 @@ class ShapesStream:
         for _ in range(batch_size):
             scene, rendered, texts = draw_scene(self.cfg, self.rng)
             images.append(rendered.image)
+            if self.cfg.captions == "attributes":
+                # an inventory caption always names attributes, so the filtered list is never empty
+                texts = [t for t in texts if names_attribute(t)] or texts
             captions.append(texts[int(self.rng.integers(len(texts)))])
             if self.control is not None:
                 controls.append(control_map(self.control, scene, rendered))
@@ -170,6 +190,7 @@ __all__ = [
     "control_map",
     "draw_scene",
     "edge_map",
+    "names_attribute",
     "layout_map",
     "to_uint8",
     "to_unit",

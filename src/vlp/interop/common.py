@@ -12,7 +12,8 @@ Loading is strict in both directions: a vlp parameter without a source tensor (*
 a source tensor that nothing reads (*unexpected*) are a :class:`ConversionError` that lists their
 names. The only tensors skipped on purpose are the non-weight buffers of :data:`BUFFER_SUFFIXES`
 (``position_ids`` / ``token_type_ids``: ``arange`` and zeros that old transformers versions
-saved) and, per model, tied duplicates that must equal the tensor they duplicate.
+saved), BatchNorm's ``num_batches_tracked`` counter when a checkpoint lacks it (it changes no
+output), and, per model, tied duplicates that must equal the tensor they duplicate.
 """
 
 from __future__ import annotations

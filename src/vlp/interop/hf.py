@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlp.config import ConfigError, set_dotted
+from vlp.config import ConfigError, read_yaml, set_dotted
 from vlp.interop.common import ConversionError, Converter, export_state, import_state, listing, read_json, read_weights
 from vlp.interop.preprocess import HF_NAME, PREPROCESS_NAME, Preprocess, from_hf, from_recipe
 
@@ -167,7 +168,7 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
         INTEROP_NAME: json.dumps({"family": conv.family, "architecture": arch, "source": src.name}, indent=2) + "\n",
     }
     if pre is not None:
-        files[PREPROCESS_NAME] = json.dumps(pre.__dict__, indent=2, default=list) + "\n"
+        files[PREPROCESS_NAME] = json.dumps(asdict(pre), indent=2) + "\n"
     return save_pretrained(model, dst, tokenizer=_Extras(src, files), overwrite=overwrite)
 
 
@@ -178,16 +179,13 @@ def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any)
     checkpoint of another model family is refused. ``overrides`` are dotted recipe keys; any that
     changes a weight's shape makes the strict load fail with the names.
     """
-    from vlp.models.saving import load_config, load_weights
+    from vlp.models.saving import load_weights
 
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: pretrained folder not found")
     if is_vlp_folder(folder):
-        _, recipe = load_config(folder)
-        import yaml
-
-        data = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+        data = read_yaml(folder / "recipe.yaml")
         model = _build(data, overrides, str(folder / "recipe.yaml"))
         load_weights(model, folder / "model.safetensors")
         conv = detect(model.cfg, folder)
@@ -262,12 +260,14 @@ def export_folder(src: str | Path, dst: str | Path, architecture: str | None = N
             f"{src}: model {model.cfg.name!r} has no transformers counterpart (families: "
             f"{', '.join(c.family for c in converters())})"
         )
-    record = read_json(src / INTEROP_NAME, "vlp interop record") if (src / INTEROP_NAME).is_file() else {}
-    arch = architecture or conv.architecture(model.cfg)
-    if arch not in conv.architectures:
-        raise ConversionError(f"{arch}: not a {conv.family} architecture; expected one of {conv.architectures}")
-    if record.get("architecture") not in (None, arch) and architecture is None:
-        arch = conv.architecture(model.cfg)
+    # the class follows the model's heads (an imported ViltModel fine-tuned with a VQA head exports as
+    # ViltForQuestionAnswering); an explicit one must be of the family and hold those heads
+    arch = conv.architecture(model.cfg)
+    if architecture is not None and architecture != arch:
+        raise ConversionError(
+            f"{src}: model {model.cfg.name!r} (heads: {sorted(model.cfg.heads) or 'none'}) exports as {arch}, "
+            f"not {architecture}"
+        )
     base = read_json(src / HF_CONFIG_NAME, "transformers config") if (src / HF_CONFIG_NAME).is_file() else {}
     config_dict = conv.hf_config(model.cfg, base, arch)
     config_dict["architectures"] = [arch]

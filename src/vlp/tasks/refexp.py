@@ -270,7 +270,7 @@ def evaluate(
     """Accuracy at IoU >= 0.5 and mean IoU (percent) of ``model`` on referring expressions.
 
     ``data``: a DataConfig (refcoco format) or a dataset of samples with ``target_box`` (and regions
-    for region models). Returns ``accuracy``, ``miou``, ``n_expressions``, ``mode``, ``chance``
+    for region models). Returns ``accuracy``, ``miou``, ``n_expressions``, ``n_skipped``, ``mode``, ``chance``
     (``accuracy``, ``miou``) and, with ``keep_predictions``, ``predictions``:
     ``[{"ref_id", "sent_id", "image_id", "box" (pixels when the image size is known), "iou"}]``.
     """
@@ -283,11 +283,11 @@ def evaluate(
     dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
     config = data if isinstance(data, DataConfig) else model_data_config(model)
     records = getattr(getattr(dataset, "index", None), "records", None)
-    ious, chance_acc, chance_iou, targets, metas, boxes = [], [], [], [], [], []
+    ious, chance_acc, chance_iou, targets, metas, boxes, skipped = [], [], [], [], [], [], []
     was_training = model.training
     model.eval()
     try:
-        for batch in iterate_batches(dataset, tokenizer, batch_size, config.max_text_len, None, num_workers):
+        for batch in iterate_batches(dataset, tokenizer, batch_size, config.max_text_len, None, num_workers, skipped):
             if batch.target_boxes is None:
                 raise ConfigError("refexp: the evaluation samples have no target box (data must be refcoco format)")
             batch = batch.to(device)
@@ -320,6 +320,7 @@ def evaluate(
         "accuracy": 100 * (iou >= 0.5).double().mean().item(),
         "miou": 100 * iou.double().mean().item(),
         "n_expressions": len(metas),
+        "n_skipped": len(skipped),  # unreadable samples (bad image or region file), left out
         "mode": mode,
         "chance": chance,
     }
@@ -378,41 +379,32 @@ def _region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tu
     """Region files / ``{"features" (R, F), "boxes" (R, 4) pixels}`` dicts -> padded Batch + image sizes."""
     import numpy as np
 
+    from vlp.data.collate import collate
     from vlp.data.sources.regions import RegionError, load_regions
 
-    feats, boxes, out_sizes = [], [], []
+    samples, out_sizes = [], []
     for i, (item, size) in enumerate(zip(regions, sizes)):
         if isinstance(item, (str, Path)):
             try:
                 loaded = load_regions(item)
                 with np.load(item, allow_pickle=False) as npz:
-                    file_size = (float(npz["image_w"]), float(npz["image_h"]))
+                    size = size or (float(npz["image_w"]), float(npz["image_h"]))
             except (RegionError, KeyError) as err:
                 raise ValueError(f"regions[{i}]: {err}") from err
-            size = size or file_size
-            feats.append(torch.from_numpy(loaded["features"]))
-            boxes.append(torch.from_numpy(loaded["boxes"]))
-        elif isinstance(item, dict) and "features" in item and "boxes" in item:
-            if size is None:
-                raise ValueError(f"regions[{i}]: pixel boxes need the image (or a region file with its size)")
-            scale = torch.tensor([size[0], size[1], size[0], size[1]], dtype=torch.float32)
-            feats.append(torch.as_tensor(np.asarray(item["features"]), dtype=torch.float32))
-            boxes.append((torch.as_tensor(np.asarray(item["boxes"]), dtype=torch.float32) / scale).clamp(0, 1))
+            features, boxes = torch.from_numpy(loaded["features"]), torch.from_numpy(loaded["boxes"])
+        elif isinstance(item, dict) and "features" in item and "boxes" in item and size is not None:
+            features = torch.as_tensor(np.asarray(item["features"]), dtype=torch.float32)
+            boxes = (torch.as_tensor(np.asarray(item["boxes"]), dtype=torch.float32) / torch.tensor(size * 2)).clamp(
+                0, 1
+            )
         else:
-            raise TypeError(f"regions[{i}]: expected a region .npz path or a dict with 'features' and 'boxes'")
-        if feats[-1].ndim != 2 or boxes[-1].shape != (feats[-1].shape[0], 4):
+            raise TypeError(f"regions[{i}]: expected a region .npz path, or a dict with 'features' and 'boxes' "
+                            "(pixels) next to its image")  # fmt: skip
+        if features.ndim != 2 or boxes.shape != (features.shape[0], 4):
             raise ValueError(f"regions[{i}]: features (R, F) and boxes (R, 4) do not match")
+        samples.append({"region_features": features, "region_boxes": boxes.float(), "meta": {}})
         out_sizes.append(size)
-    count = max(len(f) for f in feats)
-    batch = Batch(
-        region_features=torch.zeros(len(feats), count, feats[0].shape[1]),
-        region_boxes=torch.zeros(len(feats), count, 4),
-        region_mask=torch.zeros(len(feats), count, dtype=torch.bool),
-    )
-    for i, (f, b) in enumerate(zip(feats, boxes)):
-        batch.region_features[i, : len(f)], batch.region_boxes[i, : len(f)] = f, b
-        batch.region_mask[i, : len(f)] = True
-    return batch, out_sizes
+    return collate(samples), out_sizes
 
 
 def predict(

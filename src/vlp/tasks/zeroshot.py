@@ -299,7 +299,7 @@ def evaluate(
                                                 "embed", batch_size, num_workers)  # fmt: skip
     with torch.no_grad():
         classes = class_embeddings(model, tokenizer, names, templates, config.max_text_len).float().cpu()
-    scores = zero_shot_scores(features, classes, labels, float(logit_scale(model)))
+    scores = zero_shot_scores(features, classes, labels, float(logit_scale(model).detach()))
     return {**scores, "class_names": names, "templates": templates}
 
 

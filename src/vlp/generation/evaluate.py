@@ -1,0 +1,250 @@
+"""``vlp eval generation``: how well generated images follow their prompts (and control maps).
+
+For every (shape, colour) pair of ShapesWorld the prompt ``"a {colour} {shape}"`` is
+sampled ``samples`` times. Reported, each against chance and against real
+ShapesWorld renders of the same prompts:
+
+- attribute accuracy: an :class:`~vlp.generation.classifier.AttributeClassifier`
+  (trained on real renders) must find the asked shape, colour and both;
+- layout IoU (models with a ControlNet): each prompt gets the layout map of a real
+  scene of that pair; IoU of the generated object's box (colour segmentation,
+  :mod:`vlp.generation.scoring`) with the layout's box. Chance = the same boxes
+  scored against another prompt's layout;
+- CLIP-score, given a vlp dual encoder: generated vs real images with their prompts,
+  and generated images with mismatched prompts.
+
+This module only imports torch inside its functions, since ``vlp eval`` imports it to
+build its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+CHANCE = {"shape": 1 / 6, "color": 1 / 7, "both": 1 / 42}
+
+
+def attribute_prompts() -> list[tuple[str, str, str]]:
+    """``(prompt, shape, colour)`` for every ShapesWorld (shape, colour) pair, shape-major."""
+    from vlp.data.shapesworld import COLORS, SHAPES
+
+    return [(f"a {color} {shape}", shape, color) for shape in SHAPES for color in COLORS]
+
+
+def _accuracy(classifier: Any, images: Any, shapes: Any, colors: Any) -> dict[str, float]:
+    pred_shape, pred_color = classifier.predict(images)
+    shape_ok, color_ok = pred_shape == shapes, pred_color == colors
+    return {
+        "shape": float(shape_ok.float().mean()),
+        "color": float(color_ok.float().mean()),
+        "both": float((shape_ok & color_ok).float().mean()),
+    }
+
+
+def evaluate_generation(
+    model: Any,
+    *,
+    samples: int = 2,
+    steps: int = 50,
+    guidance: float = 3.0,
+    eta: float = 0.0,
+    seed: int = 0,
+    classifier: Any = None,
+    dual_encoder: Any = None,
+    dual_tokenizer: Any = None,
+    control: bool | None = None,
+    batch_size: int = 84,
+    grid: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` (a :class:`TextToImageModel` with its tokenizer attached, or its folder).
+
+    ``classifier``: an ``AttributeClassifier`` or a folder to load / train-and-save one in
+    (None trains one in memory). ``dual_encoder``: a vlp model with ``encode_image`` /
+    ``encode_text`` or its folder (``dual_tokenizer`` defaults to that folder's tokenizer).
+    ``control`` (default: whether the model has a ControlNet) steers every sample by the
+    layout of a real scene of its pair. ``grid`` writes the generated images (rows = pairs).
+    Returns a JSON-ready dict of the metrics and settings.
+    """
+    import numpy as np
+    import torch
+
+    from vlp.data.shapesworld import render_layers
+    from vlp.generation.classifier import AttributeClassifier, load_or_train_classifier, render_objects
+    from vlp.generation.data import box_pixels, control_map, to_uint8
+    from vlp.generation.model import load_generator
+    from vlp.generation.scoring import box_iou, clip_scores, object_box
+
+    if isinstance(model, (str, Path)):
+        model = load_generator(model)
+    if model.tokenizer is None:
+        raise ValueError("model has no tokenizer attached; load it with vlp.generation.model.load_generator")
+    if samples < 1:
+        raise ValueError(f"samples={samples}: must be >= 1")
+    if not isinstance(classifier, AttributeClassifier):
+        classifier = load_or_train_classifier(classifier)
+    control = model.control is not None if control is None else control
+    if control and model.control is None:
+        raise ValueError("control=True but the model has no ControlNet branch")
+    size = model.cfg.image_size
+    if classifier.cfg.image_size != size:
+        raise ValueError(f"classifier was trained at {classifier.cfg.image_size}px but the model makes {size}px images")
+
+    table = attribute_prompts()
+    rows = [entry for entry in table for _ in range(samples)]
+    prompts = [p for p, _, _ in rows]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
+    real, shapes, colors, scenes = render_objects([(s, c) for _, s, c in rows], size, rng)
+    maps = None
+    if control:
+        kind = model.cfg.control.kind
+        maps = torch.stack(
+            [torch.from_numpy(control_map(kind, sc, render_layers(sc, size))).permute(2, 0, 1) for sc in scenes]
+        )
+
+    device = model.null_context.device
+    generated = []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch")
+    for k, start in enumerate(starts):
+        chunk = prompts[start : start + batch_size]
+        tokens = model.tokenizer(chunk, max_length=model.text.cfg.max_positions).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
+        ctl = maps[start : start + batch_size].to(device) if maps is not None else None
+        out = model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator, ctl)
+        generated.append(out.cpu())
+    images = torch.cat(generated)
+    if grid is not None:
+        from vlp.generation.images import save_grid
+
+        save_grid(to_uint8(images), rows=len(table), path=grid, scale=2)
+
+    results: dict[str, Any] = {
+        "attribute_accuracy": {
+            "generated": _accuracy(classifier, images, shapes, colors),
+            "real": _accuracy(classifier, real, shapes, colors),
+            "chance": dict(CHANCE),
+        },
+        "settings": {
+            "prompts": len(table),
+            "samples_per_prompt": samples,
+            "images": len(prompts),
+            "steps": steps,
+            "guidance": guidance,
+            "eta": eta,
+            "seed": seed,
+            "control": bool(control),
+        },
+    }
+    if control:
+        asked = [box_pixels(sc.objects[0].box(size), size) for sc in scenes]
+        gen_boxes = [object_box(im) for im in to_uint8(images)]
+        real_boxes = [object_box(im) for im in to_uint8(real)]
+        shifted = asked[len(asked) // 2 :] + asked[: len(asked) // 2]  # another prompt's layout
+        results["layout_iou"] = {
+            "generated": float(np.mean([box_iou(g, a) for g, a in zip(gen_boxes, asked)])),
+            "real": float(np.mean([box_iou(r, a) for r, a in zip(real_boxes, asked)])),
+            "chance": float(np.mean([box_iou(g, a) for g, a in zip(gen_boxes, shifted)])),
+            "kind": model.cfg.control.kind,
+        }
+    if dual_encoder is not None:
+        if isinstance(dual_encoder, (str, Path)):
+            import vlp
+
+            folder = dual_encoder
+            dual_encoder = vlp.load(folder)
+            dual_tokenizer = dual_tokenizer or vlp.load_tokenizer(folder)
+        if dual_tokenizer is None:
+            raise ValueError("dual_encoder given as a model: pass dual_tokenizer too")
+        mismatched = prompts[len(prompts) // 2 :] + prompts[: len(prompts) // 2]
+        results["clip_score"] = {
+            "generated": float(clip_scores(dual_encoder, dual_tokenizer, images, prompts).mean()),
+            "real": float(clip_scores(dual_encoder, dual_tokenizer, real, prompts).mean()),
+            "mismatched": float(clip_scores(dual_encoder, dual_tokenizer, images, mismatched).mean()),
+        }
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A small plain-text table of :func:`evaluate_generation`'s results."""
+    lines = ["attribute accuracy      shape   colour  both"]
+    for row in ("generated", "real", "chance"):
+        acc = results["attribute_accuracy"][row]
+        name = "real ShapesWorld" if row == "real" else row
+        lines.append(f"  {name:<20} {acc['shape']:6.3f}  {acc['color']:6.3f}  {acc['both']:6.3f}")
+    if "layout_iou" in results:
+        iou = results["layout_iou"]
+        lines.append(
+            f"layout IoU ({iou['kind']})  generated {iou['generated']:.3f}  real {iou['real']:.3f}  "
+            f"chance {iou['chance']:.3f}"
+        )
+    if "clip_score" in results:
+        cs = results["clip_score"]
+        lines.append(
+            f"CLIP-score              generated {cs['generated']:.2f}  real {cs['real']:.2f}  "
+            f"mismatched {cs['mismatched']:.2f}"
+        )
+    s = results["settings"]
+    lines.append(
+        f"({s['images']} images: {s['prompts']} prompts x {s['samples_per_prompt']}, {s['steps']} DDIM steps, "
+        f"guidance {s['guidance']}, seed {s['seed']})"
+    )
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = evaluate_generation(
+        args.model,
+        samples=args.samples,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        seed=args.seed,
+        classifier=args.classifier,
+        dual_encoder=args.dual_encoder,
+        control=False if args.no_control else None,
+        grid=args.grid,
+        progress=True,
+    )
+    print(format_results(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``generation`` to the ``vlp eval`` group."""
+    parser = subparsers.add_parser(
+        "generation",
+        help="text-to-image: attribute accuracy, layout IoU (ControlNet) and CLIP-score vs chance and real images",
+    )
+    parser.add_argument("--model", required=True, help="text-to-image model folder (from vlp train-generation)")
+    parser.add_argument("--samples", type=int, default=2, help="images per (shape, colour) prompt (42 prompts)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--classifier", default=None, help="folder of the attribute classifier; trained (and saved there) if absent"
+    )
+    parser.add_argument("--dual-encoder", default=None, help="vlp dual-encoder model folder for CLIP-score")
+    parser.add_argument("--no-control", action="store_true", help="ignore the model's ControlNet branch")
+    parser.add_argument("--grid", default=None, help="write the generated images to this PNG (rows = prompts)")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.set_defaults(run=run_eval)
+
+
+__all__ = ["CHANCE", "attribute_prompts", "evaluate_generation", "format_results", "register_eval"]

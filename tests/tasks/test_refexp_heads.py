@@ -1,0 +1,199 @@
+"""Referring expressions: the two heads, their losses and the IoU plumbing on hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import vlp
+from vlp.config import ConfigError
+from vlp.data.batch import Batch
+from vlp.tasks import refexp
+from vlp.tasks.common import preprocess_images
+from vlp.text import Tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.train(["the red circle", "the small blue square on the left", "a big star"] * 3, vocab_size=80)
+
+
+def iou(a, b) -> float:
+    """Plain-Python IoU of two xyxy boxes (the reference)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def generalized_iou(a, b) -> float:
+    """Plain-Python GIoU: IoU minus the share of the enclosing box that neither box covers."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
+    return w * h / union - (hull - union) / hull
+
+
+class DesignedScores(nn.Module):
+    """A region_score head that ignores its input and returns fixed logits ``(B, R, 1)``."""
+
+    def __init__(self, scores: list[list[float]]) -> None:
+        super().__init__()
+        self.scores = torch.tensor(scores)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert tokens.shape[:2] == self.scores.shape  # one fused token per region, prefix dropped
+        return self.scores[..., None]
+
+
+def text_fields(tok: Tokenizer, texts: list[str]) -> dict:
+    t = tok(texts, max_length=12)
+    return {"input_ids": t.input_ids, "attention_mask": t.attention_mask.bool(), "token_type_ids": t.token_type_ids}
+
+
+def test_box_regression_loss_is_l1_plus_giou_by_hand():
+    pred = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]])
+    target = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0]])
+    # pair 1: L1 = 4; IoU = 1/7, enclosing box 9, union 7 -> GIoU = 1/7 - 2/9 = -5/63; pair 2: both 0
+    loss, terms = refexp.box_regression_loss(pred, target, l1_weight=5.0, giou_weight=2.0)
+    assert terms["l1"].item() == pytest.approx(2.0)
+    assert terms["giou"].item() == pytest.approx((1 + 5 / 63) / 2)
+    assert loss.item() == pytest.approx(5 * 2.0 + 2 * (1 + 5 / 63) / 2)
+
+
+def test_box_regressor_trains_the_box_head_on_the_fused_cls(tok):
+    torch.manual_seed(0)
+    model = vlp.create_model("vilt-tiny")
+    refexp.ensure_refexp_head(model, "box")
+    assert model.cfg.heads["box"] == {}  # the saved recipe rebuilds the head
+    target = torch.tensor([[0.1, 0.2, 0.5, 0.6], [0.5, 0.5, 0.9, 1.0]])
+    batch = Batch(images=torch.randn(2, 3, 32, 32), target_boxes=target,
+                  **text_fields(tok, ["the red circle", "a big star"]))  # fmt: skip
+    loss, logs = refexp.BoxRegressor(model, 5.0, 2.0)(batch)
+    with torch.no_grad():
+        fused = model.fuse(model.text_tokens(batch.input_ids, batch.attention_mask), batch.attention_mask,
+                           model.image_tokens(batch))  # fmt: skip
+        pred = model.heads["box"](fused.pooled)
+    want_l1 = sum((pred[i] - batch.target_boxes[i]).abs().sum().item() for i in range(2)) / 2
+    giou = [generalized_iou(p, t) for p, t in zip(pred.tolist(), batch.target_boxes.tolist())]
+    assert logs["l1"] == pytest.approx(want_l1, rel=1e-5)
+    assert logs["giou"] == pytest.approx(sum(1 - g for g in giou) / 2, rel=1e-5)
+    assert loss.item() == pytest.approx(5 * want_l1 + 2 * sum(1 - g for g in giou) / 2, rel=1e-5)
+    loss.backward()
+    assert model.heads["box"].out.weight.grad.abs().sum() > 0
+
+
+def region_model(scores: list[list[float]]) -> nn.Module:
+    torch.manual_seed(0)
+    model = vlp.create_model("uniter-tiny")
+    refexp.ensure_refexp_head(model, "regions", hidden=16)
+    assert model.cfg.heads["region_score"] == {"hidden": 16}
+    model.heads["region_score"] = DesignedScores(scores)
+    return model
+
+
+def test_region_scoring_picks_the_best_score_and_targets_the_best_iou_region(tok):
+    # image 0: three regions; image 1: two real regions and a padded slot that matches the target exactly
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],
+                          [[0.0, 0.0, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]]])  # fmt: skip
+    keep = torch.tensor([[True, True, True], [True, True, False]])
+    target = torch.tensor([[0.45, 0.45, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    # best IoU: image 0 -> region 1 (0.83 vs 0.30 and 0.005); image 1 -> region 0 (0.64; the pad is ignored)
+    assert refexp.region_targets(boxes, keep, target).tolist() == [1, 0]
+    scores = [[2.0, 0.5, 1.0], [0.3, 0.1, 5.0]]  # the padded slot scores highest but must never win
+    model = region_model(scores)
+    batch = Batch(region_features=torch.randn(2, 3, 64), region_boxes=boxes, region_mask=keep, target_boxes=target,
+                  **text_fields(tok, ["the red circle", "the small blue square on the left"]))  # fmt: skip
+    picked = refexp.predict_normalized(model, batch, "regions")
+    assert torch.equal(picked, torch.stack([boxes[0, 0], boxes[1, 0]]))
+    loss, logs = refexp.RegionScorer(model)(batch)
+
+    def ce(logits, k):
+        return math.log(sum(math.exp(v) for v in logits)) - logits[k]
+
+    assert loss.item() == pytest.approx((ce([2.0, 0.5, 1.0], 1) + ce([0.3, 0.1], 0)) / 2, rel=1e-6)
+    assert logs["acc"] == pytest.approx(0.5)  # image 1's pick has IoU 0.64, image 0's 0.005
+
+
+def test_evaluate_reports_iou_accuracy_of_designed_boxes(tok, monkeypatch):
+    targets = [[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.6, 0.6]]
+    preds = [[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.25], [0.5, 0.5, 0.75, 0.75], [0.6, 0.6, 0.8, 0.8]]
+    ious = [iou(p, t) for p, t in zip(preds, targets)]
+    assert ious == pytest.approx([1.0, 0.5, 0.25, 0.0])  # 0.5 exactly counts as a hit
+    samples = [{"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": torch.tensor(t),
+                "meta": {"k": k, "ref_id": 10 + k, "sent_id": 20 + k}} for k, t in enumerate(targets)]  # fmt: skip
+    monkeypatch.setattr(
+        refexp, "predict_normalized", lambda model, batch, mode: torch.tensor([preds[m["k"]] for m in batch.meta])
+    )
+    model = vlp.create_model("vilt-tiny")
+    refexp.ensure_refexp_head(model, "box")
+    out = refexp.evaluate(model, tok, samples, batch_size=3, keep_predictions=True)
+    assert out["accuracy"] == pytest.approx(50.0) and out["miou"] == pytest.approx(100 * 1.75 / 4)
+    assert out["n_expressions"] == 4 and out["mode"] == "box"
+    # chance: the mean target size (0.475 x 0.475) centred in the image
+    half = 0.475 / 2
+    centre = [0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half]
+    centre_ious = [iou(centre, t) for t in targets]
+    assert out["chance"]["miou"] == pytest.approx(100 * sum(centre_ious) / 4)
+    assert out["chance"]["accuracy"] == pytest.approx(100 * sum(v >= 0.5 for v in centre_ious) / 4)
+    assert [p["ref_id"] for p in out["predictions"]] == [10, 11, 12, 13]
+    assert [p["iou"] for p in out["predictions"]] == pytest.approx(ious)
+
+
+def test_view_box_to_pixels_follows_the_eval_transform():
+    box = (0.5, 0.25, 1.0, 1.0)
+    assert refexp.view_box_to_pixels(box, 64, 48, "resize") == pytest.approx([32, 12, 64, 48])
+    # center: the model saw the centred 48 x 48 square, which starts at x = 8
+    assert refexp.view_box_to_pixels(box, 64, 48, "center") == pytest.approx([32, 12, 56, 48])
+
+
+def test_locate_returns_pixels_for_box_and_region_models(tok, tmp_path):
+    torch.manual_seed(0)
+    model = vlp.create_model("vilt-tiny")
+    refexp.ensure_refexp_head(model, "box")
+    model.eval()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    box = refexp.locate(model, tok, image, "the red circle")
+    batch = Batch(images=preprocess_images([image], model.recipe.data), **text_fields(tok, ["the red circle"]))
+    with torch.no_grad():
+        fused = model.fuse(model.text_tokens(batch.input_ids, batch.attention_mask), batch.attention_mask,
+                           model.image_tokens(batch))  # fmt: skip
+        want = model.heads["box"](fused.pooled)[0] * torch.tensor([64, 48, 64, 48])
+    assert box == pytest.approx(want.tolist(), rel=1e-5)
+    # a region model reads the image's region file and answers with the best region's pixel box
+    pixels = np.array([[0, 0, 10, 10], [20, 4, 30, 20], [5, 5, 25, 25]], dtype=np.float32)
+    np.savez(tmp_path / "r.npz", features=np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32),
+             boxes=pixels, image_w=np.int64(40), image_h=np.int64(30))  # fmt: skip
+    regional = region_model([[0.0, 3.0, 1.0]])
+    assert refexp.locate(regional, tok, None, "the red circle", regions=tmp_path / "r.npz") == pytest.approx(
+        pixels[1].tolist(), abs=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="regions="):
+        refexp.locate(regional, tok, None, "the red circle")
+
+
+def test_modes_and_missing_heads_are_refused(tok):
+    with pytest.raises(ConfigError, match="fusion module"):
+        refexp.resolve_mode(vlp.create_model("clip-tiny"))
+    vilt = vlp.create_model("vilt-tiny")
+    assert refexp.resolve_mode(vilt) == "box"
+    with pytest.raises(ConfigError, match="region"):
+        refexp.resolve_mode(vilt, "regions")
+    with pytest.raises(ConfigError, match="no box head"):
+        refexp.evaluate(vilt, tok, [])
+    with pytest.raises(ValueError, match="one expression per image"):
+        refexp.ensure_refexp_head(vilt, "box")
+        refexp.predict(vilt, tok, [Image.new("RGB", (8, 8))], ["a", "b"])
