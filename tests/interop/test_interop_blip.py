@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from interop_helpers import close, padded_ids, perturb
@@ -62,8 +64,10 @@ def test_blip_retrieval_itm_and_similarity(tmp_path):
             close(out.image_embed @ out.text_embed.T, sim.itm_score)
             close(fused.text[mask], itm.question_embeds[mask])  # the image-grounded text tokens
             close(out.image.tokens, itm.last_hidden_state)  # ViT tokens after post_layernorm
-    # BLIP's retrieval model has no temperature: vlp's stays at its initial value
+    # BLIP's retrieval model has no temperature: vlp's stays at its initial value, and the folder says so
     assert torch.allclose(model.logit_scale, torch.tensor(1 / 0.07).log())
+    record = json.loads((tmp_path / "vlp" / "interop.json").read_text())
+    assert list(record["vlp_only"]) == ["logit_scale"] and record["architecture"] == "BlipForImageTextRetrieval"
 
 
 def test_blip_captioning_logits(tmp_path):

@@ -16,6 +16,12 @@ def _summary(folder: Path) -> None:
     ]
     print(f"model      {cfg.name}: {', '.join(parts)}; heads: {', '.join(cfg.heads) or '-'}")
     print(f"files      {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    record = folder / "interop.json"
+    if record.is_file():
+        import json
+
+        for name, why in json.loads(record.read_text(encoding="utf-8")).get("vlp_only", {}).items():
+            print(f"vlp only   {name}: {why}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -130,7 +130,9 @@ class BlipConverter(Converter):
         table["image_proj"] = ("vision_proj",)
         table["text_proj"] = ("text_proj",)
         table["heads.itm"] = ("itm_head",)
-        return StateMapping(table, vlp_only={"logit_scale": "BLIP's retrieval model has no temperature"})
+        return StateMapping(
+            table, vlp_only={"logit_scale": "no temperature in BLIP's retrieval model; kept at log(1 / 0.07)"}
+        )
 
     def matches(self, cfg: Any) -> bool:
         from vlp.config import family_name

@@ -163,9 +163,13 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
         raise FileNotFoundError(f"{src}: checkpoint folder not found")
     model, conv, arch, config = load_hf(src)
     pre = from_hf(src)
+    mapping = conv.mapping(model, arch)
+    # what the report lists: parameters the source model has no counterpart for (kept at their
+    # deterministic initial values), so that nothing is silently invented
+    record = {"family": conv.family, "architecture": arch, "source": src.name, "vlp_only": mapping.vlp_only}
     files = {
         HF_CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True) + "\n",
-        INTEROP_NAME: json.dumps({"family": conv.family, "architecture": arch, "source": src.name}, indent=2) + "\n",
+        INTEROP_NAME: json.dumps(record, indent=2) + "\n",
     }
     if pre is not None:
         files[PREPROCESS_NAME] = json.dumps(asdict(pre), indent=2) + "\n"

@@ -32,6 +32,7 @@ OpenAI's models use QuickGELU (the default); most LAION-trained OpenCLIP models 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -248,17 +249,22 @@ def import_openclip(
     size = model.recipe.data.image_size
     # OpenCLIP's eval transform: bicubic resize of the shorter side, centre crop, OpenAI's mean / std
     pre = Preprocess("shortest_edge", (size, size), (size, size), "bicubic")
-    return save_pretrained(model, dst, tokenizer=_Extras(tok, pre), overwrite=overwrite)
+    notes = {}
+    if model.cfg.vision.type == "resnet_clip":
+        notes["image_proj.weight"] = "identity: OpenCLIP's attention pool already outputs the joint embedding"
+    return save_pretrained(model, dst, tokenizer=_Extras(tok, pre, notes), overwrite=overwrite)
 
 
 class _Extras:
     """Written into the model folder by ``save_pretrained``: the tokenizer (if any) and preprocess.json."""
 
-    def __init__(self, tokenizer: Any, preprocess: Any) -> None:
-        self.tokenizer, self.preprocess = tokenizer, preprocess
+    def __init__(self, tokenizer: Any, preprocess: Any, vlp_only: dict[str, str]) -> None:
+        self.tokenizer, self.preprocess, self.vlp_only = tokenizer, preprocess, vlp_only
 
     def save(self, folder: Path) -> Path:
         if self.tokenizer is not None:
             self.tokenizer.save(folder)
         self.preprocess.save(folder)
+        record = {"family": "clip", "architecture": "openclip", "vlp_only": self.vlp_only}
+        (Path(folder) / "interop.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return Path(folder)

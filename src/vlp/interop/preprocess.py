@@ -36,12 +36,15 @@ PREPROCESS_NAME = "preprocess.json"
 HF_NAME = "preprocessor_config.json"
 
 # PIL resample codes as transformers stores them
-_FROM_PIL = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 _TO_PIL = {
     "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
+_FROM_PIL = {int(code): name for name, code in _TO_PIL.items()}
 _PIL_CODE = {name: int(code) for name, code in _TO_PIL.items()}
 
 
@@ -52,7 +55,7 @@ class Preprocess:
     resize: Literal["shortest_edge", "exact", "vilt", "none"] = "shortest_edge"
     size: tuple[int, int] = (224, 224)  # (height, width); shortest_edge / vilt read size[0]
     crop: tuple[int, int] | None = (224, 224)  # centre crop (height, width), or None
-    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"] = "bicubic"
     rescale: float = 1 / 255
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
@@ -156,7 +159,8 @@ class Preprocess:
                 "eval_crop": "center" if self.crop is not None else "resize",
                 "mean": list(self.mean),
                 "std": list(self.std),
-                "interpolation": self.interpolation,
+                # vlp's loaders resize with nearest / bilinear / bicubic; the others map to bicubic
+                "interpolation": self.interpolation if self.interpolation in ("nearest", "bilinear") else "bicubic",
             },
         }
 
@@ -222,7 +226,7 @@ def from_hf(folder: str | Path) -> Preprocess | None:
         resize = "none"
     resample = data.get("resample", 3)
     if resample not in _FROM_PIL:
-        raise ConversionError(f"{path}: resample={resample!r} is not supported; expected 0, 2 or 3 (PIL codes)")
+        raise ConversionError(f"{path}: resample={resample!r} is not a PIL resampling code (0-5)")
     crop = _pair(data.get("crop_size"), "crop_size", path) if data.get("do_center_crop") else None
     known = {
         "image_processor_type", "feature_extractor_type", "size", "crop_size", "do_center_crop", "resample",
