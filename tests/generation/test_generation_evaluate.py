@@ -24,16 +24,16 @@ from vlp.generation.scoring import clip_scores
 
 @pytest.fixture(scope="module")
 def classifier32():
-    # a test-sized run (the shipped default trains 400 steps of 64 at width 16)
-    return train_classifier(ClassifierConfig(width=8, steps=150, batch_size=32, seed=0))
+    # a test-sized run (the shipped default trains 300 steps of 64 at width 16)
+    return train_classifier(ClassifierConfig(width=8, steps=200, batch_size=32, seed=0))
 
 
 def test_classifier_reads_real_renders_and_is_at_chance_on_noise(classifier32, tmp_path):
     rng = np.random.default_rng(99)
     images, shapes, colors, _ = render_objects(random_pairs(300, rng), 32, rng)
     pred_shape, pred_color = classifier32.predict(images)
-    assert (pred_color == colors).float().mean() > 0.95
-    assert (pred_shape == shapes).float().mean() > 0.6  # chance is 1/6
+    assert (pred_color == colors).float().mean() > 0.98
+    assert (pred_shape == shapes).float().mean() > 0.9  # chance is 1/6
     noise = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     noise_shape, noise_color = classifier32.predict(noise)
     # targets are drawn independently of the noise, so any classifier scores chance on them

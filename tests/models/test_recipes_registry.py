@@ -1,5 +1,6 @@
-"""The classic-model registry: every required recipe is listed, builds at the paper's size, and
-the dual-encoder side (encode_text / encode_image) exists exactly where the paper has one.
+"""The classic-model registry: every required recipe is listed, builds at the paper's size, its
+``-tiny`` twin is the same model at CPU size whose data section loads ShapesWorld, and the
+dual-encoder side (encode_text / encode_image) exists exactly where the paper has one.
 
 Base recipes are built on the ``meta`` device (shapes only, no memory), so counting a
 200M-parameter model costs a fraction of a second.
@@ -7,12 +8,20 @@ Base recipes are built on the ``meta`` device (shapes only, no memory), so count
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+
 import pytest
 import torch
 
 import vlp
 from vlp import Batch
+from vlp.data.loader import build_loader
+from vlp.data.shapesworld import generate
+from vlp.objectives import Pretraining
 from vlp.recipe import recipe_dict
+from vlp.text.tokenizer import Tokenizer
 
 REQUIRED = [
     "clip",
@@ -87,6 +96,15 @@ PARAMS = {
         "ViT-B/16 + BERT-base + cross-attention in 12 layers + the decoder's own causal self-attention",
     ),
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest, and kindest to a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def count(model: torch.nn.Module, what) -> int:
@@ -179,3 +197,32 @@ def test_encode_text_and_image_exist_exactly_on_dual_encoder_models(name: str) -
     ids[1, 5] = 42
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(ids, batch.attention_mask), text)
+
+
+# ----------------------------------------------------------------------------- data sections
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("shapesworld")
+    generate(root, images=10, size=32, seed=0, workers=1, formats=("albef", "regions"))
+    records = json.loads((root / "annotations" / "captions_train.json").read_text())
+    return root, Tokenizer.train([r["caption"] for r in records], vocab_size=1000)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_tiny_recipe_data_section_loads_shapesworld_for_its_model(name: str, shapes_root) -> None:
+    """The recipe's own data section, pointed at a ShapesWorld folder, feeds its model and objectives."""
+    root, tokenizer = shapes_root
+    torch.manual_seed(0)
+    model = vlp.create_model(f"{name}-tiny")
+    config = dataclasses.replace(model.recipe.data, root=str(root))
+    batch = next(iter(build_loader(config, "train", tokenizer, batch_size=4, num_workers=0)))
+    vision = model.recipe.model.vision
+    if vision.type == "region":
+        # the oracle detector's 64-d descriptors, boxes and class scores; OSCAR also reads tags
+        assert batch.region_features.shape[-1] == vision.feature_dim == 64
+        assert batch.region_class_probs is not None and batch.region_mask.any(1).all()
+        assert (batch.tag_ids is not None) or not model.cfg.use_tags
+    else:
+        assert batch.images.shape[1:] == (3, 32, 32)
+    loss, logs = Pretraining(model, model.recipe.objectives, tokenizer=tokenizer)(batch)
+    assert math.isfinite(loss.item()) and {f"loss_{o}" for o in model.recipe.objectives} <= set(logs)

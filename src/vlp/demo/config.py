@@ -1,0 +1,68 @@
+"""Sizes and budgets of ``vlp demo``: the full run (every score well above chance in a few minutes
+on 2 CPU cores) and ``--quick`` (a smoke test of every step in seconds; scores near chance)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlp.config import ConfigError
+
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "albef-demo.yaml"
+
+
+@dataclass
+class DemoConfig:
+    """What the demo generates and how long it trains.
+
+    ``images`` ShapesWorld images of ``image_size`` pixels (80/10/10 train/val/test of the 90% that is
+    not the compositional hold-out). ``*_steps``: optimizer steps of batch ``batch_size`` for
+    pretraining and each fine-tune. ``threads``: torch intra-op threads (1 is fastest for these
+    tiny models on a shared CPU). ``examples``: pictures per figure in the report.
+    """
+
+    images: int = 3000
+    image_size: int = 32
+    seed: int = 0
+    vocab_size: int = 400
+    pretrain_steps: int = 2000
+    batch_size: int = 32
+    pretrain_lr: float = 1e-3
+    vqa_steps: int = 800
+    refexp_steps: int = 800
+    caption_steps: int = 800
+    finetune_lr: float = 5e-4
+    head_lr: float = 2e-3  # new task heads start from scratch: a higher rate (ViLT uses 10x)
+    caption_beams: int = 3
+    threads: int = 1
+    workers: int | None = None  # ShapesWorld generator processes (None = its default)
+    examples: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("images", "vocab_size", "pretrain_steps", "batch_size", "vqa_steps", "refexp_steps",
+                     "caption_steps", "caption_beams", "threads", "examples"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"demo {name}={value!r}: expected an integer >= 1")
+        if self.images < 60:
+            raise ConfigError(f"demo images={self.images}: expected >= 60 (every split needs images)")
+        if self.image_size % 4:
+            raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of 4 (the patch size)")
+        for name in ("pretrain_lr", "finetune_lr", "head_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")
+
+    @classmethod
+    def quick(cls, **changes: Any) -> DemoConfig:
+        """Seconds instead of minutes: every step runs, on 120 images and a few optimizer steps."""
+        small = dict(images=120, vocab_size=200, pretrain_steps=6, batch_size=8, vqa_steps=3, refexp_steps=3,
+                     caption_steps=3, caption_beams=1, examples=4, workers=1)  # fmt: skip
+        return cls(**{**small, **changes})
+
+    def replace(self, **changes: Any) -> DemoConfig:
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["DEMO_RECIPE", "DemoConfig"]

@@ -1,0 +1,213 @@
+"""What the demo and the taxonomy benchmark share: a ShapesWorld tokenizer, quiet training runs
+through the Python API (no subprocesses), and timing of wall and CPU seconds.
+
+Training goes through the same code as ``vlp pretrain`` / ``vlp finetune``
+(:func:`vlp.train.jobs.build_pretraining_job`, :func:`vlp.train.jobs.build_finetuning_job`,
+:class:`vlp.train.engine.Trainer`); only the progress bar and TensorBoard are turned off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlp.config import ConfigError, read_yaml, set_dotted
+
+# recipe keys a fine-tuning run adds on top of the model recipe (vlp.train.jobs.build_finetuning_job)
+RUN_ONLY_KEYS = ("task", "init")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children (data workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Timer:
+    """Wall and CPU seconds of named steps, in the order they ran."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def step(self, name: str, log: Any = print) -> Iterator[None]:
+        """Time the ``with`` block as step ``name``; ``log`` gets a start and an end line."""
+        log(f"[{len(self.steps) + 1}] {name} ...")
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        yield
+        record = {"step": name, "wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
+        self.steps.append(record)
+        log(f"    done in {record['wall_s']:.1f} s wall, {record['cpu_s']:.1f} s CPU")
+
+    def total(self) -> dict[str, float]:
+        return {
+            "wall_s": sum(s["wall_s"] for s in self.steps),
+            "cpu_s": sum(s["cpu_s"] for s in self.steps),
+        }
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (restored afterwards).
+
+    Tiny models on a shared CPU are fastest with one thread: the ops are too small to split, and
+    a second thread spends its time spin-waiting for a core another process holds (measured:
+    ~10x slower steps with 2 threads on a busy 2-core machine).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def shapes_texts(world: str | Path) -> list[str]:
+    """Every training text of a ShapesWorld folder: captions, questions, answers, referring expressions.
+
+    Only the files that exist are read (the generator may have written a subset of its formats).
+    """
+    ann = Path(world) / "annotations"
+    texts: list[str] = []
+    captions = ann / "captions_train.json"
+    if captions.is_file():
+        texts += [c["caption"] for c in json.loads(captions.read_text(encoding="utf-8"))]
+    questions = ann / "v2_OpenEnded_shapes_train_questions.json"
+    if questions.is_file():
+        texts += [q["question"] for q in json.loads(questions.read_text(encoding="utf-8"))["questions"]]
+    answers = ann / "v2_shapes_train_annotations.json"
+    if answers.is_file():
+        texts += [a["multiple_choice_answer"] for a in json.loads(answers.read_text(encoding="utf-8"))["annotations"]]
+    if not texts:
+        raise ConfigError(f"{ann}: no ShapesWorld training text (captions_train.json or VQA files) to train on")
+    return texts
+
+
+def train_shapes_tokenizer(world: str | Path, out: str | Path, vocab_size: int = 400) -> Any:
+    """A WordPiece tokenizer trained on the world's texts, saved to ``out``."""
+    from vlp.text import Tokenizer
+
+    tokenizer = Tokenizer.train(shapes_texts(world), vocab_size=vocab_size)
+    tokenizer.save(out)
+    return tokenizer
+
+
+def model_recipe(name_or_path: str | Path, world: str | Path, tokenizer: Any, overrides: dict[str, Any]) -> dict:
+    """A model recipe mapping for ShapesWorld at ``world``: the tokenizer's vocabulary size,
+    ``data.root`` set, quiet single-process training, then dotted ``overrides``."""
+    from vlp.recipe import recipe_dict
+
+    data = recipe_dict(name_or_path)
+    model = data.setdefault("model", {})
+    for part in ("text", "decoder"):
+        if isinstance(model.get(part), dict):
+            model[part]["vocab_size"] = tokenizer.vocab_size
+    data.setdefault("data", {})["root"] = str(world)
+    quiet = {"num_workers": 0, "progress": False, "tensorboard": False, "device": "cpu", "checkpoint_every": 0}
+    data.setdefault("train", {}).update(quiet)
+    for key, value in overrides.items():
+        set_dotted(data, key, copy.deepcopy(value))
+    return data
+
+
+def _fit(job: Any, run_dir: str | Path) -> Any:
+    from vlp.train.engine import Trainer
+
+    trainer = Trainer(
+        job.module, job.loader, train=job.train, optim=job.optim, schedule=job.schedule, run_dir=run_dir,
+        recipe=job.recipe, overwrite=True,
+    )  # fmt: skip
+    # the engine prints a run summary; the demo prints its own lines instead
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        return trainer.fit()
+
+
+def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tuple[Any, Any]:
+    """Pretrain ``recipe`` (a recipe mapping) into ``run_dir``; returns ``(model, TrainResult)``.
+
+    The model comes back in eval mode with its recipe attached (``model.recipe``).
+    """
+    from vlp.recipe import parse_recipe
+    from vlp.train.jobs import build_pretraining_job
+
+    parsed = parse_recipe(recipe, where=str(recipe.get("model", {}).get("name", "recipe")))
+    job = build_pretraining_job(parsed, tokenizer=tokenizer)
+    result = _fit(job, run_dir)
+    model = job.module.model
+    model.eval()
+    return model, result
+
+
+def finetune(task_recipe: dict[str, Any], init: str | Path, tokenizer: Any, run_dir: str | Path) -> tuple:
+    """Fine-tune a task recipe (a recipe mapping with ``task:``) from the weights in ``init``.
+
+    Returns ``(model, task section as the run saved it (answer vocabulary, mode, ...), TrainResult)``.
+    """
+    from vlp.train.jobs import build_finetuning_job
+
+    data = {k: copy.deepcopy(v) for k, v in task_recipe.items() if k != "init"}
+    job = build_finetuning_job(data, init=str(init), tokenizer=tokenizer, where=str(data["task"]["type"]))
+    result = _fit(job, run_dir)
+    model = job.module.model
+    model.eval()
+    return model, dict(job.recipe.get("task") or {}), result
+
+
+def run_recipe(run_dir: str | Path) -> dict[str, Any]:
+    """The model recipe a run saved (``RUN/recipe.yaml``) without the fine-tuning-only keys."""
+    data = read_yaml(Path(run_dir) / "recipe.yaml")
+    return {k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}
+
+
+def task_recipe(base: dict[str, Any], task: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuning recipe: the pretrained run's model recipe + ``task`` + dotted ``overrides``."""
+    data = copy.deepcopy(base)
+    data["task"] = copy.deepcopy(task)
+    data.pop("objectives", None)  # a task names its own losses
+    for key, value in overrides.items():
+        set_dotted(data, key, copy.deepcopy(value))
+    return data
+
+
+def shapes_data(model: Any, shapes_format: str, **options: Any) -> Any:
+    """The model's own data section, reading ShapesWorld's ``shapes_format`` files (eval transform)."""
+    import dataclasses
+
+    from vlp.tasks.common import model_data_config
+
+    base = model_data_config(model)
+    merged = {**dict(base.options), "format": shapes_format, **options}
+    return dataclasses.replace(base, options=merged)
+
+
+def count_parameters(model: Any) -> int:
+    """Distinct parameters of ``model`` (tied weights counted once)."""
+    seen = {id(p): p.numel() for p in model.parameters()}
+    return int(sum(seen.values()))
+
+
+__all__ = [
+    "Timer",
+    "count_parameters",
+    "cpu_seconds",
+    "finetune",
+    "model_recipe",
+    "pretrain",
+    "run_recipe",
+    "shapes_data",
+    "shapes_texts",
+    "task_recipe",
+    "torch_threads",
+    "train_shapes_tokenizer",
+]
