@@ -9,9 +9,10 @@ from vlp.text import BertTextConfig, Tokenizer
 CAPTIONS = ["a red circle", "a blue square", "a green triangle on the left", "there is a yellow star", "a big cross"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and kindest to a shared machine."""
+    """Tiny tensors: one intra-op thread is fastest, and kindest to a shared machine. Session-scoped so that it
+    is in force before module-scoped fixtures (the attribute classifier) train."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -30,7 +30,9 @@ def test_controlnet_starts_as_the_base_model_exactly(tiny_model, tokenizer):
     before = tiny_model.eps(x, t, ctx, mask)
     tiny_model.add_control(ControlConfig(kind="layout"))
     # the copy holds the base encoder's weights
-    for (name, a), b in zip(tiny_model.unet.encoder.state_dict().items(), tiny_model.control.encoder.state_dict().values()):
+    for (name, a), b in zip(
+        tiny_model.unet.encoder.state_dict().items(), tiny_model.control.encoder.state_dict().values()
+    ):
         assert torch.equal(a, b), name
     after = tiny_model.eps(x, t, ctx, mask, control=control)
     assert torch.equal(after, before)

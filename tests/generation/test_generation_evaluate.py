@@ -52,7 +52,9 @@ def test_clip_score_with_a_vlp_dual_encoder(tokenizer):
     with torch.no_grad():
         pixels = ((images + 1) / 2 - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         tokens = tokenizer(texts, max_length=24)
-        cos = F.cosine_similarity(model.encode_image(pixels), model.encode_text(tokens.input_ids, tokens.attention_mask))
+        cos = F.cosine_similarity(
+            model.encode_image(pixels), model.encode_text(tokens.input_ids, tokens.attention_mask)
+        )
     assert torch.allclose(scores, 100 * cos.clamp_min(0), atol=1e-4)
     assert clip_scores(model, tokenizer, torch.rand(3, 3, 16, 16) * 2 - 1, texts).shape == (3,)  # resized to 32
 

@@ -39,7 +39,11 @@ def test_unet_output_shape_and_skip_bookkeeping(patch):
 
 
 def test_unet_rejects_bad_shapes():
-    net = UNet(UNetConfig(channels=8, channel_mult=(1, 2), groups=4, heads=2, self_attention_levels=[], cross_attention_levels=[]))
+    net = UNet(
+        UNetConfig(
+            channels=8, channel_mult=(1, 2), groups=4, heads=2, self_attention_levels=[], cross_attention_levels=[]
+        )
+    )
     with pytest.raises(ValueError, match="divisible by 2"):
         net(torch.randn(1, 3, 15, 15), torch.tensor([0]))
     with pytest.raises(ValueError, match="t: expected shape"):

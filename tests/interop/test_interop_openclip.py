@@ -213,6 +213,11 @@ def test_openclip_modified_resnet_matches_a_reference_forward(hf_clip, tmp_path)
     assert torch.equal(conv, state["visual.layer1.0.conv1.weight"])
     import_openclip(tmp_path / "rn.pt", tmp_path / "vlp", act="gelu")
     assert vlp.load(tmp_path / "vlp").cfg.vision.width == width
+    # create_model takes the file directly (here with the activation as a recipe override)
+    direct = vlp.create_model("clip-resnet", pretrained=tmp_path / "rn.pt", **{"model.text.act": "gelu"})
+    with torch.no_grad():
+        close(direct.encode_image(images), expected)
+        close(direct.encode_text(ids, mask), ref.text_embeds)
 
 
 def test_openclip_errors_name_the_problem(hf_clip, tmp_path):

@@ -13,7 +13,6 @@ pair in the batch is tellable apart, which is what image-text matching has to le
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ from vlp.data.shapesworld import COLORS, SHAPES, Background, Scene, SceneObject,
 from vlp.objectives import Pretraining, build_objectives
 from vlp.recipe import load_recipe
 from vlp.text.tokenizer import Tokenizer
-from vlp.text.tokenizer_files import SPECIALS
 
 SIZE = 32  # image side of every -tiny recipe
 TINY = [name for name in vlp.list_models() if name.endswith("-tiny")]
@@ -66,25 +64,11 @@ def caption(scene: Scene) -> str:
     return " and ".join(f"a {o.size} {o.color} {o.shape}" for o in scene.objects) + "."
 
 
-def trained_tokenizer(captions: list[str], folder: Path) -> Tokenizer:
-    """A WordPiece tokenizer trained on ``captions``, with its vocabulary in a canonical order.
-
-    The trainer breaks ties between equally frequent tokens differently from one process to the
-    next, so the same captions can get different ids; writing the learnt vocabulary back sorted
-    (specials first) makes the ids, and with them every training run below, reproducible.
-    """
-    vocab = Tokenizer.train(captions, vocab_size=1000).get_vocab()
-    specials = sorted((i, t) for t, i in vocab.items() if i < len(SPECIALS))
-    tokens = [t for _, t in specials] + sorted(t for t, i in vocab.items() if i >= len(SPECIALS))
-    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return Tokenizer.load(folder / "vocab.txt")
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, Batch]:
+def data() -> tuple[Tokenizer, Batch]:
     world = scenes()
     captions = [caption(s) for s in world]
-    tokenizer = trained_tokenizer(captions, tmp_path_factory.mktemp("tokenizer"))
+    tokenizer = Tokenizer.train(captions, vocab_size=1000)  # the same ids in every process
     text = tokenizer(captions, max_length=24)
     rendered = [render_layers(s, SIZE) for s in world]
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)

@@ -1,9 +1,9 @@
 """``vlp generate``: text-to-image sampling; ``vlp train-generation``: train a text-to-image model or ControlNet.
 
-    vlp train-generation t2i-shapes --out runs/t2i [--set train.steps=100]
-    vlp generate "a red circle" "a blue square" --model runs/t2i/model --out grid.png --samples 4 --seed 0
-    vlp train-generation t2i-shapes-control --base runs/t2i/model --out runs/t2i-control
-    vlp generate "a red circle" --model runs/t2i-control/model --control layout.png --out x.png
+vlp train-generation t2i-shapes --out runs/t2i [--set train.steps=100]
+vlp generate "a red circle" "a blue square" --model runs/t2i/model --out grid.png --samples 4 --seed 0
+vlp train-generation t2i-shapes-control --base runs/t2i/model --out runs/t2i-control
+vlp generate "a red circle" --model runs/t2i-control/model --control layout.png --out x.png
 """
 
 from __future__ import annotations

@@ -238,7 +238,9 @@ def captioning_step(pretrained: Path, tokenizer: Any, world: Path, cfg: DemoConf
     records = _test_caption_records(world)[: cfg.examples]
     generated = caption(model, tokenizer, [r["image"] for r in records], prompt="", strategy=options.strategy,
                         num_beams=options.num_beams, max_new_tokens=20)  # fmt: skip
-    examples = [{"image": r["image"], "generated": g, "reference": r["captions"][0]} for r, g in zip(records, generated)]
+    examples = [
+        {"image": r["image"], "generated": g, "reference": r["captions"][0]} for r, g in zip(records, generated)
+    ]
     return StepOutput(rows, metrics, examples, run_dir, model)
 
 

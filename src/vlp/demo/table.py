@@ -55,13 +55,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     return "\n".join([line(header), "| " + " | ".join(rule) + " |", *(line(r) for r in rows)])
 
 
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
 def results_table(rows: Sequence[ResultRow]) -> str:
     """The demo's one table: task | metric | score | chance | x chance."""
-    body = [
-        [r.task, r.metric, fmt_number(r.score), fmt_number(r.chance), fmt_number(r.ratio()) + "x" if r.ratio() else "-"]
-        for r in rows
-    ]
-    return markdown_table(["task", "metric", "score", "chance", "x chance"], body)
+    body = [[r.task, r.metric, fmt_number(r.score), fmt_number(r.chance), _times(r.ratio())] for r in rows]
+    return markdown_table(["task", "metric", "score", "chance", "x chance"], body, ["l", "l", "r", "r", "r"])
 
 
 # ----------------------------------------------------------------------------- taxonomy

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
-import os
 import resource
 import time
 from collections.abc import Iterator
@@ -121,6 +121,19 @@ def model_recipe(name_or_path: str | Path, world: str | Path, tokenizer: Any, ov
     return data
 
 
+@contextlib.contextmanager
+def captured(run_dir: str | Path) -> Iterator[None]:
+    """Keep what the training code prints (the run summary, notes on fresh weights) out of the demo's
+    own output: it goes to ``run_dir/output.txt`` instead, also when the block fails."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "output.txt").write_text(buffer.getvalue(), encoding="utf-8")
+
+
 def _fit(job: Any, run_dir: str | Path) -> Any:
     from vlp.train.engine import Trainer
 
@@ -128,9 +141,7 @@ def _fit(job: Any, run_dir: str | Path) -> Any:
         job.module, job.loader, train=job.train, optim=job.optim, schedule=job.schedule, run_dir=run_dir,
         recipe=job.recipe, overwrite=True,
     )  # fmt: skip
-    # the engine prints a run summary; the demo prints its own lines instead
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        return trainer.fit()
+    return trainer.fit()
 
 
 def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tuple[Any, Any]:
@@ -142,8 +153,9 @@ def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tup
     from vlp.train.jobs import build_pretraining_job
 
     parsed = parse_recipe(recipe, where=str(recipe.get("model", {}).get("name", "recipe")))
-    job = build_pretraining_job(parsed, tokenizer=tokenizer)
-    result = _fit(job, run_dir)
+    with captured(run_dir):
+        job = build_pretraining_job(parsed, tokenizer=tokenizer)
+        result = _fit(job, run_dir)
     model = job.module.model
     model.eval()
     return model, result
@@ -157,8 +169,9 @@ def finetune(task_recipe: dict[str, Any], init: str | Path, tokenizer: Any, run_
     from vlp.train.jobs import build_finetuning_job
 
     data = {k: copy.deepcopy(v) for k, v in task_recipe.items() if k != "init"}
-    job = build_finetuning_job(data, init=str(init), tokenizer=tokenizer, where=str(data["task"]["type"]))
-    result = _fit(job, run_dir)
+    with captured(run_dir):
+        job = build_finetuning_job(data, init=str(init), tokenizer=tokenizer, where=str(data["task"]["type"]))
+        result = _fit(job, run_dir)
     model = job.module.model
     model.eval()
     return model, dict(job.recipe.get("task") or {}), result

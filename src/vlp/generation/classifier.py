@@ -92,7 +92,9 @@ class AttributeClassifier(nn.Module):
                 nn.ReLU(),
             )
 
-        self.features = nn.Sequential(stage(3, w), nn.MaxPool2d(2), stage(w, 2 * w), nn.MaxPool2d(2), stage(2 * w, 4 * w))
+        self.features = nn.Sequential(
+            stage(3, w), nn.MaxPool2d(2), stage(w, 2 * w), nn.MaxPool2d(2), stage(2 * w, 4 * w)
+        )
         self.shape_head = nn.Linear(8 * w, len(SHAPES))
         self.color_head = nn.Linear(8 * w, len(COLOR_NAMES))
 
@@ -129,7 +131,9 @@ def render_objects(
 
 
 def random_pairs(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-    return [(SHAPES[int(rng.integers(len(SHAPES)))], COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]) for _ in range(n)]
+    return [
+        (SHAPES[int(rng.integers(len(SHAPES)))], COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]) for _ in range(n)
+    ]
 
 
 def train_classifier(cfg: ClassifierConfig | None = None, progress: bool = False) -> AttributeClassifier:

@@ -40,6 +40,7 @@ def names_attribute(caption: str) -> bool:
     """Whether ``caption`` names a shape or a colour."""
     return any(word in ATTRIBUTE_WORDS for word in tokenize(caption))
 
+
 ControlKind = Literal["layout", "edge"]
 
 

@@ -186,7 +186,9 @@ class TextToImageModel(nn.Module):
         b = input_ids.shape[0]
         context, mask = self.condition(input_ids, attention_mask)
         if guidance != 1.0:
-            null_ctx, null_mask = self.condition(input_ids, attention_mask, torch.ones(b, dtype=torch.bool))
+            null_ctx, null_mask = self.condition(
+                input_ids, attention_mask, torch.ones(b, dtype=torch.bool, device=input_ids.device)
+            )
             context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
             control = torch.cat([control, control]) if control is not None else None
 
@@ -199,9 +201,7 @@ class TextToImageModel(nn.Module):
 
         size = self.cfg.image_size
         device = input_ids.device
-        return ddim_sample(
-            eps_fn, self.schedule, (b, 3, size, size), steps, eta, generator, device, progress=progress
-        )
+        return ddim_sample(eps_fn, self.schedule, (b, 3, size, size), steps, eta, generator, device, progress=progress)
 
     def generate(
         self,
@@ -229,10 +229,13 @@ class TextToImageModel(nn.Module):
                 raise ValueError(f"control: expected one map per prompt ({len(prompts)}), got {control.shape[0]}")
             control = control.to(device).repeat_interleave(samples, dim=0)
         generator = torch.Generator(device=device).manual_seed(seed)
-        return self.sample(tokens.input_ids, tokens.attention_mask, generator=generator, control=control, **sample_kwargs)
+        return self.sample(
+            tokens.input_ids, tokens.attention_mask, generator=generator, control=control, **sample_kwargs
+        )
 
 
 # --------------------------------------------------------------------------- folders
+
 
 def save_generator(model: TextToImageModel, folder: str | Path, recipe: Any = None, overwrite: bool = False) -> Path:
     """Write ``model.safetensors``, ``recipe.yaml`` (with ``model`` = the model's config) and the tokenizer."""

@@ -177,7 +177,8 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
 
 
 def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any) -> Any:
-    """A vlp model from a vlp folder or a transformers folder (``vlp.create_model(name, pretrained=path)``).
+    """A vlp model from a vlp folder, a transformers folder or an OpenCLIP state dict file
+    (``vlp.create_model(name, pretrained=path)``).
 
     ``name``, when given, is the recipe the caller expects (``"clip"``, ``"vilt-tiny"``, ...): a
     checkpoint of another model family is refused. ``overrides`` are dotted recipe keys; any that
@@ -186,8 +187,15 @@ def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any)
     from vlp.models.saving import load_weights
 
     folder = Path(path)
+    if folder.is_file():  # an OpenCLIP / OpenAI CLIP state dict file
+        from vlp.interop.openclip import load_openclip
+
+        model = load_openclip(folder, overrides=overrides)
+        if name is not None:
+            _check_family(name, detect(model.cfg), folder)
+        return model
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: pretrained folder not found")
+        raise FileNotFoundError(f"{folder}: pretrained folder or OpenCLIP file not found")
     if is_vlp_folder(folder):
         data = read_yaml(folder / "recipe.yaml")
         model = _build(data, overrides, str(folder / "recipe.yaml"))

@@ -201,7 +201,8 @@ def openclip_mapping(model: Any, state: Mapping[str, torch.Tensor]) -> StateMapp
 
 
 def load_openclip(path: str | Path, act: str = "quick_gelu", overrides: dict[str, Any] | None = None) -> Any:
-    """A vlp model (eval mode, recipe set) from an OpenCLIP state dict file."""
+    """A vlp model (eval mode, recipe set) from an OpenCLIP state dict file; ``overrides`` are dotted recipe
+    keys (``{"model.text.act": "gelu"}`` is the same as ``act="gelu"`` for both towers' text side)."""
     from vlp.interop.hf import _build
     from vlp.recipe import recipe_dict
 

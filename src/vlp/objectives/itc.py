@@ -14,8 +14,10 @@ Several captions of one image in a batch: with ``batch.image_index`` every pair
 of the same image is a positive and the target is spread uniformly over them.
 ``image_index`` must be comparable across ranks (e.g. dataset image ids).
 With momentum distillation (ALBEF) the target is
-``alpha * softmax(momentum logits) + (1 - alpha) * hard target``; ALBEF's queue
-of past momentum features is not implemented (only the current global batch).
+``alpha * softmax(momentum logits) + (1 - alpha) * hard target``, with ``alpha``
+ramped up from 0 over the first ``distill_warmup_steps`` steps as in ALBEF
+(:func:`vlp.objectives.momentum.distill_weight`); ALBEF's queue of past momentum
+features is not implemented (only the current global batch).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from vlp.config import ConfigError, part
 from vlp.objectives.base import Logs, Objective, ObjectiveConfig, ObjectiveOptions, require
 from vlp.objectives.distributed import dist_info, gather_sizes, gather_with_grad
+from vlp.objectives.momentum import STEP_KEY, distill_weight
 
 
 def contrastive_targets(
@@ -64,6 +67,7 @@ class ITCConfig(ObjectiveOptions):
     max_logit_scale: float = 100.0  # CLIP's cap on exp(logit_scale)
     temperature: float | None = None  # a fixed temperature instead of the model's learnable logit_scale
     distill_alpha: float = 0.4  # ALBEF: weight of the momentum model's soft targets (used when momentum is on)
+    distill_warmup_steps: int = 0  # ALBEF: alpha ramps linearly from 0 over this many optimizer steps (0: off)
     use_image_index: bool = True  # positives = same batch.image_index when the batch has it
 
     def __post_init__(self) -> None:
@@ -72,6 +76,8 @@ class ITCConfig(ObjectiveOptions):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_warmup_steps < 0:
+            raise ValueError(f"distill_warmup_steps must be >= 0, got {self.distill_warmup_steps}")
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.max_logit_scale <= 0:
@@ -124,9 +130,12 @@ class ITC(Objective):
         target = contrastive_targets(row_ids, all_ids, rows_image.shape[0], row_offset, image.device)
         target_i2t = target_t2i = target
 
+        logs = {}
         momentum = outputs.momentum
         if momentum is not None and cfg.distill_alpha > 0:
-            target_i2t, target_t2i = self._distill_targets(momentum, target, sizes, rank, world, scale)
+            alpha = distill_weight(cfg.distill_alpha, cfg.distill_warmup_steps, outputs.extra.get(STEP_KEY), "itc")
+            target_i2t, target_t2i = self._distill_targets(momentum, target, sizes, rank, world, scale, alpha)
+            logs["itc_alpha"] = torch.as_tensor(alpha)
 
         loss_i2t = soft_cross_entropy(logits_i2t, target_i2t, cfg.label_smoothing)
         loss_t2i = soft_cross_entropy(logits_t2i, target_t2i, cfg.label_smoothing)
@@ -138,11 +147,11 @@ class ITC(Objective):
         with torch.no_grad():
             best = logits_i2t.argmax(1)
             hit = best == target if target.dtype == torch.long else target.gather(1, best[:, None]).squeeze(1) > 0
-        return loss, {"itc_acc": hit.float().mean(), "logit_scale": scale.detach()}
+        return loss, {"itc_acc": hit.float().mean(), "logit_scale": scale.detach(), **logs}
 
     @torch.no_grad()
-    def _distill_targets(self, momentum, target, sizes, rank, world, scale):
-        alpha = self.cfg.distill_alpha
+    def _distill_targets(self, momentum, target, sizes, rank, world, scale, alpha):
+        """``(R, N)`` i2t and t2i targets: ``alpha`` (a float or 0-d tensor) of the momentum model's softmax."""
         image = require(momentum.image_embed, "outputs.momentum.image_embed", "itc")
         text = require(momentum.text_embed, "outputs.momentum.text_embed", "itc")
         all_image = gather_with_grad(image, sizes) if world > 1 else image

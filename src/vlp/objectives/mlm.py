@@ -8,7 +8,9 @@ positions alone (``(1, M, D)``), not on every token, which saves the large
 
 With momentum distillation (ALBEF) the target mixes the one-hot label with the
 momentum model's MLM distribution on the same masked input:
-``(1 - alpha) * CE(label) + alpha * CE(softmax(momentum logits))``.
+``(1 - alpha) * CE(label) + alpha * CE(softmax(momentum logits))``, with ``alpha``
+ramped up from 0 over the first ``distill_warmup_steps`` steps as in ALBEF
+(:func:`vlp.objectives.momentum.distill_weight`).
 
 The ids of [MASK], the vocabulary size and the special ids come from the
 tokenizer (``build_objectives(..., tokenizer=tok)``) or from this config.
@@ -36,6 +38,7 @@ from vlp.objectives.masking import (
     select_spans,
     select_whole_words,
 )
+from vlp.objectives.momentum import STEP_KEY, distill_weight
 
 
 @dataclass
@@ -47,6 +50,7 @@ class MLMConfig(ObjectiveOptions):
     span_p: float = 0.2  # span strategy: geometric parameter of the span length in words
     max_span: int = 10  # span strategy: lengths are clipped here
     distill_alpha: float = 0.4  # ALBEF: weight of the momentum model's soft targets (used when momentum is on)
+    distill_warmup_steps: int = 0  # ALBEF: alpha ramps linearly from 0 over this many optimizer steps (0: off)
     seed: int | None = None  # a fixed seed for the masks; None = the global RNG (checkpointed by the engine)
     # filled from the tokenizer by build_objectives when not given here
     mask_id: int | None = None
@@ -66,6 +70,8 @@ class MLMConfig(ObjectiveOptions):
             raise ValueError(f"span_p must be in (0, 1] and max_span >= 1, got {self.span_p}, {self.max_span}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.distill_warmup_steps < 0:
+            raise ValueError(f"distill_warmup_steps must be >= 0, got {self.distill_warmup_steps}")
 
 
 class MLM(Objective):
@@ -134,12 +140,15 @@ class MLM(Objective):
         where = labels != IGNORE
         logits = self._masked_logits(outputs.model, masked_ids, attention, types, image, where).float()
         target = labels[where]
+        cfg, momentum, logs = self.cfg, outputs.momentum, {}
+        distilling = momentum is not None and cfg.distill_alpha > 0
+        if distilling:
+            alpha = distill_weight(cfg.distill_alpha, cfg.distill_warmup_steps, outputs.extra.get(STEP_KEY), "mlm")
+            logs["mlm_alpha"] = torch.as_tensor(alpha)  # in every step's logs: ranks reduce the same keys
         if target.numel() == 0:  # nothing masked (tiny batch): a zero loss that still touches the head
-            return logits.sum() * 0.0, {"mlm_acc": logits.new_zeros(())}
+            return logits.sum() * 0.0, {"mlm_acc": logits.new_zeros(()), **logs}
         loss = F.cross_entropy(logits, target)
-        momentum = outputs.momentum
-        if momentum is not None and self.cfg.distill_alpha > 0:
-            alpha = self.cfg.distill_alpha
+        if distilling:
             with torch.no_grad():
                 m_image = require(momentum.image, "outputs.momentum.image", "mlm")
                 m_logits = self._masked_logits(momentum.model, masked_ids, attention, types, m_image, where)
@@ -148,7 +157,7 @@ class MLM(Objective):
             loss = (1 - alpha) * loss + alpha * distill
         with torch.no_grad():
             acc = (logits.argmax(-1) == target).float().mean()
-        return loss, {"mlm_acc": acc}
+        return loss, {"mlm_acc": acc, **logs}
 
 
 part(ObjectiveConfig, "mlm", MLM)(MLMConfig)

@@ -6,6 +6,12 @@ step (:meth:`update`); buffers (e.g. BatchNorm statistics) are copied. The copy
 stays in eval mode so its soft targets carry no dropout noise. It is a
 submodule of :class:`vlp.objectives.Pretraining`, so it moves with ``.to()``
 and is saved in the state dict (a resumed run keeps its EMA).
+
+:func:`distill_weight` is ALBEF's ramp of the distillation weight: a teacher that starts as
+a copy of a randomly initialised student has nothing to teach, so its weight ``alpha`` grows
+linearly from 0 over the first ``distill_warmup_steps`` optimizer steps (ALBEF: its first
+epoch). The step count comes from :class:`vlp.objectives.Pretraining`, which passes it to the
+objectives as ``outputs.extra["train_step"]``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ import copy
 
 import torch
 from torch import nn
+
+from vlp.config import ConfigError
+
+STEP_KEY = "train_step"  # outputs.extra key of the optimizer steps taken so far (set by Pretraining)
 
 
 class MomentumModel(nn.Module):
@@ -52,3 +62,25 @@ class MomentumModel(nn.Module):
     def reset(self, model: nn.Module) -> None:
         """Copy ``model``'s current weights (e.g. after loading a pretrained checkpoint into it)."""
         self.module.load_state_dict(model.state_dict())
+
+
+def distill_weight(
+    alpha: float, warmup_steps: int, step: torch.Tensor | int | None, objective: str
+) -> torch.Tensor | float:
+    """``alpha * min(1, step / warmup_steps)``; just ``alpha`` when ``warmup_steps`` is 0.
+
+    ``step`` is the number of optimizer steps taken before this one (0 on the first), a 0-d
+    tensor from :class:`vlp.objectives.Pretraining` (the result is then a tensor on its device,
+    so no host sync) or an int. ``objective`` names the objective in the error for a missing step.
+    """
+    if warmup_steps <= 0:
+        return alpha
+    if step is None:
+        raise ConfigError(
+            f"objectives.{objective}.distill_warmup_steps={warmup_steps}: needs the training step "
+            f"(outputs.extra[{STEP_KEY!r}]), which vlp.objectives.Pretraining supplies; set it to 0 "
+            "when calling the objective directly"
+        )
+    if isinstance(step, torch.Tensor):
+        return alpha * (step.float() / warmup_steps).clamp(max=1.0)
+    return alpha * min(1.0, step / warmup_steps)

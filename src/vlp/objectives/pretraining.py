@@ -5,7 +5,12 @@ once (and the momentum model's, when distillation is on), then every objective
 on it, and returns ``sum(weight * loss)`` with a flat dict of floats:
 ``loss``, ``loss_<name>`` for each objective and the objectives' own metrics
 (``itc_acc``, ``itm_acc``, ``mlm_acc``, ...). The training engine calls
-:meth:`after_step` after each optimizer step, which advances the EMA.
+:meth:`after_step` after each optimizer step, which advances the EMA and the
+step counter.
+
+The counter (buffer ``step``: optimizer steps taken so far) is in the state dict,
+so a resumed run continues ALBEF's ramp of the distillation weight where it
+stopped; objectives read it as ``outputs.extra["train_step"]``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import nn
 
 from vlp.objectives.base import Objective, logs_to_floats
-from vlp.objectives.momentum import MomentumModel
+from vlp.objectives.momentum import STEP_KEY, MomentumModel
 
 
 def model_momentum(model: nn.Module) -> float:
@@ -57,9 +62,13 @@ class Pretraining(nn.Module):
         self.weights = {name: float(weight) for name, (weight, _) in objectives.items()}
         decay = model_momentum(model) if momentum is None else momentum
         self.ema = MomentumModel(model, decay) if decay > 0 else None
+        # A buffer, not an int: it is checkpointed with the weights and lives on the model's device,
+        # so the objectives' ramps are computed there without a host sync.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         outputs = self.model(batch)
+        outputs.extra[STEP_KEY] = self.step
         if self.ema is not None:
             with torch.no_grad():
                 outputs.momentum = self.ema(batch)
@@ -80,6 +89,7 @@ class Pretraining(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Advance the momentum model (once per optimizer step)."""
+        """Advance the momentum model and the step counter (once per optimizer step)."""
         if self.ema is not None:
             self.ema.update(self.model)
+        self.step += 1

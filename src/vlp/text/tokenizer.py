@@ -14,14 +14,13 @@ BERT's whole-word masking counts as a word.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import tokenizers
 import torch
-from tokenizers import models, trainers
 
 from vlp.text.tokenizer_files import (
     CLS,
@@ -30,11 +29,11 @@ from vlp.text.tokenizer_files import (
     SEP,
     SPECIALS,
     UNK,
-    bert_backend,
     finish_backend,
     load_backend,
     save_backend,
 )
+from vlp.text.wordpiece_training import train_wordpiece
 
 
 @dataclass
@@ -106,32 +105,20 @@ class Tokenizer:
     ) -> Tokenizer:
         """Learn a WordPiece vocabulary of at most ``vocab_size`` tokens (specials included) from ``texts``.
 
-        ``strip_accents=None`` strips accents exactly when lowercasing (BERT's rule).
+        ``strip_accents=None`` strips accents exactly when lowercasing (BERT's rule). The same texts
+        give the same vocabulary and ids in every process (:mod:`vlp.text.wordpiece_training`).
         """
         if vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size={vocab_size}: must exceed the {len(SPECIALS)} special tokens")
         if min_frequency < 1:
             raise ValueError(f"min_frequency={min_frequency}: must be >= 1")
-        count = 0
-
-        def checked() -> Iterator[str]:
-            nonlocal count
-            for text in texts:
-                if not isinstance(text, str):
-                    raise TypeError(f"texts[{count}]: expected a string, got {type(text).__name__}")
-                count += 1
-                yield text
-
-        backend = bert_backend(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100), lowercase, strip_accents)
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(SPECIALS),
-            continuing_subword_prefix="##",
-            show_progress=False,
-        )
-        backend.train_from_iterator(checked(), trainer=trainer)
-        if count == 0 or backend.get_vocab_size() <= len(SPECIALS):
+        corpus = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+            corpus.append(text)  # kept: training reads the corpus twice (see wordpiece_training)
+        backend = train_wordpiece(corpus, vocab_size, min_frequency, lowercase, strip_accents) if corpus else None
+        if backend is None or backend.get_vocab_size() <= len(SPECIALS):
             raise ValueError("cannot train a tokenizer: the corpus has no text")
         return cls(backend)
 

@@ -1,0 +1,108 @@
+"""``vlp demo --quick`` end to end in a temporary folder: every step runs, report.md embeds the
+pictures it wrote, and the table's chance levels equal ones recomputed here from the raw files."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlp.cli import main
+from vlp.config import ConfigError
+from vlp.demo.pipeline import MARKER, _prepare
+from vlp.metrics import vqa_accuracy
+
+EXPECTED_TASKS = {
+    "retrieval (zero-shot)": 3,
+    "zero-shot classification": 2,
+    "zero-shot heat map": 2,
+    "VQA (fine-tuned)": 1,
+    "referring expressions (fine-tuned)": 2,
+    "captioning (fine-tuned)": 2,
+}
+FIGURES = ("loss_curves", "retrieval", "heatmap", "vqa", "refexp", "captions")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("demo") / "run"
+    try:
+        assert main(["demo", "--quick", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_report_embeds_every_picture(demo):
+    out, results = demo
+    report = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert sorted(Path(p).stem for p in linked) == sorted(FIGURES)
+    for rel in linked:
+        png = out / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, rel
+    assert "text-to-image" in report.lower() and "## Timings" in report
+    # the pretrained model is a reusable save_pretrained folder
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
+
+
+def test_results_table_has_every_task_with_chance(demo):
+    out, results = demo
+    rows = results["table"]
+    assert Counter(r["task"] for r in rows) == Counter(EXPECTED_TASKS)
+    assert all(r["chance"] is not None and r["score"] >= 0 for r in rows)
+    report = (out / "report.md").read_text()
+    for row in rows:  # the markdown table carries every row with its chance level
+        assert re.search(rf"\| {re.escape(row['task'])} +\| {re.escape(row['metric'])} +\| +{row['score']:.1f} "
+                         rf"\| +{row['chance']:.1f} \|", report), row  # fmt: skip
+    steps = [t["step"] for t in results["timings"]]
+    assert len(steps) == 10 and all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in results["timings"])
+
+
+def _row(results, task, metric_start):
+    return next(r for r in results["table"] if r["task"] == task and r["metric"].startswith(metric_start))
+
+
+def test_chance_levels_recomputed_from_the_raw_files(demo):
+    out, results = demo
+    ann = out / "world" / "annotations"
+    # retrieval text->image: a random ranking finds the one right image at rank 1 with probability 1 / N
+    test_images = json.loads((ann / "captions_test.json").read_text())
+    assert _row(results, "retrieval (zero-shot)", "text->image")["chance"] == pytest.approx(100 / len(test_images))
+    # zero-shot shape: always answering the most frequent shape of the images' largest objects
+    inst = json.loads((ann / "instances_test.json").read_text())
+    largest = {}
+    for a in inst["annotations"]:
+        if a["image_id"] not in largest or a["area"] > largest[a["image_id"]]["area"]:
+            largest[a["image_id"]] = a
+    counts = Counter(a["category_id"] for a in largest.values())
+    majority = 100 * max(counts.values()) / len(largest)
+    assert _row(results, "zero-shot classification", "shape")["chance"] == pytest.approx(max(majority, 100 / 6))
+    # VQA: the most frequent human answer of each answer type, scored with the official accuracy
+    anns = json.loads((ann / "v2_shapes_test_annotations.json").read_text())["annotations"]
+    by_type: dict[str, Counter] = {}
+    for a in anns:
+        by_type.setdefault(a["answer_type"], Counter()).update(x["answer"] for x in a["answers"])
+    best = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in by_type.items()}
+    prior = 100 * sum(vqa_accuracy(best[a["answer_type"]], [x["answer"] for x in a["answers"]]) for a in anns)
+    assert _row(results, "VQA (fine-tuned)", "VQA")["chance"] == pytest.approx(prior / len(anns))
+
+
+def test_demo_folder_is_only_cleared_when_a_demo_wrote_it(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(ConfigError, match="was not written by vlp demo"):
+        _prepare(foreign)
+    assert (foreign / "thesis.tex").is_file()
+    ours = tmp_path / "demo"
+    ours.mkdir()
+    (ours / MARKER).write_text("{}")
+    (ours / "old.png").write_text("stale")
+    _prepare(ours)
+    assert ours.is_dir() and not any(ours.iterdir())

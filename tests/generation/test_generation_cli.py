@@ -1,0 +1,129 @@
+"""`vlp train-generation`, `vlp generate` and `vlp eval generation` from the command line (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlp.cli import build_parser, main
+from vlp.config import ConfigError
+from vlp.generation.train import load_generation_recipe, lr_factor
+
+TINY = [
+    "model.image_size=16",
+    "model.text.dim=16",
+    "model.text.layers=1",
+    "model.text.heads=2",
+    "model.text.mlp_dim=32",
+    "model.unet.channels=8",
+    "model.unet.heads=2",
+    "model.unet.groups=4",
+    "model.unet.patch_size=1",
+    "model.diffusion.timesteps=50",
+    "data.image_size=16",
+    "data.tokenizer_captions=50",
+    "train.steps=3",
+    "train.batch_size=2",
+    "train.threads=0",
+    "train.log_every=1",
+    "train.sample_steps=2",
+    "train.sample_prompts=[a red circle]",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = ["train-generation", "t2i-shapes", "--out", str(out), "--no-progress"]
+    assert main(args + [a for kv in TINY for a in ("--set", kv)]) == 0
+    return out
+
+
+def test_train_writes_a_model_folder_and_logs(trained):
+    assert (trained / "model" / "model.safetensors").is_file() and (trained / "model" / "tokenizer.json").is_file()
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["stopped_by"] == "steps"
+    rows = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert Image.open(trained / "samples.png").size == (4 * 18 + 2, 18 + 2)  # 1 prompt x 4 samples, 2 px gaps
+
+
+def test_generate_writes_a_grid_of_the_right_size(trained, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    args = ["generate", "a red circle", "a blue square", "--model", str(trained / "model"), "--out", str(out)]
+    assert main(args + ["--samples", "3", "--steps", "2", "--seed", "1", "--scale", "2"]) == 0
+    # rows = 2 prompts, columns = 3 samples of 16 px with 2 px gaps, every pixel doubled
+    assert Image.open(out).size == ((3 * 18 + 2) * 2, (2 * 18 + 2) * 2)
+    again = tmp_path / "again.png"
+    main(args[:-1] + [str(again), "--samples", "3", "--steps", "2", "--seed", "1", "--scale", "2"])
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))  # seeded
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_generate_refuses_control_without_a_controlnet(trained, tmp_path, capsys):
+    Image.new("RGB", (16, 16)).save(tmp_path / "map.png")
+    args = ["generate", "a red circle", "--model", str(trained / "model"), "--out", str(tmp_path / "x.png")]
+    assert main(args + ["--control", str(tmp_path / "map.png")]) == 2
+    assert "no ControlNet branch" in capsys.readouterr().err
+
+
+def test_controlnet_training_and_controlled_generation(trained, tmp_path):
+    out = tmp_path / "control"
+    args = ["train-generation", "t2i-shapes-control", "--base", str(trained / "model"), "--out", str(out)]
+    sets = ["train.steps=2", "train.batch_size=2", "train.threads=0", "data.image_size=16", "data.tokenizer_captions=5"]
+    assert main(args + ["--no-progress"] + [a for kv in sets for a in ("--set", kv)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+    Image.new("RGB", (16, 16), (215, 38, 38)).save(tmp_path / "map.png")
+    grid = tmp_path / "c.png"
+    gen = ["generate", "a red circle", "--model", str(out / "model"), "--out", str(grid), "--control"]
+    assert main(gen + [str(tmp_path / "map.png"), "--samples", "2", "--steps", "2", "--scale", "1"]) == 0
+    assert Image.open(grid).size == (2 * 18 + 2, 18 + 2)
+
+
+def test_eval_generation_is_registered():
+    args = build_parser().parse_args(["eval", "generation", "--model", "m", "--samples", "1"])
+    assert args.model == "m" and args.samples == 1 and callable(args.run)
+
+
+def test_recipe_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"t2i-shapes\.train\.stepz: unknown key"):
+        load_generation_recipe("t2i-shapes", ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="unknown generation recipe 'nope'"):
+        load_generation_recipe("nope")
+    with pytest.raises(ConfigError, match="budget_clock"):
+        load_generation_recipe("t2i-shapes", ["train.budget_clock=gpu"])
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = load_generation_recipe("t2i-shapes", ["train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
+    assert lr_factor(0.0, 0, cfg) == pytest.approx(0.1)
+    assert lr_factor(0.0, 9, cfg) == pytest.approx(1.0)
+    assert lr_factor(0.5, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(1.0, 100, cfg) == pytest.approx(0.1)
+
+
+def test_frozen_text_tower_from_a_vlp_model_folder(tmp_path, tokenizer):
+    """model.text_from loads a pretrained dual-encoder text tower and its tokenizer; freeze_text keeps it fixed."""
+    import torch
+
+    import vlp
+    from vlp.generation.model import load_generator
+
+    torch.manual_seed(0)
+    clip = vlp.create_model("clip-tiny")
+    vlp.save_pretrained(clip, tmp_path / "clip", tokenizer=tokenizer)
+    out = tmp_path / "run"
+    sets = [kv for kv in TINY if not kv.startswith("model.text.")]
+    sets += [f"model.text_from={tmp_path / 'clip'}", "model.freeze_text=true"]
+    assert main(["train-generation", "t2i-shapes", "--out", str(out), "--no-progress"] + [
+        a for kv in sets for a in ("--set", kv)
+    ]) == 0  # fmt: skip
+    model = load_generator(out / "model")
+    assert model.text.cfg == clip.text.cfg  # the tower's own config replaced the recipe's
+    for name, tensor in clip.text.state_dict().items():
+        assert torch.equal(model.text.state_dict()[name], tensor), name
+    assert model.tokenizer.get_vocab() == tokenizer.get_vocab()
