@@ -75,6 +75,12 @@ def _grid(n: int, cols: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]
     return fig, flat[:n]
 
 
+def _title(fig: Any, text: str) -> None:
+    """A figure title above the panels (the layout leaves it a strip of its own)."""
+    fig.suptitle(text, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+
+
 def _wrap(text: str, width: int = 26) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
 
@@ -125,8 +131,7 @@ def retrieval_grid(examples: Sequence[Mapping[str, Any]], path: str | Path) -> P
             _show(ax, _image(example["images"][k]), f"#{k + 1}")
             _frame(ax, GOOD if example["hits"][k] else BAD)
         row[0].set_ylabel(_wrap(f"“{example['query']}”", 18), fontsize=8, rotation=0, ha="right", va="center")
-    fig.suptitle("top-5 test images per text query (green: holds the named object)", fontsize=9)
-    fig.tight_layout()
+    _title(fig, "top-5 test images per text query (green: holds the named object)")
     return _save(fig, path)
 
 
@@ -137,8 +142,7 @@ def box_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int 
         _show(ax, _image(example["image"]), _wrap(example["expression"]), fontsize=7)
         _box(ax, example["target"], TRUTH)
         _box(ax, example["predicted"], PREDICTED, "--")
-    fig.suptitle("referring expressions: true box green, predicted box red (dashed)", fontsize=9)
-    fig.tight_layout()
+    _title(fig, "referring expressions: true box green, predicted box red (dashed)")
     return _save(fig, path)
 
 
@@ -150,8 +154,7 @@ def caption_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: 
         ax.set_xlabel(_wrap(example["generated"]), fontsize=8, fontweight="bold")
         ax.text(0.5, -0.42, _wrap("ref: " + example["reference"], 30), transform=ax.transAxes, fontsize=6.5,
                 color="#666666", ha="center", va="top")  # fmt: skip
-    fig.suptitle("generated captions (bold) and one reference (grey)", fontsize=9)
-    fig.tight_layout()
+    _title(fig, "generated captions (bold) and one reference (grey)")
     return _save(fig, path)
 
 
@@ -174,8 +177,7 @@ def heatmap_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: 
         right.imshow(example["heat"], cmap="inferno", alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
         _box(right, example["target"], TRUTH)
         _box(right, example["box"], "white", "--")
-    fig.suptitle("zero-shot heat maps (MaskCLIP-style): true box green, box from the map white", fontsize=9)
-    fig.tight_layout()
+    _title(fig, "zero-shot heat maps (MaskCLIP-style): true box green, box from the map white")
     return _save(fig, path)
 
 
@@ -188,8 +190,7 @@ def vqa_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int 
         _show(ax, _image(example["image"]), _wrap(example["question"]), fontsize=7)
         ax.set_xlabel(f"model: {example['predicted']}\ntruth: {example['answer']}", fontsize=8,
                       color=GOOD if right else BAD)  # fmt: skip
-    fig.suptitle("VQA: predicted answer (green = right) and the true answer", fontsize=9)
-    fig.tight_layout()
+    _title(fig, "VQA: predicted answer (green = right) and the true answer")
     return _save(fig, path)
 
 

@@ -73,7 +73,7 @@ def retrieval_step(model: Any, tokenizer: Any, world: Path, cfg: DemoConfig) -> 
     gallery = [r["image"] for r in dataset.index.records]
     pairs = Counter((o["color"], o["shape"]) for path in gallery for o in objects.get(path, []))
     chosen = [pair for pair, _ in pairs.most_common(len(pairs))][:: max(1, len(pairs) // 3)][:3]
-    queries = [f"a picture of a {color} {shape}." for color, shape in chosen]
+    queries = [f"a picture of {'an' if color[0] in 'aeiou' else 'a'} {color} {shape}." for color, shape in chosen]
     ranked = retrieve(model, tokenizer, gallery, queries, k=min(5, len(gallery)), mode="dual")
     examples = []
     for q, (query, (color, shape)) in enumerate(zip(queries, chosen)):

@@ -80,8 +80,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group; ``wait`` first lets every rank finish (rank 0 may still be
+    writing a checkpoint), since tearing gloo down under a busy peer aborts the process."""
     if dist.is_initialized():
+        if wait and sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
