@@ -18,7 +18,7 @@ from vlp.generation.classifier import (
     train_classifier,
 )
 from vlp.generation.controlnet import ControlConfig
-from vlp.generation.evaluate import CHANCE, attribute_prompts, evaluate_generation, format_results
+from vlp.generation.evaluate import CHANCE, _other_prompt, attribute_prompts, evaluate_generation, format_results
 from vlp.generation.scoring import clip_scores
 
 
@@ -59,9 +59,12 @@ def test_clip_score_with_a_vlp_dual_encoder(tokenizer):
     assert clip_scores(model, tokenizer, torch.rand(3, 3, 16, 16) * 2 - 1, texts).shape == (3,)  # resized to 32
 
 
-def test_prompts_cover_every_pair():
+def test_prompts_cover_every_pair_and_mismatches_change_both_attributes():
     prompts = attribute_prompts()
     assert len(prompts) == 42 and prompts[0] == ("a red circle", "circle", "red")
+    rows = [p for p in prompts for _ in range(3)]
+    other = _other_prompt(rows, 3)
+    assert all(a[1] != b[1] and a[2] != b[2] for a, b in zip(rows, other))
 
 
 def test_evaluate_generation_end_to_end(tiny_model, tokenizer):
@@ -69,7 +72,17 @@ def test_evaluate_generation_end_to_end(tiny_model, tokenizer):
     classifier = train_classifier(ClassifierConfig(image_size=16, width=4, steps=5, batch_size=8))
     tiny_model.add_control(ControlConfig(kind="layout", hint_channels=[4]))
     tiny_model.eval()
-    results = evaluate_generation(tiny_model, samples=1, steps=2, classifier=classifier, batch_size=42)
+    torch.manual_seed(0)
+    dual = vlp.create_model("clip-tiny")
+    results = evaluate_generation(
+        tiny_model,
+        samples=1,
+        steps=2,
+        classifier=classifier,
+        dual_encoder=dual,
+        dual_tokenizer=tokenizer,
+        batch_size=42,
+    )
     acc = results["attribute_accuracy"]
     assert acc["chance"] == CHANCE and results["settings"]["images"] == 42
     for row in ("generated", "real"):
@@ -81,4 +94,6 @@ def test_evaluate_generation_end_to_end(tiny_model, tokenizer):
     assert acc["real"]["color"] == pytest.approx((classifier.predict(images)[1] == colors).float().mean().item())
     iou = results["layout_iou"]
     assert iou["kind"] == "layout" and iou["real"] > 0.6  # colour segmentation of real renders finds the layout box
-    assert "generated" in format_results(results)
+    assert set(results["clip_score"]) == {"generated", "real", "mismatched"}
+    assert all(0 <= v <= 100 for v in results["clip_score"].values())
+    assert "CLIP-score" in format_results(results)

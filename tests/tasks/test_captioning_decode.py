@@ -21,14 +21,6 @@ from vlp.text import Tokenizer
 CAPTIONS = ["a red circle on the left.", "two blue squares.", "a small green triangle above a star."]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return Tokenizer.train(CAPTIONS * 3 + ["a picture of"], vocab_size=120)

@@ -8,21 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from shapes_task_helpers import finetune, make_world, pretrained, train_tokenizer
 
 from vlp.cli import main
 from vlp.metrics import caption_metrics
 from vlp.tasks import captioning
 from vlp.tasks.common import load_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_blip_captioning_finetune_then_eval(tmp_path):

@@ -14,14 +14,6 @@ from vlp.config import ConfigError
 from vlp.tasks import probe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clusters(per_class: int, seed: int, classes: int = 3, spread: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian blobs around well separated centres in 5-D: linearly separable."""
     g = torch.Generator().manual_seed(seed)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from grounding_helpers import make_world, read_json, train_tokenizer
 from shapes_task_helpers import finetune, pretrained
 
@@ -14,14 +13,6 @@ from vlp.cli import main
 from vlp.data.safe_pickle import safe_load
 from vlp.tasks.common import load_model
 from vlp.tasks.refexp import locate
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ from vlp.tasks.common import preprocess_images
 from vlp.text import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return Tokenizer.train(["the red circle", "the small blue square on the left", "a big star"] * 3, vocab_size=80)

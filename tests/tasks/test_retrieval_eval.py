@@ -28,14 +28,6 @@ SIM = torch.tensor([
 MATCH = torch.tensor([[2.0 if TXT2IMG[t] == i else -1.0 for t in range(8)] for i in range(4)])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return Tokenizer.train(WORDS * 3 + ["a small red circle", "two shapes"], vocab_size=120)

@@ -17,14 +17,6 @@ from vlp.tasks.common import load_model, preprocess_images
 from vlp.tasks.vqa import answer_logits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("vqa")

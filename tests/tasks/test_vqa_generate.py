@@ -24,14 +24,6 @@ ANSWERS = [["red"] * 7 + ["blue"] * 3, ["2"] * 10, ["yes"] * 9 + ["no"]]
 CANDIDATES = ["red", "blue", "2", "3", "yes", "no"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     return Tokenizer.train(QUESTIONS * 2 + CANDIDATES * 2 + ["left right green"], vocab_size=120)

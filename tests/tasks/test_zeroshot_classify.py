@@ -21,14 +21,6 @@ from vlp.text import Tokenizer
 SHAPES = ["circle", "square", "triangle"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip():
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ ShapesWorld renders of the same prompts:
   :mod:`vlp.generation.scoring`) with the layout's box. Chance = the same boxes
   scored against another prompt's layout;
 - CLIP-score, given a vlp dual encoder: generated vs real images with their prompts,
-  and generated images with mismatched prompts.
+  and generated images with mismatched prompts (another shape and another colour).
 
 This module only imports torch inside its functions, since ``vlp eval`` imports it to
 build its parser.
@@ -32,6 +32,12 @@ def attribute_prompts() -> list[tuple[str, str, str]]:
     from vlp.data.shapesworld import COLORS, SHAPES
 
     return [(f"a {color} {shape}", shape, color) for shape in SHAPES for color in COLORS]
+
+
+def _other_prompt(items: list[Any], samples: int) -> list[Any]:
+    """``items`` (prompt-major, ``samples`` per prompt) moved by 8 prompts: the next shape *and* the next colour."""
+    k = (8 * samples) % len(items)
+    return items[k:] + items[:k]
 
 
 def _accuracy(classifier: Any, images: Any, shapes: Any, colors: Any) -> dict[str, float]:
@@ -146,7 +152,7 @@ def evaluate_generation(
         asked = [box_pixels(sc.objects[0].box(size), size) for sc in scenes]
         gen_boxes = [object_box(im) for im in to_uint8(images)]
         real_boxes = [object_box(im) for im in to_uint8(real)]
-        shifted = asked[len(asked) // 2 :] + asked[: len(asked) // 2]  # another prompt's layout
+        shifted = _other_prompt(asked, samples)  # another scene's layout
         results["layout_iou"] = {
             "generated": float(np.mean([box_iou(g, a) for g, a in zip(gen_boxes, asked)])),
             "real": float(np.mean([box_iou(r, a) for r, a in zip(real_boxes, asked)])),
@@ -162,7 +168,7 @@ def evaluate_generation(
             dual_tokenizer = dual_tokenizer or vlp.load_tokenizer(folder)
         if dual_tokenizer is None:
             raise ValueError("dual_encoder given as a model: pass dual_tokenizer too")
-        mismatched = prompts[len(prompts) // 2 :] + prompts[: len(prompts) // 2]
+        mismatched = _other_prompt(prompts, samples)  # wrong shape and wrong colour
         results["clip_score"] = {
             "generated": float(clip_scores(dual_encoder, dual_tokenizer, images, prompts).mean()),
             "real": float(clip_scores(dual_encoder, dual_tokenizer, real, prompts).mean()),

@@ -69,8 +69,9 @@ def masked_region_pass(outputs, batch, prob: float, generator: torch.Generator |
 
 
 @dataclass
-class MRCConfig(ObjectiveOptions):
-    variant: Literal["ce", "kl"] = "ce"
+class MaskedRegionOptions(ObjectiveOptions):
+    """Options of both region objectives: the masking probability and an optional fixed seed."""
+
     prob: float = 0.15
     seed: int | None = None
 
@@ -81,25 +82,29 @@ class MRCConfig(ObjectiveOptions):
 
 
 @dataclass
-class MRFRConfig(ObjectiveOptions):
-    prob: float = 0.15
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.prob <= 1.0:
-            raise ValueError(f"prob must be in (0, 1], got {self.prob}")
+class MRCConfig(MaskedRegionOptions):
+    variant: Literal["ce", "kl"] = "ce"
 
 
-class MRC(Objective):
-    """Masked region classification via ``model.heads["mrc"]`` (``(..., D) -> (..., classes)``)."""
+@dataclass
+class MRFRConfig(MaskedRegionOptions):
+    pass
 
-    name = "mrc"
 
-    def __init__(self, cfg: MRCConfig) -> None:
+class _MaskedRegionObjective(Objective):
+    """Holds the config and the per-device generators of a fixed ``seed`` (see :func:`make_generator`)."""
+
+    def __init__(self, cfg: MaskedRegionOptions) -> None:
         super().__init__()
         self.cfg = cfg
         self._generators: dict[str, torch.Generator] = {}
+
+
+class MRC(_MaskedRegionObjective):
+    """Masked region classification via ``model.heads["mrc"]`` (``(..., D) -> (..., classes)``)."""
+
+    name = "mrc"
+    cfg: MRCConfig
 
     def compute(self, outputs, batch) -> tuple[torch.Tensor, Logs]:
         probs = require(batch.region_class_probs, "batch.region_class_probs", "mrc", "the detector's class scores")
@@ -122,15 +127,10 @@ class MRC(Objective):
         return loss, {"mrc_acc": acc}
 
 
-class MRFR(Objective):
+class MRFR(_MaskedRegionObjective):
     """Masked region feature regression via ``model.heads["mrfr"]`` (``(..., D) -> (..., F)``)."""
 
     name = "mrfr"
-
-    def __init__(self, cfg: MRFRConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self._generators: dict[str, torch.Generator] = {}
 
     def compute(self, outputs, batch) -> tuple[torch.Tensor, Logs]:
         features = require(batch.region_features, "batch.region_features", "mrfr")

@@ -19,11 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
-import json
-import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +26,9 @@ from typing import Any
 
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
+
+# the table and JSON writers live in their own module; re-exported for the tasks and callers of ``common``
+from vlp.tasks.reporting import flatten, metrics_table, write_json, write_results
 
 # Recipe keys a fine-tuning run adds on top of a model recipe (see vlp.train.jobs.build_finetuning_job).
 RUN_ONLY_KEYS = ("task", "init")
@@ -324,80 +322,6 @@ def has_fusion(model: Any) -> bool:
 def has_dual(model: Any) -> bool:
     """True when the model has a dual-encoder side (``encode_image`` / ``encode_text``)."""
     return getattr(model, "text_proj", None) is not None
-
-
-# ----------------------------------------------------------------------------- reporting
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        # percentages (recall, VQA accuracy) read well with 2 decimals, [0, 1] scores (BLEU, ...) need 4
-        return "nan" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
-    return str(value)
-
-
-def metrics_table(metrics: Mapping[str, Any], chance: Mapping[str, Any] | None = None, title: str = "") -> str:
-    """A plain-text table: one row per scalar metric (nested dicts are flattened as ``a/b``), with
-    its chance level when ``chance`` has the same key."""
-    rows: list[tuple[str, str, str]] = []
-    chance = flatten(chance or {})
-    for key, value in flatten(metrics).items():
-        if isinstance(value, (list, tuple)):
-            continue
-        rows.append((key, _fmt(value), _fmt(chance[key]) if key in chance else ""))
-    show_chance = any(r[2] for r in rows)
-    header = ("metric", "value", "chance") if show_chance else ("metric", "value")
-    rows = [r if show_chance else r[:2] for r in rows]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("-" * w for w in widths)
-    out = [title] if title else []
-    out.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    out.append(line)
-    for row in rows:
-        out.append("  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]))
-    return "\n".join(out)
-
-
-def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}/"))
-        else:
-            out[name] = value
-    return out
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON atomically (temp file + rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, ensure_ascii=False, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return to_dict(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "tolist"):  # tensors, numpy values
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> Path:
-    """``out_dir/results.json`` (atomically); returns its path."""
-    return write_json(Path(out_dir) / "results.json", dict(results))
 
 
 # ----------------------------------------------------------------------------- the eval command

@@ -150,7 +150,7 @@ def heatmap(model: Any, tokenizer: Any, image: Any, text: str, templates: Any = 
     at the image's own size. With ``templates`` (see :func:`vlp.tasks.zeroshot.resolve_templates`)
     ``text`` is a class name and its template-ensembled embedding is the query."""
     from vlp.tasks.common import model_data_config, preprocess_images
-    from vlp.tasks.refexp import load_upright
+    from vlp.tasks.refexp_predict import load_upright
     from vlp.tasks.zeroshot import class_embeddings, encode_texts
 
     if not isinstance(text, str):
@@ -197,7 +197,7 @@ def save_overlay(image: Any, heat: np.ndarray, path: str | Path, box: Any = None
     """Write a PNG of ``image`` blended with the colorized ``heat`` (same size) and ``box`` outlined."""
     from PIL import Image, ImageDraw
 
-    from vlp.tasks.refexp import load_upright
+    from vlp.tasks.refexp_predict import load_upright
 
     base = load_upright([image])[0]
     if heat.shape != (base.size[1], base.size[0]):

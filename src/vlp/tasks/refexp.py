@@ -38,6 +38,10 @@ from vlp.config import ConfigError, family_name, from_dict
 from vlp.data.batch import Batch
 from vlp.objectives.base import logs_to_floats
 
+# inference on raw images lives in its own module; re-exported so ``vlp.tasks.refexp.predict`` keeps working
+from vlp.tasks.refexp_predict import load_upright as load_upright
+from vlp.tasks.refexp_predict import locate, predict
+
 MODES = ("auto", "regions", "box")
 
 
@@ -351,118 +355,6 @@ def _predictions(boxes: torch.Tensor, iou: torch.Tensor, metas: list[dict[str, A
         out.append({"ref_id": meta.get("ref_id"), "sent_id": meta.get("sent_id"), "image_id": meta.get("image_id"),
                     "expression": meta.get("text"), "box": [round(v, 2) for v in box], "iou": value})  # fmt: skip
     return out
-
-
-# ----------------------------------------------------------------------------- predict
-
-
-def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
-    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
-    from PIL import Image
-
-    from vlp.data.image_io import ImageError, decode_image
-
-    if isinstance(images, (str, Path, Image.Image)):
-        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
-    out = []
-    for i, image in enumerate(images):
-        if not isinstance(image, (str, Path, Image.Image)):
-            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
-        try:
-            out.append(decode_image(image, None, max_pixels)[0])
-        except ImageError as err:
-            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
-    return out
-
-
-def _region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tuple[Batch, list[tuple[float, float]]]:
-    """Region files / ``{"features" (R, F), "boxes" (R, 4) pixels}`` dicts -> padded Batch + image sizes."""
-    import numpy as np
-
-    from vlp.data.collate import collate
-    from vlp.data.sources.regions import RegionError, load_regions
-
-    samples, out_sizes = [], []
-    for i, (item, size) in enumerate(zip(regions, sizes)):
-        if isinstance(item, (str, Path)):
-            try:
-                loaded = load_regions(item)
-                with np.load(item, allow_pickle=False) as npz:
-                    size = size or (float(npz["image_w"]), float(npz["image_h"]))
-            except (RegionError, KeyError) as err:
-                raise ValueError(f"regions[{i}]: {err}") from err
-            features, boxes = torch.from_numpy(loaded["features"]), torch.from_numpy(loaded["boxes"])
-        elif isinstance(item, dict) and "features" in item and "boxes" in item and size is not None:
-            features = torch.as_tensor(np.asarray(item["features"]), dtype=torch.float32)
-            boxes = (torch.as_tensor(np.asarray(item["boxes"]), dtype=torch.float32) / torch.tensor(size * 2)).clamp(
-                0, 1
-            )
-        else:
-            raise TypeError(f"regions[{i}]: expected a region .npz path, or a dict with 'features' and 'boxes' "
-                            "(pixels) next to its image")  # fmt: skip
-        if features.ndim != 2 or boxes.shape != (features.shape[0], 4):
-            raise ValueError(f"regions[{i}]: features (R, F) and boxes (R, 4) do not match")
-        samples.append({"region_features": features, "region_boxes": boxes.float(), "meta": {}})
-        out_sizes.append(size)
-    return collate(samples), out_sizes
-
-
-def predict(
-    model: Any,
-    tokenizer: Any,
-    images: list[Any],
-    texts: list[str],
-    *,
-    regions: list[Any] | None = None,
-    mode: str = "auto",
-    device: Any = None,
-) -> list[tuple[float, float, float, float]]:
-    """One box ``(x1, y1, x2, y2)`` in pixels of the original image per (image, expression) pair.
-
-    Patch/grid models read the images (PIL images or paths). Region models read ``regions``: one
-    region ``.npz`` path or ``{"features": (R, F), "boxes": (R, 4) pixels}`` per image (an image
-    entry may then be None when the region file gives the image size).
-    """
-    from vlp.tasks.common import check_texts, model_data_config, preprocess_images
-
-    texts = check_texts(texts, "texts")
-    if len(images) != len(texts):
-        raise ValueError(f"got {len(images)} images but {len(texts)} expressions; pass one expression per image")
-    mode = trained_mode(model, mode)
-    config = model_data_config(model)
-    device = device if device is not None else next(model.parameters()).device
-    if mode == "regions":
-        if regions is None or len(regions) != len(texts):
-            raise ValueError("predict (region model): pass regions=[one region file or dict per image]")
-        present = [i for i, image in enumerate(images) if image is not None]
-        upright = dict(zip(present, load_upright([images[i] for i in present], config.max_image_pixels)))
-        sizes = [upright[i].size if i in upright else None for i in range(len(texts))]
-        batch, sizes = _region_batch(list(regions), sizes)
-    else:
-        upright = load_upright(list(images), config.max_image_pixels)
-        sizes = [im.size for im in upright]
-        batch = Batch(images=preprocess_images(upright, config))
-    tok = tokenizer(texts, max_length=config.max_text_len)
-    batch = batch.replace(input_ids=tok.input_ids, attention_mask=tok.attention_mask.bool(),
-                          token_type_ids=tok.token_type_ids).to(device)  # fmt: skip
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            boxes = predict_normalized(model, batch, mode).cpu().tolist()
-    finally:
-        model.train(was_training)
-    crop = "resize" if mode == "regions" else config.transform.eval_crop  # region boxes are whole-image
-    return [tuple(view_box_to_pixels(b, w, h, crop)) for b, (w, h) in zip(boxes, sizes)]
-
-
-def locate(
-    model: Any, tokenizer: Any, image: Any, expression: str, *, regions: Any = None, mode: str = "auto"
-) -> tuple[float, float, float, float]:
-    """The box ``(x1, y1, x2, y2)`` in pixels that ``expression`` refers to in ``image`` (PIL image or
-    path). Region models also need ``regions`` (the image's region ``.npz`` or a features/boxes dict)."""
-    return predict(model, tokenizer, [image], [expression], regions=None if regions is None else [regions],
-                   mode=mode)[0]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- vlp eval refexp

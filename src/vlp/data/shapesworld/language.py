@@ -189,6 +189,19 @@ def _count(facts: Facts, rng: np.random.Generator) -> str | None:
     return phrase
 
 
+def _statement(rng: np.random.Generator, subject: str, predicate: str, definite_predicate: str | None = None) -> str:
+    """``a red circle PRED`` / ``the red circle is PRED`` / ``there is a red circle PRED``, one at random.
+
+    ``definite_predicate`` replaces ``predicate`` in the ``the ... is`` frame (``left of the square``
+    there, ``left of a square`` in the other two)."""
+    frame = int(rng.random() * 3)
+    if frame == 0:
+        return f"{indefinite(subject)} {predicate}"
+    if frame == 1:
+        return f"the {subject} is {predicate if definite_predicate is None else definite_predicate}"
+    return f"there is {indefinite(subject)} {predicate}"
+
+
 def _relation(facts: Facts, rng: np.random.Generator) -> str | None:
     n = len(facts.objects)
     triples = [(i, j, r) for r in RELATIONS for i in range(n) for j in range(n) if facts.rel[r][i][j]]
@@ -198,12 +211,7 @@ def _relation(facts: Facts, rng: np.random.Generator) -> str | None:
         if di and dj:
             a, b = noun_phrase(rng, pick(rng, di)), noun_phrase(rng, pick(rng, dj))
             rel = pick(rng, RELATION_WORDS[r])
-            frame = int(rng.random() * 3)
-            if frame == 0:
-                return f"{indefinite(a)} {rel} {indefinite(b)}"
-            if frame == 1:
-                return f"the {a} is {rel} the {b}"
-            return f"there is {indefinite(a)} {rel} {indefinite(b)}"
+            return _statement(rng, a, f"{rel} {indefinite(b)}", f"{rel} the {b}")
     return None
 
 
@@ -215,12 +223,7 @@ def _position(facts: Facts, rng: np.random.Generator) -> str | None:
         if descs:
             a = noun_phrase(rng, pick(rng, descs))
             where = pick(rng, POSITION_WORDS[p])
-            frame = int(rng.random() * 3)
-            if frame == 0:
-                return f"{indefinite(a)} {where}"
-            if frame == 1:
-                return f"the {a} is {where}"
-            return f"there is {indefinite(a)} {where}"
+            return _statement(rng, a, where)
     return None
 
 
