@@ -119,7 +119,7 @@ def test_uniform_overrides_per_family():
 
 def test_demo_config_checks():
     assert DemoConfig.quick().images < DemoConfig().images
-    with pytest.raises(ConfigError, match="image_size=30"):
+    with pytest.raises(ConfigError, match="image_size=30: expected a multiple of patch_size=4"):
         DemoConfig(image_size=30)
     with pytest.raises(ConfigError, match="pretrain_steps=0"):
         DemoConfig(pretrain_steps=0)

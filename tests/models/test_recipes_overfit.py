@@ -102,15 +102,6 @@ def data() -> tuple[Tokenizer, Batch]:
     return tokenizer, batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and kindest to a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_batch_is_what_the_recipes_read(data) -> None:
     tokenizer, batch = data
     assert batch.images.shape == (4, 3, SIZE, SIZE) and batch.region_features.shape == (4, 2, 64)

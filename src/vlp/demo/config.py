@@ -25,11 +25,12 @@ class DemoConfig:
 
     images: int = 3000
     image_size: int = 32
+    patch_size: int = 4
     seed: int = 0
     vocab_size: int = 400
     pretrain_steps: int = 2000
     batch_size: int = 32
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = 2e-3
     vqa_steps: int = 800
     refexp_steps: int = 800
     caption_steps: int = 800
@@ -48,8 +49,10 @@ class DemoConfig:
                 raise ConfigError(f"demo {name}={value!r}: expected an integer >= 1")
         if self.images < 60:
             raise ConfigError(f"demo images={self.images}: expected >= 60 (every split needs images)")
-        if self.image_size % 4:
-            raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of 4 (the patch size)")
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ConfigError(
+                f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}"
+            )
         for name in ("pretrain_lr", "finetune_lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")

@@ -118,6 +118,7 @@ def run_demo(
         with timer.step(f"pretrain ALBEF-tiny with ITC + ITM + MLM for {cfg.pretrain_steps} steps", log):
             recipe = model_recipe(DEMO_RECIPE, world, tokenizer, {
                 "data.image_size": cfg.image_size, "model.vision.image_size": cfg.image_size,
+                "model.vision.patch_size": cfg.patch_size,
                 "train.steps": cfg.pretrain_steps, "train.batch_size": cfg.batch_size, "train.seed": cfg.seed,
                 "optim.lr": cfg.pretrain_lr, "schedule.warmup_steps": max(1, min(100, cfg.pretrain_steps // 10)),
                 "train.log_every": max(1, min(25, cfg.pretrain_steps // 10)),
