@@ -104,9 +104,9 @@ def test_uniform_overrides_per_family():
     assert clip["model.vision.patch_size"] == 4 and clip["train.steps"] == 200
     # BERT's 0.02 is for width 768: scaled by sqrt(768 / 32) for the width-32 text towers
     assert clip["model.text.init_std"] == pytest.approx(0.02 * math.sqrt(24), abs=1e-4)
-    assert clip["model.text.pooling"] == "mean" and clip["model.image_pool"] == "mean"
-    vlmo = uniform_overrides(recipe_dict("vlmo-tiny"), cfg)
-    assert "model.text.pooling" not in vlmo  # MoME pools its own [CLS]
+    assert clip["model.momentum"] == 0.0 and clip["optim.module_lr"] == {} and clip["model.vision.pos"] == "sincos"
+    assert "objectives.itm.negatives" not in clip  # ITC only
+    assert uniform_overrides(recipe_dict("albef-tiny"), cfg)["objectives.itm.negatives"] == "random"
     uniter = uniform_overrides(recipe_dict("uniter-tiny"), cfg)
     assert "model.vision.patch_size" not in uniter and "model.vision.image_size" not in uniter  # regions
     grid = uniform_overrides(recipe_dict("pixelbert-tiny"), cfg)

@@ -69,6 +69,10 @@ def test_largest_component_and_box_on_a_hand_made_image():
     assert largest_component(np.zeros((3, 3), bool)).sum() == 0
     assert object_box(img) == (3, 2, 7, 5)
     assert object_box(np.full((4, 4, 3), 90, dtype=np.uint8)) is None
+    # a background that drifted to a saturated tint is not taken for an object
+    img[:] = (120, 60, 170)
+    img[6:9, 1:3] = COLORS["yellow"]
+    assert object_box(img) == (1, 6, 3, 9)
 
 
 def test_box_iou():

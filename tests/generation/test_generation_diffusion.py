@@ -77,6 +77,23 @@ def test_ddpm_loss_is_mse_to_the_true_noise():
     assert loss.item() == pytest.approx(((1 - noise) ** 2).mean().item(), rel=1e-6)
 
 
+def test_min_snr_weights_match_the_formula():
+    cfg = DiffusionConfig(timesteps=100, schedule="linear", loss_weighting="min_snr", snr_gamma=5.0)
+    sched = NoiseSchedule(cfg)
+    t = torch.tensor([0, 20, 60, 99])
+    weights = sched.loss_weights(t)
+    for w, step in zip(weights.tolist(), t.tolist()):
+        a = 1.0
+        for k in range(step + 1):
+            a *= 1 - (1e-4 + (0.02 - 1e-4) * k / 99)
+        snr = a / (1 - a)
+        assert w == pytest.approx(min(snr, 5.0) / snr, rel=1e-4)
+    assert weights[0] < 0.01 and weights[-1] == pytest.approx(1.0)  # nearly clean steps count least
+    x0, noise = torch.randn(4, 3), torch.randn(4, 3)
+    loss = ddpm_loss(lambda x, tt: torch.zeros_like(x), sched, x0, t, noise)
+    assert loss.item() == pytest.approx((weights[:, None] * noise**2).mean().item(), rel=1e-6)
+
+
 def test_ddim_timesteps_span_both_ends():
     assert ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert ddim_timesteps(10, 10) == list(range(9, -1, -1))

@@ -50,9 +50,7 @@ class DemoConfig:
         if self.images < 60:
             raise ConfigError(f"demo images={self.images}: expected >= 60 (every split needs images)")
         if self.patch_size < 1 or self.image_size % self.patch_size:
-            raise ConfigError(
-                f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}"
-            )
+            raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}")
         for name in ("pretrain_lr", "finetune_lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")

@@ -137,7 +137,7 @@ def retrieval_grid(examples: Sequence[Mapping[str, Any]], path: str | Path) -> P
 
 def box_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int = 4) -> Path:
     """Referring expressions: the true box (green) and the predicted one (red, dashed) on each image."""
-    fig, axes = _grid(len(examples), cols, (2.3, 2.6))
+    fig, axes = _grid(len(examples), cols, (2.3, 2.9))
     for ax, example in zip(axes, examples):
         _show(ax, _image(example["image"]), _wrap(example["expression"]), fontsize=7)
         _box(ax, example["target"], TRUTH)
@@ -184,7 +184,7 @@ def heatmap_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: 
 def vqa_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int = 4) -> Path:
     """Questions over their images with the predicted answer (green if it equals the most common
     human answer, else red) and that answer."""
-    fig, axes = _grid(len(examples), cols, (2.4, 2.9))
+    fig, axes = _grid(len(examples), cols, (2.4, 3.4))
     for ax, example in zip(axes, examples):
         right = str(example["predicted"]).strip().lower() == str(example["answer"]).strip().lower()
         _show(ax, _image(example["image"]), _wrap(example["question"]), fontsize=7)
@@ -196,7 +196,7 @@ def vqa_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int 
 
 def image_grid(images: Sequence[Any], titles: Sequence[str], path: str | Path, cols: int = 5) -> Path:
     """Images (arrays ``(H, W, 3)`` uint8 or paths) with a title each, e.g. generated images."""
-    fig, axes = _grid(len(images), cols, (1.8, 2.0))
+    fig, axes = _grid(len(images), min(cols, len(images)), (1.8, 2.0))
     for ax, image, title in zip(axes, images, titles):
         _show(ax, image if isinstance(image, np.ndarray) else _image(image), _wrap(title, 22), fontsize=7)
     fig.tight_layout()

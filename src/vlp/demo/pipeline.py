@@ -148,6 +148,7 @@ def run_demo(
                 finetune_runs[key] = output.run_dir
         with timer.step("draw the pictures and write report.md", log):
             figures, notes = _draw(examples, pretrained, finetune_runs, figures_dir, generator, world)
+    notes = weak_rows(rows) + notes
     result = DemoResult(out, rows, metrics, timer.steps, figures, notes)
     result.report = _write(result, cfg, quick)
     log("")
@@ -155,6 +156,16 @@ def run_demo(
     total = timer.total()
     log(f"\n{total['wall_s']:.0f} s wall, {total['cpu_s']:.0f} s CPU. Report: {result.report}")
     return result
+
+
+def weak_rows(rows: list[ResultRow], ratio: float = 1.5) -> list[str]:
+    """Notes naming every score that is not clearly above its chance level (less than ``ratio`` x)."""
+    weak = [r for r in rows if r.chance is not None and r.score < ratio * r.chance]
+    return [
+        f"{r.task}, {r.metric}: {r.score:.1f} against a chance level of {r.chance:.1f} is not clearly above chance "
+        "at this budget."
+        for r in weak
+    ]
 
 
 def _collect(key: str, output: Any, rows: list, metrics: dict, examples: dict, log: Log) -> None:
@@ -189,7 +200,11 @@ def _draw(
             drawn[name] = painter(examples[key], folder / f"{name}.png")
     notes = []
     if generator is not None:
-        prompts = [e["reference"] for e in examples.get("captions", [])][:5] or ["a red circle."]
+        from vlp.demo.steps import test_objects
+
+        # single-object prompts in the words of ShapesWorld's captions, for objects of the test images
+        objects = [o for objs in test_objects(world).values() for o in objs]
+        prompts = list(dict.fromkeys(f"a {o['color']} {o['shape']}" for o in objects))[:5]
         drawn["generation"] = _generated_images(generator, prompts, folder / "generation.png")
     else:
         notes.append(

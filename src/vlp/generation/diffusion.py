@@ -3,8 +3,12 @@
 Notation (Ho et al. 2020; Song et al. 2021): ``beta_t`` is the noise added at step
 ``t`` (0-based, ``t = 0 .. T-1``), ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``, and the
 forward process has the closed form ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``.
-The network predicts ``eps`` (epsilon prediction); the loss is the plain MSE
-between predicted and true noise (DDPM's "simple" loss).
+The network predicts ``eps`` (epsilon prediction); the loss is the MSE between
+predicted and true noise (DDPM's "simple" loss), optionally weighted per timestep
+by Min-SNR-gamma (Hang et al. 2023): ``min(SNR_t, gamma) / SNR_t`` with
+``SNR_t = alpha_bar_t / (1 - alpha_bar_t)``, which lowers the weight of the
+nearly noise-free steps (fine texture) so that a short run spends its updates on
+layout, shape and colour.
 
 DDIM (Song et al., eq. 12) steps from ``t`` to an earlier ``s`` with
 
@@ -39,8 +43,14 @@ class DiffusionConfig:
     schedule: Literal["linear", "cosine"] = "cosine"
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02  # linear schedule only
+    loss_weighting: Literal["none", "min_snr"] = "none"
+    snr_gamma: float = 5.0  # min_snr only
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in ("none", "min_snr"):
+            raise ValueError(f"loss_weighting={self.loss_weighting!r}: expected 'none' or 'min_snr'")
+        if self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma={self.snr_gamma}: must be > 0")
         if self.timesteps < 2:
             raise ValueError(f"timesteps={self.timesteps}: must be >= 2")
         if self.schedule not in ("linear", "cosine"):
@@ -86,6 +96,8 @@ class NoiseSchedule(nn.Module):
         self.register_buffer("alphas_cumprod", alpha_bar.float(), persistent=False)
         self.register_buffer("sqrt_alphas_cumprod", alpha_bar.sqrt().float(), persistent=False)
         self.register_buffer("sqrt_one_minus_alphas_cumprod", (1 - alpha_bar).sqrt().float(), persistent=False)
+        # signal-to-noise ratio alpha_bar / (1 - alpha_bar), from float64: 1 - alpha_bar is tiny at t = 0
+        self.register_buffer("snr", (alpha_bar / (1 - alpha_bar)).float(), persistent=False)
 
     @property
     def timesteps(self) -> int:
@@ -111,6 +123,13 @@ class NoiseSchedule(nn.Module):
             self.sqrt_alphas_cumprod, t, x_t
         )
 
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights ``(B,)`` of the noise MSE: 1, or ``min(SNR_t, gamma) / SNR_t`` for min_snr."""
+        if self.cfg.loss_weighting == "none":
+            return torch.ones(t.shape, device=t.device)
+        snr = self.snr[t]
+        return snr.clamp(max=self.cfg.snr_gamma) / snr
+
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
         """Uniform training timesteps ``(B,)`` long."""
         return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
@@ -124,15 +143,18 @@ def ddpm_loss(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DDPM's simple loss ``|| eps - eps_fn(q_sample(x0, t, eps), t) ||^2`` (mean over every element).
+    """DDPM's loss ``w_t || eps - eps_fn(q_sample(x0, t, eps), t) ||^2``, averaged over every element.
 
+    ``w_t`` is :meth:`NoiseSchedule.loss_weights` (1 unless the schedule asks for Min-SNR).
     ``t`` (B,) defaults to uniform timesteps and ``noise`` to standard normal noise.
     """
     if t is None:
         t = schedule.sample_timesteps(x0.shape[0], x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return (eps_fn(schedule.q_sample(x0, t, noise), t) - noise).pow(2).mean()
+    error = (eps_fn(schedule.q_sample(x0, t, noise), t) - noise).pow(2)
+    weights = schedule.loss_weights(t).to(error.dtype).view(-1, *([1] * (error.dim() - 1)))
+    return (weights * error).mean()
 
 
 def guided_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:

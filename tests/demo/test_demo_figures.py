@@ -1,0 +1,64 @@
+"""report.md from given rows, timings and figures; generated images from a (tiny, untrained)
+text-to-image model folder; the weak-score notes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlp.demo.pipeline import _generated_images, weak_rows
+from vlp.demo.report import write_report
+from vlp.demo.table import ResultRow
+
+
+def test_report_links_figures_relative_and_totals_timings(tmp_path):
+    figures = {"loss_curves": tmp_path / "figures" / "loss_curves.png", "vqa": tmp_path / "figures" / "vqa.png"}
+    rows = [ResultRow("VQA (fine-tuned)", "VQA accuracy", 54.4, 36.5)]
+    timings = [{"step": "a", "wall_s": 1.25, "cpu_s": 1.0}, {"step": "b", "wall_s": 2.5, "cpu_s": 0.5}]
+    path = write_report(tmp_path, rows, timings, figures, {"images": 10, "threads": 1}, ["a note"], "vlp demo --quick")
+    text = path.read_text()
+    assert (
+        "![Training curves](figures/loss_curves.png)" in text
+        and "![Visual question answering](figures/vqa.png)" in text
+    )
+    assert "![Captions]" not in text  # no figure, no section
+    assert "| VQA (fine-tuned) | VQA accuracy |  54.4 |   36.5 |     1.5x |" in text
+    total = next(line for line in text.splitlines() if line.startswith("| total"))
+    assert [c.strip() for c in total.split("|")[1:-1]] == ["total", "3.8", "1.5"]
+    assert "- a note" in text and "`vlp demo --quick`" in text and "images=10, threads=1" in text
+
+
+def test_weak_rows_name_scores_near_chance():
+    rows = [ResultRow("zero-shot classification", "shape top-1", 23.7, 22.6), ResultRow("VQA", "acc", 60.0, 36.5),
+            ResultRow("captioning", "CIDEr", 5.0, None)]  # fmt: skip
+    notes = weak_rows(rows)
+    assert len(notes) == 1 and notes[0].startswith("zero-shot classification, shape top-1: 23.7 against")
+
+
+def test_generated_images_from_a_generator_folder(tmp_path):
+    from vlp.generation.model import TextToImageConfig, TextToImageModel, save_generator
+    from vlp.generation.unet import UNetConfig
+    from vlp.text import Tokenizer
+    from vlp.text.encoder import BertTextConfig
+
+    torch.manual_seed(0)
+    tok = Tokenizer.train(["a red circle", "a blue square", "a green star"], vocab_size=40)
+    cfg = TextToImageConfig(
+        image_size=16,
+        text=BertTextConfig(vocab_size=tok.vocab_size, dim=16, layers=1, heads=2, mlp_dim=32, max_positions=16,
+                            dropout=0.0),
+        unet=UNetConfig(channels=8, channel_mult=(1, 2), self_attention_levels=[], cross_attention_levels=[1],
+                        heads=2, groups=4),
+    )  # fmt: skip
+    model = TextToImageModel(cfg)
+    model.tokenizer = tok
+    folder = save_generator(model, tmp_path / "gen")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        png = _generated_images(folder, ["a red circle", "a blue square"], tmp_path / "generation.png")
+    finally:
+        torch.set_num_threads(before)
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError):
+        _generated_images(tmp_path / "missing", ["a red circle"], tmp_path / "x.png")
