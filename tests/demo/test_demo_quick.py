@@ -19,6 +19,7 @@ from vlp.metrics import vqa_accuracy
 EXPECTED_TASKS = {
     "retrieval (zero-shot)": 3,
     "zero-shot classification": 2,
+    "linear probe (frozen image embedding)": 1,
     "zero-shot heat map": 2,
     "VQA (fine-tuned)": 1,
     "referring expressions (fine-tuned)": 2,

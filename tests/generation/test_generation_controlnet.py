@@ -27,19 +27,19 @@ def test_controlnet_starts_as_the_base_model_exactly(tiny_model, tokenizer):
     tiny_model.eval()
     x, t, tokens, control = _inputs(tokenizer)
     ctx, mask = tiny_model.condition(tokens.input_ids, tokens.attention_mask)
-    before = tiny_model.eps(x, t, ctx, mask)
+    before = tiny_model.predict(x, t, ctx, mask)
     tiny_model.add_control(ControlConfig(kind="layout"))
     # the copy holds the base encoder's weights
     for (name, a), b in zip(
         tiny_model.unet.encoder.state_dict().items(), tiny_model.control.encoder.state_dict().values()
     ):
         assert torch.equal(a, b), name
-    after = tiny_model.eps(x, t, ctx, mask, control=control)
+    after = tiny_model.predict(x, t, ctx, mask, control=control)
     assert torch.equal(after, before)
     # the equality is owed to the zero convs: any non-zero one breaks it
     with torch.no_grad():
         tiny_model.control.zero_mid.bias.fill_(0.1)
-    assert not torch.allclose(tiny_model.eps(x, t, ctx, mask, control=control), before)
+    assert not torch.allclose(tiny_model.predict(x, t, ctx, mask, control=control), before)
 
 
 def test_base_is_frozen_and_only_control_parameters_change(tiny_model, tokenizer):
@@ -74,7 +74,7 @@ def test_control_map_shape_is_checked(tiny_model, tokenizer):
     x, t, tokens, _ = _inputs(tokenizer)
     ctx, mask = tiny_model.condition(tokens.input_ids, tokens.attention_mask)
     try:
-        tiny_model.eps(x, t, ctx, mask, control=torch.zeros(2, 3, 8, 8))
+        tiny_model.predict(x, t, ctx, mask, control=torch.zeros(2, 3, 8, 8))
     except ValueError as err:
         assert "control: expected (B=2, 3, 16, 16)" in str(err)
     else:

@@ -13,7 +13,7 @@ from vlp.generation.diffusion import (
     ddim_sample,
     ddim_timesteps,
     ddpm_loss,
-    guided_eps,
+    guided,
 )
 
 
@@ -94,6 +94,15 @@ def test_min_snr_weights_match_the_formula():
     assert loss.item() == pytest.approx((weights[:, None] * noise**2).mean().item(), rel=1e-6)
 
 
+def test_v_target_and_its_min_snr_weight():
+    sched = NoiseSchedule(DiffusionConfig(timesteps=10, schedule="linear", prediction="v", loss_weighting="min_snr"))
+    x0, noise, t = torch.tensor([[0.5]]), torch.tensor([[-2.0]]), torch.tensor([4])
+    a = sched.alphas_cumprod[4].item()
+    assert sched.target(x0, noise, t).item() == pytest.approx(math.sqrt(a) * -2.0 - math.sqrt(1 - a) * 0.5, rel=1e-5)
+    snr = a / (1 - a)
+    assert sched.loss_weights(t).item() == pytest.approx(min(snr, 5.0) / (snr + 1), rel=1e-4)
+
+
 def test_ddim_timesteps_span_both_ends():
     assert ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert ddim_timesteps(10, 10) == list(range(9, -1, -1))
@@ -104,14 +113,16 @@ def test_ddim_timesteps_span_both_ends():
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_with_an_oracle_recovers_x0(schedule, eta):
-    sched = NoiseSchedule(DiffusionConfig(timesteps=200, schedule=schedule))
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddim_with_an_oracle_recovers_x0(schedule, eta, prediction):
+    sched = NoiseSchedule(DiffusionConfig(timesteps=200, schedule=schedule, prediction=prediction))
     x0 = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
-    ab = sched.alphas_cumprod
+    ab = sched.alphas_cumprod.double()
 
-    def oracle(x, t):  # the exact noise that separates x from the known x0
+    def oracle(x, t):  # the exact noise (or velocity) that separates x from the known x0
         a = ab[t].view(-1, 1, 1, 1)
-        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+        eps = (x.double() - a.sqrt() * x0) / (1 - a).sqrt()
+        return (eps if prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0).float()
 
     gen = torch.Generator().manual_seed(0)
     out = ddim_sample(oracle, sched, x0.shape, steps=10, eta=eta, generator=gen)
@@ -139,9 +150,9 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
 
 def test_guidance_formula():
     cond, uncond = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -1.0])
-    assert guided_eps(cond, uncond, 3.0).tolist() == [0.5 + 3 * 0.5, -1.0 + 3 * 3.0]
-    assert torch.equal(guided_eps(cond, uncond, 1.0), cond)
-    assert torch.equal(guided_eps(cond, uncond, 0.0), uncond)
+    assert guided(cond, uncond, 3.0).tolist() == [0.5 + 3 * 0.5, -1.0 + 3 * 3.0]
+    assert torch.equal(guided(cond, uncond, 1.0), cond)
+    assert torch.equal(guided(cond, uncond, 0.0), uncond)
 
 
 def test_model_sample_applies_guidance_to_separate_cond_and_null_passes(tiny_model, tokenizer):
@@ -157,7 +168,7 @@ def test_model_sample_applies_guidance_to_separate_cond_and_null_passes(tiny_mod
     null, nmask = tiny_model.condition(ids, mask, torch.ones(2, dtype=torch.bool))
 
     def eps_fn(x, t):
-        return guided_eps(tiny_model.eps(x, t, ctx, cmask), tiny_model.eps(x, t, null, nmask), 2.5)
+        return guided(tiny_model.predict(x, t, ctx, cmask), tiny_model.predict(x, t, null, nmask), 2.5)
 
     ref = ddim_sample(eps_fn, tiny_model.schedule, (2, 3, 16, 16), steps=4, generator=torch.Generator().manual_seed(0))
     assert (out - ref).abs().max() < 1e-4, (out - ref).abs().max()

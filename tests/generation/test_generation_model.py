@@ -33,7 +33,9 @@ def test_loss_decreases_when_overfitting_a_tiny_batch(tiny_model, tokenizer):
 
     def fixed_loss() -> torch.Tensor:
         ctx, mask = tiny_model.condition(*ctx_args)
-        return ddpm_loss(lambda x, tt: tiny_model.eps(x, tt, ctx, mask), tiny_model.schedule, batch.images, t, noise)
+        return ddpm_loss(
+            lambda x, tt: tiny_model.predict(x, tt, ctx, mask), tiny_model.schedule, batch.images, t, noise
+        )
 
     optimizer = torch.optim.Adam(tiny_model.parameters(), lr=3e-3)
     first = fixed_loss().item()

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from toy_train import run_toy  # noqa: E402
 
-from vlp.train.distributed import cleanup, init_distributed  # noqa: E402
+from vlp.train.distributed import cleanup, exit_process, init_distributed  # noqa: E402
 from vlp.train.guards import TrainingAborted  # noqa: E402
 
 
@@ -68,4 +68,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        exit_process(code)
+    sys.exit(code)

@@ -31,8 +31,8 @@ class DemoConfig:
     pretrain_steps: int = 2000
     batch_size: int = 32
     pretrain_lr: float = 2e-3
-    vqa_steps: int = 800
-    refexp_steps: int = 800
+    vqa_steps: int = 1600
+    refexp_steps: int = 600
     caption_steps: int = 800
     finetune_lr: float = 5e-4
     head_lr: float = 2e-3  # new task heads start from scratch: a higher rate (ViLT uses 10x)

@@ -210,7 +210,7 @@ def _draw(
         notes.append(
             "Text-to-image is in vlp (`vlp train-generation t2i-shapes --out RUN`, about 15 minutes on 2 CPU "
             "cores by itself), which does not fit this demo's budget; pass `vlp demo --generator RUN/model` "
-            "to add its samples for the test captions to this report."
+            "to add its samples for a few test objects (\"a red circle\") to this report."
         )
     notes.append(
         f"Everything here can be rerun piece by piece: the data is in `{world.name}/`, the pretrained model in "

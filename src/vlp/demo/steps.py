@@ -85,7 +85,9 @@ def retrieval_step(model: Any, tokenizer: Any, world: Path, cfg: DemoConfig) -> 
 
 def zeroshot_step(model: Any, tokenizer: Any, world: Path, cfg: DemoConfig) -> StepOutput:
     """Zero-shot classification of each test image's largest object by shape and by colour, with
-    ShapesWorld's prompt templates ensembled; chance = always the most frequent class."""
+    ShapesWorld's prompt templates ensembled; chance = always the most frequent class. A linear probe
+    on the frozen image embeddings (CLIP's protocol) says whether the shape is in them at all."""
+    from vlp.tasks import probe
     from vlp.tasks.zeroshot import evaluate
 
     data = shapes_data(model, "instances")
@@ -96,6 +98,11 @@ def zeroshot_step(model: Any, tokenizer: Any, world: Path, cfg: DemoConfig) -> S
         chance = max(result["chance"]["top1"], result["chance"]["majority"])
         rows.append(ResultRow("zero-shot classification", f"{by} top-1 ({result['n_classes']} classes)",
                               result["top1"], chance))  # fmt: skip
+    probed = probe.evaluate(model, tokenizer, data, by="shape", shots=(1,), seeds=1, methods=("prototype",))
+    metrics["shape_linear_probe"] = probed
+    chance = max(probed["chance"]["uniform"], probed["chance"]["majority"])
+    rows.append(ResultRow("linear probe (frozen image embedding)", "shape top-1",
+                          probed["linear_probe"]["accuracy"], chance))  # fmt: skip
     return StepOutput(rows, metrics)
 
 

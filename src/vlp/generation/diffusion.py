@@ -2,24 +2,31 @@
 
 Notation (Ho et al. 2020; Song et al. 2021): ``beta_t`` is the noise added at step
 ``t`` (0-based, ``t = 0 .. T-1``), ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``, and the
-forward process has the closed form ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps``.
-The network predicts ``eps`` (epsilon prediction); the loss is the MSE between
-predicted and true noise (DDPM's "simple" loss), optionally weighted per timestep
-by Min-SNR-gamma (Hang et al. 2023): ``min(SNR_t, gamma) / SNR_t`` with
-``SNR_t = alpha_bar_t / (1 - alpha_bar_t)``, which lowers the weight of the
-nearly noise-free steps (fine texture) so that a short run spends its updates on
-layout, shape and colour.
+forward process has the closed form ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` (``a = alpha_bar``).
+
+The network predicts either the noise ``eps`` (DDPM) or the velocity
+``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho 2022). Both determine
+``x_0`` and ``eps`` given ``x_t``; they differ in conditioning: from ``eps``,
+``x_0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` multiplies the network's error by
+``1 / sqrt(a_t)`` (about 20000 at the last cosine step), while from ``v``,
+``x_0 = sqrt(a_t) x_t - sqrt(1 - a_t) v`` never amplifies it, so the image's overall
+colour, decided at the noisiest steps, comes out right. The loss is the MSE to the
+target (DDPM's "simple" loss), optionally weighted by Min-SNR-gamma (Hang et al.
+2023) with ``SNR_t = a_t / (1 - a_t)``: ``min(SNR_t, gamma) / SNR_t`` for eps,
+``min(SNR_t, gamma) / (SNR_t + 1)`` for v (the same weight on the implied x_0 error),
+which lowers the weight of the nearly noise-free steps (fine texture) so a short
+run spends its updates on layout, shape and colour.
 
 DDIM (Song et al., eq. 12) steps from ``t`` to an earlier ``s`` with
 
-    x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)
     sigma  = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)
-    x_s    = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps + sigma z
+    x_s    = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps_hat + sigma z
 
-with ``a = alpha_bar`` and ``a_s = 1`` after the last step; ``eta = 0`` is the
-deterministic sampler, ``eta = 1`` matches DDPM's ancestral sampler.
-Classifier-free guidance (Ho & Salimans 2022) mixes a conditional and an
-unconditional prediction: ``eps = eps_uncond + s (eps_cond - eps_uncond)``.
+with ``a_s = 1`` after the last step; ``eta = 0`` is the deterministic sampler,
+``eta = 1`` matches DDPM's ancestral sampler. Classifier-free guidance (Ho &
+Salimans 2022) mixes a conditional and an unconditional prediction:
+``out = out_uncond + s (out_cond - out_uncond)``; since ``x_0`` and ``eps`` are affine
+in the network output for a fixed ``x_t``, guiding ``v`` is guiding ``eps``.
 """
 
 from __future__ import annotations
@@ -32,31 +39,36 @@ from typing import Literal
 import torch
 from torch import nn
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,) long) -> eps (B, ...)
+# (x_t (B, ...), t (B,) long) -> the network's prediction (eps or v, per the schedule) (B, ...)
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class DiffusionConfig:
-    """The noise schedule: ``timesteps`` steps of a ``linear`` (DDPM) or ``cosine`` (Nichol & Dhariwal) schedule."""
+    """The noise schedule (``timesteps`` steps, ``linear`` as DDPM or ``cosine`` as Nichol & Dhariwal), what the
+    network predicts and how the loss weighs the timesteps."""
 
     timesteps: int = 1000
     schedule: Literal["linear", "cosine"] = "cosine"
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02  # linear schedule only
+    prediction: Literal["eps", "v"] = "eps"
     loss_weighting: Literal["none", "min_snr"] = "none"
     snr_gamma: float = 5.0  # min_snr only
 
     def __post_init__(self) -> None:
-        if self.loss_weighting not in ("none", "min_snr"):
-            raise ValueError(f"loss_weighting={self.loss_weighting!r}: expected 'none' or 'min_snr'")
-        if self.snr_gamma <= 0:
-            raise ValueError(f"snr_gamma={self.snr_gamma}: must be > 0")
         if self.timesteps < 2:
             raise ValueError(f"timesteps={self.timesteps}: must be >= 2")
         if self.schedule not in ("linear", "cosine"):
             raise ValueError(f"schedule={self.schedule!r}: expected 'linear' or 'cosine'")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ValueError(f"beta_start={self.beta_start}, beta_end={self.beta_end}: expected 0 < start <= end < 1")
+        if self.prediction not in ("eps", "v"):
+            raise ValueError(f"prediction={self.prediction!r}: expected 'eps' or 'v'")
+        if self.loss_weighting not in ("none", "min_snr"):
+            raise ValueError(f"loss_weighting={self.loss_weighting!r}: expected 'none' or 'min_snr'")
+        if self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma={self.snr_gamma}: must be > 0")
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -123,12 +135,23 @@ class NoiseSchedule(nn.Module):
             self.sqrt_alphas_cumprod, t, x_t
         )
 
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output for ``x_t = q_sample(x0, t, noise)``: ``noise``, or ``v``."""
+        if self.cfg.prediction == "eps":
+            return noise
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
+
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights ``(B,)`` of the noise MSE: 1, or ``min(SNR_t, gamma) / SNR_t`` for min_snr."""
+        """Per-sample loss weights ``(B,)``: 1, or Min-SNR-gamma.
+
+        ``min(SNR, gamma) / SNR`` for eps, ``min(SNR, gamma) / (SNR + 1)`` for v.
+        """
         if self.cfg.loss_weighting == "none":
             return torch.ones(t.shape, device=t.device)
         snr = self.snr[t]
-        return snr.clamp(max=self.cfg.snr_gamma) / snr
+        return snr.clamp(max=self.cfg.snr_gamma) / (snr if self.cfg.prediction == "eps" else snr + 1)
 
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
         """Uniform training timesteps ``(B,)`` long."""
@@ -136,30 +159,31 @@ class NoiseSchedule(nn.Module):
 
 
 def ddpm_loss(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     schedule: NoiseSchedule,
     x0: torch.Tensor,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """DDPM's loss ``w_t || eps - eps_fn(q_sample(x0, t, eps), t) ||^2``, averaged over every element.
+    """DDPM's loss ``w_t || target - model_fn(q_sample(x0, t, noise), t) ||^2``, averaged over every element.
 
-    ``w_t`` is :meth:`NoiseSchedule.loss_weights` (1 unless the schedule asks for Min-SNR).
+    ``target`` is the noise or ``v`` (:meth:`NoiseSchedule.target`); ``w_t`` is
+    :meth:`NoiseSchedule.loss_weights` (1 unless the schedule asks for Min-SNR).
     ``t`` (B,) defaults to uniform timesteps and ``noise`` to standard normal noise.
     """
     if t is None:
         t = schedule.sample_timesteps(x0.shape[0], x0.device, generator)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    error = (eps_fn(schedule.q_sample(x0, t, noise), t) - noise).pow(2)
+    error = (model_fn(schedule.q_sample(x0, t, noise), t) - schedule.target(x0, noise, t)).pow(2)
     weights = schedule.loss_weights(t).to(error.dtype).view(-1, *([1] * (error.dim() - 1)))
     return (weights * error).mean()
 
 
-def guided_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: ``eps_uncond + scale * (eps_cond - eps_uncond)`` (scale 1 = conditional only)."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)``; scale 1 = conditional, 0 = unconditional."""
+    return uncond + scale * (cond - uncond)
 
 
 def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
@@ -175,7 +199,7 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 
 @torch.no_grad()
 def ddim_sample(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
     steps: int = 50,
@@ -188,11 +212,14 @@ def ddim_sample(
 ) -> torch.Tensor:
     """Run DDIM from pure noise ``x_T`` (drawn from ``generator`` unless given) to ``x_0`` of ``shape``.
 
+    ``model_fn`` returns what the schedule's config says the network predicts (eps or v).
+
     ``clip_x0`` clamps each step's ``x0`` estimate to ``[-clip_x0, clip_x0]`` (images live in
     [-1, 1]); None turns clamping off. ``progress`` shows a tqdm bar.
     """
     if eta < 0:
         raise ValueError(f"eta={eta}: must be >= 0")
+    prediction = schedule.cfg.prediction
     x = torch.randn(shape, generator=generator, device=device) if x_T is None else x_T.clone()
     alpha_bar = schedule.alphas_cumprod.to(x.device, torch.float64)
     times = ddim_timesteps(schedule.timesteps, steps)
@@ -203,14 +230,18 @@ def ddim_sample(
         iterator = tqdm(times, desc="sampling", unit="step", leave=False)
     for i, t in enumerate(iterator):
         t_batch = torch.full((shape[0],), t, device=x.device, dtype=torch.long)
-        eps = eps_fn(x, t_batch)
+        out = model_fn(x, t_batch)
         a_t = alpha_bar[t]
         a_s = alpha_bar[times[i + 1]] if i + 1 < len(times) else torch.ones((), dtype=torch.float64, device=x.device)
-        x0 = (x - (1 - a_t).sqrt().float() * eps) / a_t.sqrt().float()
+        sa, sb = a_t.sqrt().float(), (1 - a_t).sqrt().float()
+        if prediction == "eps":
+            eps, x0 = out, (x - sb * out) / sa
+        else:
+            eps, x0 = sb * x + sa * out, sa * x - sb * out
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
             # re-derive eps from the clamped x0 so the step stays on the DDIM trajectory of that x0
-            eps = (x - a_t.sqrt().float() * x0) / (1 - a_t).sqrt().float()
+            eps = (x - sa * x0) / sb
         sigma = eta * ((1 - a_s) / (1 - a_t)).sqrt() * (1 - a_t / a_s).sqrt()
         direction = (1 - a_s - sigma**2).clamp_min(0).sqrt()
         x = a_s.sqrt().float() * x0 + direction.float() * eps
@@ -221,12 +252,12 @@ def ddim_sample(
 
 __all__ = [
     "DiffusionConfig",
-    "EpsFn",
+    "ModelFn",
     "NoiseSchedule",
     "cosine_betas",
     "ddim_sample",
     "ddim_timesteps",
     "ddpm_loss",
-    "guided_eps",
+    "guided",
     "linear_betas",
 ]

@@ -26,7 +26,7 @@ from torch import nn
 from vlp.config import ConfigError, build, from_dict, read_yaml
 from vlp.generation.controlnet import ControlConfig, ControlNet
 from vlp.generation.data import GenerationBatch
-from vlp.generation.diffusion import DiffusionConfig, NoiseSchedule, ddim_sample, ddpm_loss, guided_eps
+from vlp.generation.diffusion import DiffusionConfig, NoiseSchedule, ddim_sample, ddpm_loss, guided
 from vlp.generation.unet import UNet, UNetConfig
 from vlp.text.config import TextConfig
 from vlp.text.encoder import BertTextConfig
@@ -63,7 +63,7 @@ class TextToImageConfig:
 
 
 class TextToImageModel(nn.Module):
-    """Text-conditioned DDPM (epsilon prediction) with DDIM sampling and classifier-free guidance.
+    """Text-conditioned DDPM (eps or v prediction) with DDIM sampling and classifier-free guidance.
 
     Images are ``(B, 3, H, W)`` in [-1, 1]; text is ``input_ids (B, L)`` long with a keep-mask
     ``attention_mask (B, L)`` bool (True = real token); control maps ``(B, 3, H, W)`` in [0, 1].
@@ -132,7 +132,7 @@ class TextToImageModel(nn.Module):
         context = torch.where(drop[:, None, None], null, context)
         return context, torch.where(drop[:, None], null_mask, attention_mask)
 
-    def eps(
+    def predict(
         self,
         x_t: torch.Tensor,
         t: torch.Tensor,
@@ -141,7 +141,8 @@ class TextToImageModel(nn.Module):
         control: torch.Tensor | None = None,
         control_scale: float = 1.0,
     ) -> torch.Tensor:
-        """Predicted noise ``(B, 3, H, W)``; with a control branch and a ``control`` map, steered by it."""
+        """The network's prediction ``(B, 3, H, W)`` for ``x_t``: the noise, or ``v`` when
+        ``cfg.diffusion.prediction`` is ``v``. With a control branch and a ``control`` map, steered by it."""
         residuals = None
         if control is not None:
             if self.control is None:
@@ -160,7 +161,7 @@ class TextToImageModel(nn.Module):
             drop = torch.rand(b, device=batch.images.device) < self.cfg.cond_drop
         context, mask = self.condition(batch.input_ids, batch.attention_mask, drop)
         control = batch.control if self.control is not None else None
-        loss = ddpm_loss(lambda x, t: self.eps(x, t, context, mask, control), self.schedule, batch.images)
+        loss = ddpm_loss(lambda x, t: self.predict(x, t, context, mask, control), self.schedule, batch.images)
         return loss, {"loss": loss.detach()}
 
     # ----------------------------------------------------------------- sampling
@@ -180,7 +181,7 @@ class TextToImageModel(nn.Module):
         """DDIM samples ``(B, 3, H, W)`` in [-1, 1], one per row of ``input_ids``.
 
         ``guidance`` is the classifier-free guidance scale ``s`` in
-        ``eps_uncond + s (eps_cond - eps_uncond)``: 1 = purely conditional, 0 = unconditional;
+        ``out_uncond + s (out_cond - out_uncond)``: 1 = purely conditional, 0 = unconditional;
         for ``s != 1`` the conditional and null rows run as one batch of ``2B``.
         """
         b = input_ids.shape[0]
@@ -192,16 +193,18 @@ class TextToImageModel(nn.Module):
             context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
             control = torch.cat([control, control]) if control is not None else None
 
-        def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if guidance == 1.0:
-                return self.eps(x, t, context, mask, control, control_scale)
-            both = self.eps(torch.cat([x, x]), torch.cat([t, t]), context, mask, control, control_scale)
+                return self.predict(x, t, context, mask, control, control_scale)
+            both = self.predict(torch.cat([x, x]), torch.cat([t, t]), context, mask, control, control_scale)
             cond, uncond = both.chunk(2)
-            return guided_eps(cond, uncond, guidance)
+            return guided(cond, uncond, guidance)
 
         size = self.cfg.image_size
         device = input_ids.device
-        return ddim_sample(eps_fn, self.schedule, (b, 3, size, size), steps, eta, generator, device, progress=progress)
+        return ddim_sample(
+            model_fn, self.schedule, (b, 3, size, size), steps, eta, generator, device, progress=progress
+        )
 
     def generate(
         self,

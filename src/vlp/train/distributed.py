@@ -89,6 +89,19 @@ def cleanup(wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> None:
+    """End a torchrun rank at once, after its process group is gone.
+
+    A finished gloo rank can abort in C++ teardown at interpreter exit ("terminate
+    called without an active exception") when a peer exits first, which torchrun
+    then reports as a failed run. Everything is flushed and written by now, so the
+    rank skips the interpreter's teardown.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main_print(*args: Any, info: DistInfo | None = None, file=None) -> None:
     """``print`` on rank 0 only (every rank prints the same thing otherwise)."""
     rank = info.rank if info is not None else (dist.get_rank() if dist.is_initialized() else 0)

@@ -67,6 +67,7 @@ def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..
             return 1
     finally:
         dist_utils.cleanup()
-    if result.stopped_by == "SIGTERM":
-        return 143
-    return 130 if result.stopped_by else 0
+    code = 143 if result.stopped_by == "SIGTERM" else 130 if result.stopped_by else 0
+    if info.world_size > 1:
+        dist_utils.exit_process(code)
+    return code
