@@ -127,3 +127,16 @@ def test_frozen_text_tower_from_a_vlp_model_folder(tmp_path, tokenizer):
     for name, tensor in clip.text.state_dict().items():
         assert torch.equal(model.text.state_dict()[name], tensor), name
     assert model.tokenizer.get_vocab() == tokenizer.get_vocab()
+
+
+def test_eval_generation_command_writes_results(trained, tmp_path, capsys):
+    from vlp.generation.classifier import ClassifierConfig, save_classifier, train_classifier
+
+    save_classifier(train_classifier(ClassifierConfig(image_size=16, width=4, steps=3, batch_size=4)), tmp_path / "c")
+    out = tmp_path / "results.json"
+    args = ["eval", "generation", "--model", str(trained / "model"), "--samples", "1", "--steps", "2"]
+    assert main(args + ["--classifier", str(tmp_path / "c"), "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["images"] == 42 and "layout_iou" not in results
+    assert Image.open(tmp_path / "g.png").size == ((18 + 2) * 2, (42 * 18 + 2) * 2)  # 42 rows x 1 sample, scale 2
+    assert "attribute accuracy" in capsys.readouterr().out

@@ -158,9 +158,10 @@ def run_demo(
     return result
 
 
-def weak_rows(rows: list[ResultRow], ratio: float = 1.5) -> list[str]:
-    """Notes naming every score that is not clearly above its chance level (less than ``ratio`` x)."""
-    weak = [r for r in rows if r.chance is not None and r.score < ratio * r.chance]
+def weak_rows(rows: list[ResultRow], ratio: float = 1.5, margin: float = 3.0) -> list[str]:
+    """Notes naming every score that is not clearly above its chance level: less than ``ratio`` times
+    it, or less than ``margin`` points above it (2% against 1% chance is still next to nothing)."""
+    weak = [r for r in rows if r.chance is not None and (r.score < ratio * r.chance or r.score - r.chance < margin)]
     return [
         f"{r.task}, {r.metric}: {r.score:.1f} against a chance level of {r.chance:.1f} is not clearly above chance "
         "at this budget."
@@ -210,7 +211,7 @@ def _draw(
         notes.append(
             "Text-to-image is in vlp (`vlp train-generation t2i-shapes --out RUN`, about 15 minutes on 2 CPU "
             "cores by itself), which does not fit this demo's budget; pass `vlp demo --generator RUN/model` "
-            "to add its samples for a few test objects (\"a red circle\") to this report."
+            'to add its samples for a few test objects ("a red circle") to this report.'
         )
     notes.append(
         f"Everything here can be rerun piece by piece: the data is in `{world.name}/`, the pretrained model in "

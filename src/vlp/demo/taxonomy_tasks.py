@@ -142,9 +142,11 @@ def _late_vqa(pretrained: Path, base: dict, tokenizer: Any, cfg: Any, run_dir: P
     from vlp.demo.late_fusion import LateFusionVQA, evaluate_vqa
     from vlp.demo.latency import vqa_latency
     from vlp.tasks.vqa import dataset_vocab
+    from vlp.train.rng import seed_everything
 
     model, loader = _late_model(pretrained, tokenizer, "vqa", cfg)
     vocab = dataset_vocab(loader.dataset)
+    seed_everything(cfg.seed)  # the new head's initial weights
     module = LateFusionVQA(model, len(vocab))
     _train_module(module, loader, cfg, run_dir)
     metrics = evaluate_vqa(module, _test_batches(model, tokenizer, "vqa", 64, len(vocab)), vocab)
@@ -166,8 +168,10 @@ def refexp(family_dir: Path, tokenizer: Any, cfg: Any) -> dict[str, Any]:
     base = run_recipe(pretrained)
     if not _fusion_recipe(base):
         from vlp.demo.late_fusion import LateFusionBox, evaluate_box
+        from vlp.train.rng import seed_everything
 
         model, loader = _late_model(pretrained, tokenizer, "refcoco", cfg)
+        seed_everything(cfg.seed)
         module = LateFusionBox(model)
         _train_module(module, loader, cfg, family_dir / "refexp")
         metrics = evaluate_box(module, _test_batches(model, tokenizer, "refcoco", 64))

@@ -151,8 +151,10 @@ def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tup
     """
     from vlp.recipe import parse_recipe
     from vlp.train.jobs import build_pretraining_job
+    from vlp.train.rng import seed_everything
 
     parsed = parse_recipe(recipe, where=str(recipe.get("model", {}).get("name", "recipe")))
+    seed_everything(parsed.train.seed)  # the initial weights, as `vlp pretrain` seeds them
     with captured(run_dir):
         job = build_pretraining_job(parsed, tokenizer=tokenizer)
         result = _fit(job, run_dir)
@@ -167,8 +169,10 @@ def finetune(task_recipe: dict[str, Any], init: str | Path, tokenizer: Any, run_
     Returns ``(model, task section as the run saved it (answer vocabulary, mode, ...), TrainResult)``.
     """
     from vlp.train.jobs import build_finetuning_job
+    from vlp.train.rng import seed_everything
 
     data = {k: copy.deepcopy(v) for k, v in task_recipe.items() if k != "init"}
+    seed_everything(int((data.get("train") or {}).get("seed", 0)))  # the new heads' initial weights
     with captured(run_dir):
         job = build_finetuning_job(data, init=str(init), tokenizer=tokenizer, where=str(data["task"]["type"]))
         result = _fit(job, run_dir)
