@@ -30,8 +30,10 @@ def test_report_links_figures_relative_and_totals_timings(tmp_path):
 
 def test_weak_rows_name_scores_near_chance():
     rows = [ResultRow("zero-shot classification", "shape top-1", 23.7, 22.6), ResultRow("VQA", "acc", 60.0, 36.5),
-            ResultRow("captioning", "CIDEr", 5.0, None), ResultRow("refexp", "acc@0.5", 2.5, 1.2)]  # fmt: skip
-    notes = weak_rows(rows)  # 23.7 is under 1.5 x 22.6; 2.5 is twice 1.2 but only 1.3 points above it
+            ResultRow("captioning", "CIDEr", 5.0, None), ResultRow("refexp", "acc@0.5", 2.5, 1.2),
+            ResultRow("retrieval", "R@1", 2.2, 0.4)]  # fmt: skip
+    # 23.7 is under 1.5 x 22.6; 2.5 is twice 1.2 but only 1.3 points above it; 2.2 is 5.5 x 0.4
+    notes = weak_rows(rows)
     assert len(notes) == 2 and notes[0].startswith("zero-shot classification, shape top-1: 23.7 against")
     assert notes[1].startswith("refexp, acc@0.5: 2.5 against a chance level of 1.2")
 
