@@ -11,6 +11,7 @@ from vlp.generation.data import (
     ShapesDataConfig,
     ShapesStream,
     box_pixels,
+    draw_scene,
     edge_map,
     layout_map,
     names_attribute,
@@ -91,3 +92,18 @@ def test_segmentation_finds_real_objects_at_their_layout_box():
         ious.append(box_iou(object_box(image), box_pixels(scene.objects[0].box(32), 32)))
     # anti-aliased edges and thin star points keep a few boxes a pixel short of the layout box
     assert np.mean(ious) > 0.8 and min(ious) > 0.3
+
+
+def test_sizes_option_draws_only_the_asked_size_classes():
+    # default: every class; the same rng stream as sample_scene without the option
+    default = ShapesDataConfig(max_objects=1)
+    picked = {draw_scene(default, np.random.default_rng(s))[0].objects[0].size for s in range(60)}
+    assert picked == {"small", "medium", "large"}
+    assert sample_scene(np.random.default_rng(3), 1, 1) == draw_scene(default, np.random.default_rng(3))[0]
+    large = ShapesDataConfig(max_objects=1, sizes=["medium", "large"])
+    picked = [draw_scene(large, np.random.default_rng(s))[0].objects[0].size for s in range(60)]
+    assert set(picked) == {"medium", "large"}
+    with pytest.raises(ValueError, match="sizes=\\['huge'\\]"):
+        ShapesDataConfig(sizes=["huge"])
+    with pytest.raises(ValueError, match="sizes=\\[\\]"):
+        sample_scene(np.random.default_rng(0), 1, 1, sizes=[])

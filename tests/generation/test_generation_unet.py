@@ -71,6 +71,28 @@ def test_cross_attention_ignores_padded_text_tokens():
     assert not torch.allclose(moved[1], base[1], atol=1e-4)
 
 
+def test_pooled_text_adds_the_mean_of_kept_tokens_to_the_timestep_embedding():
+    cfg = UNetConfig(
+        channels=8, channel_mult=(1, 2), groups=4, heads=2, context_dim=12, pooled_text=True,
+        self_attention_levels=[], cross_attention_levels=[],
+    )  # fmt: skip
+    net = UNet(cfg).eval()
+    randomize(net, std=0.3)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([10, 90])
+    context = torch.randn(2, 4, 12)
+    mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    _, _, temb = net.encoder(x, t, context, mask)
+    pooled = torch.stack([context[0].mean(0), context[1, :2].mean(0)])  # kept tokens only
+    expected = net.encoder.time_embed(timestep_embedding(t, 8)) + net.encoder.text_embed(pooled)
+    assert torch.allclose(temb, expected, atol=1e-5)
+    # the prompt reaches the output through the timestep embedding alone (no cross-attention in the stages)
+    other = context.clone()
+    other[0, 1] += 1.0
+    assert not torch.allclose(net(x, t, other, mask)[0], net(x, t, context, mask)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="pooled_text=True needs a text context"):
+        UNet(UNetConfig(channels=8, groups=4, heads=2, pooled_text=True))
+
+
 def test_unet_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="self_attention_levels"):
         from_dict(UNetConfig, {"channel_mult": [1, 2], "self_attention_levels": [2]})

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vlp.data.shapesworld import COLORS, Scene, make_captions, render_layers, sample_scene, tokenize
+from vlp.data.shapesworld import COLORS, SIZES, Scene, make_captions, render_layers, sample_scene, tokenize
 from vlp.data.shapesworld.render import Rendered
 from vlp.data.shapesworld.vocab import COLOR_WORDS, PLURALS, SHAPE_WORDS
 
@@ -72,6 +72,9 @@ class ShapesDataConfig:
     image_size: int = 32
     min_objects: int = 1
     max_objects: int = 2
+    # size classes drawn (small, medium, large: radius 8, 12, 16% of the side). At 32x32 a small star is
+    # 5 pixels wide, too few to tell its shape from a circle's
+    sizes: list[str] = field(default_factory=lambda: list(SIZES))
     max_text_len: int = 24
     seed: int = 0
     # all: any of the scene's captions; attributes: only those naming a shape or colour (counts such as
@@ -87,6 +90,8 @@ class ShapesDataConfig:
             raise ValueError(
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}: expected 1 <= min <= max <= 9"
             )
+        if not self.sizes or any(size not in SIZES for size in self.sizes):
+            raise ValueError(f"sizes={self.sizes}: expected a non-empty subset of {list(SIZES)}")
         if self.captions not in ("all", "attributes"):
             raise ValueError(f"captions={self.captions!r}: expected 'all' or 'attributes'")
         if self.max_text_len < 3:
@@ -143,7 +148,7 @@ def control_map(kind: ControlKind, scene: Scene, rendered: Rendered) -> np.ndarr
 
 def draw_scene(cfg: ShapesDataConfig, rng: np.random.Generator) -> tuple[Scene, Rendered, list[str]]:
     """One scene, its rendering and the captions a ShapesWorld dataset would store for it."""
-    scene = sample_scene(rng, cfg.min_objects, cfg.max_objects)
+    scene = sample_scene(rng, cfg.min_objects, cfg.max_objects, sizes=cfg.sizes)
     return scene, render_layers(scene, cfg.image_size), make_captions(scene, rng)
 
 

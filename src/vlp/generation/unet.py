@@ -2,8 +2,8 @@
 
 Images are channel-first ``(B, C, H, W)``; the text context is batch-first
 ``(B, L, Dc)`` with a boolean keep-mask ``(B, L)`` (``True`` = real token), as
-everywhere in vlp. The network predicts the noise ``eps`` that was added to ``x``
-at timestep ``t``.
+everywhere in vlp. The network predicts, for the noisy ``x`` at timestep ``t``, the
+noise that was added (or the velocity ``v``; see :mod:`vlp.generation.diffusion`).
 
 Layout: ``conv_in`` -> per resolution level ``res_blocks`` ResBlocks (timestep
 embedding added inside each), optionally followed by a spatial attention block
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.layers import MLP, Attention
+from vlp.layers import MLP, Attention, masked_mean
 
 
 @dataclass
@@ -42,6 +42,9 @@ class UNetConfig:
     res_blocks: int = 1  # ResBlocks per level on the way down (the way up has one more, as in DDPM)
     self_attention_levels: list[int] = field(default_factory=lambda: [2])  # levels with self-attention
     cross_attention_levels: list[int] = field(default_factory=lambda: [1, 2])  # levels attending to the text
+    # also add the text's mean token to the timestep embedding (GLIDE and Imagen do): every ResBlock then sees
+    # the prompt, which a small model learns to use in far fewer steps than cross-attention alone
+    pooled_text: bool = False
     heads: int = 4
     groups: int = 8  # GroupNorm groups; every level's width must be divisible by it
     dropout: float = 0.0
@@ -201,7 +204,8 @@ class UNetEncoder(nn.Module):
 
     ``forward(x (B, C, H, W), t (B,), context, context_mask, hint=None) -> (mid (B, Cm, h, w),
     skips [(B, Ci, Hi, Wi)], temb (B, T))``. ``hint`` ``(B, channels, H / p, W / p)`` is added to
-    ``conv_in``'s output (ControlNet's entry point for the control map). ``skip_channels``
+    ``conv_in``'s output (ControlNet's entry point for the control map). With ``pooled_text`` the
+    masked mean of ``context`` is embedded and added to the timestep embedding. ``skip_channels``
     lists each skip's width, in the order they are produced.
     """
 
@@ -210,6 +214,13 @@ class UNetEncoder(nn.Module):
         ch = cfg.channels
         temb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.text_embed = None
+        if cfg.pooled_text:
+            if not cfg.context_dim:
+                raise ValueError("pooled_text=True needs a text context (context_dim > 0)")
+            self.text_embed = nn.Sequential(
+                nn.Linear(cfg.context_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim)
+            )
         self.conv_in = nn.Conv2d(cfg.in_channels * cfg.patch_size**2, ch, 3, padding=1)
         self.down = nn.ModuleList()
         self.skip_channels = [ch]
@@ -239,6 +250,10 @@ class UNetEncoder(nn.Module):
         hint: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         temb = self.time_embed(timestep_embedding(t, self.cfg.channels))
+        if self.text_embed is not None:
+            if context is None:
+                raise ValueError("this U-Net adds the pooled text to the timestep: pass context and context_mask")
+            temb = temb + self.text_embed(masked_mean(context, context_mask))
         if self.cfg.patch_size > 1:
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
         h = self.conv_in(x)
@@ -259,7 +274,7 @@ class UNetEncoder(nn.Module):
 
 
 class UNet(nn.Module):
-    """Noise predictor ``eps(x_t, t, text)``: ``(B, C, H, W), (B,), (B, L, Dc), (B, L) bool -> (B, C_out, H, W)``.
+    """Denoiser ``f(x_t, t, text)`` (eps or v): ``(B, C, H, W), (B,), (B, L, Dc), (B, L) bool -> (B, C_out, H, W)``.
 
     ``H`` and ``W`` must be divisible by ``2 ** (levels - 1)``. ``control`` adds
     ControlNet residuals: one tensor per skip connection (same shapes as the skips,

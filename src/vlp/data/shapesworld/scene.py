@@ -212,17 +212,22 @@ def sample_scene(
     exclude: Collection[Pair] = (),
     require: Sequence[Pair] = (),
     repeat_prob: float = 0.3,
+    sizes: Sequence[str] = SIZES,
 ) -> Scene:
     """Draw a scene of ``min_objects``..``max_objects`` non-overlapping objects.
 
     ``exclude``: (shape, colour) pairs that must not occur. ``require``: if given, the
     scene contains at least one object with a pair drawn from it (the hold-out split).
     ``repeat_prob``: chance that an object reuses an earlier object's shape or colour,
-    so that counts above one and attribute contrasts are common. If the image is too
-    crowded for the drawn count, fewer objects are placed (never fewer than one).
+    so that counts above one and attribute contrasts are common. ``sizes``: the size
+    classes to draw from (all by default). If the image is too crowded for the drawn
+    size, smaller classes are tried, then fewer objects are placed (never fewer than one).
     """
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"min_objects={min_objects}, max_objects={max_objects}: expected 1 <= min <= max")
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown or not sizes:
+        raise ValueError(f"sizes={list(sizes)}: expected a non-empty subset of {list(SIZES)}")
     excluded = set(exclude)
     allowed = [p for p in all_pairs() if p not in excluded]
     if not allowed:
@@ -240,7 +245,7 @@ def sample_scene(
             shape, color = (options or allowed)[int(rng.integers(len(options or allowed)))]
         else:
             shape, color = allowed[int(rng.integers(len(allowed)))]
-        first = int(rng.integers(len(SIZES)))
+        first = SIZES.index(sizes[int(rng.integers(len(sizes)))])
         # too crowded for this size: try the smaller classes before giving up on the object
         for size in reversed(SIZES[: first + 1]):
             spot = _place(rng, shape, size, boxes)
