@@ -103,6 +103,20 @@ def test_v_target_and_its_min_snr_weight():
     assert sched.loss_weights(t).item() == pytest.approx(min(snr, 5.0) / (snr + 1), rel=1e-4)
 
 
+def test_logit_normal_timesteps_follow_the_sigmoid_of_a_normal():
+    schedule = NoiseSchedule(DiffusionConfig(timesteps=1000, timestep_sampling="logit_normal", logit_std=1.0))
+    t = schedule.sample_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() <= 999
+    # P(t < T * sigmoid(z)) = Phi(z): the quartiles of N(0, 1) are +-0.6745
+    for z, p in ((-0.6745, 0.25), (0.0, 0.5), (0.6745, 0.75), (1.6449, 0.95)):
+        cut = 1000 / (1 + math.exp(-z))
+        assert float((t < cut).float().mean()) == pytest.approx(p, abs=0.005)
+    uniform = NoiseSchedule(DiffusionConfig(timesteps=1000)).sample_timesteps(200_000, torch.device("cpu"))
+    assert float((uniform < 250).float().mean()) == pytest.approx(0.25, abs=0.005)
+    with pytest.raises(ValueError, match="timestep_sampling='beta'"):
+        DiffusionConfig(timestep_sampling="beta")
+
+
 def test_ddim_timesteps_span_both_ends():
     assert ddim_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert ddim_timesteps(10, 10) == list(range(9, -1, -1))

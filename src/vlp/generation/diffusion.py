@@ -55,6 +55,12 @@ class DiffusionConfig:
     prediction: Literal["eps", "v"] = "eps"
     loss_weighting: Literal["none", "min_snr"] = "none"
     snr_gamma: float = 5.0  # min_snr only
+    # training timesteps: uniform, or t = T * sigmoid(n), n ~ N(logit_mean, logit_std) (SD3's logit-normal), which
+    # spends the steps on the middle noise levels where an object's outline is decided rather than on near-pure
+    # noise or near-clean images
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
 
     def __post_init__(self) -> None:
         if self.timesteps < 2:
@@ -67,6 +73,10 @@ class DiffusionConfig:
             raise ValueError(f"prediction={self.prediction!r}: expected 'eps' or 'v'")
         if self.loss_weighting not in ("none", "min_snr"):
             raise ValueError(f"loss_weighting={self.loss_weighting!r}: expected 'none' or 'min_snr'")
+        if self.timestep_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"timestep_sampling={self.timestep_sampling!r}: expected 'uniform' or 'logit_normal'")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std={self.logit_std}: must be > 0")
         if self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma={self.snr_gamma}: must be > 0")
 
@@ -154,8 +164,11 @@ class NoiseSchedule(nn.Module):
         return snr.clamp(max=self.cfg.snr_gamma) / (snr if self.cfg.prediction == "eps" else snr + 1)
 
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None):
-        """Uniform training timesteps ``(B,)`` long."""
-        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+        """Training timesteps ``(B,)`` long: uniform over ``[0, T)``, or logit-normal (``cfg.timestep_sampling``)."""
+        if self.cfg.timestep_sampling == "uniform":
+            return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+        n = torch.randn(batch, device=device, generator=generator) * self.cfg.logit_std + self.cfg.logit_mean
+        return (torch.sigmoid(n) * self.timesteps).long().clamp_(0, self.timesteps - 1)
 
 
 def ddpm_loss(
