@@ -53,6 +53,7 @@ class GenerationTrainConfig:
     ema_decay: float = 0.999  # EMA of the weights; the saved model is the EMA. 0 = off
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    device: str = "auto"  # auto: the first CUDA device if there is one, else the CPU
     log_every: int = 25
     sample_prompts: list[str] = field(default_factory=list)  # drawn into samples.png at the end
     sample_steps: int = 50
@@ -153,11 +154,16 @@ def train_generation(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = build_model(recipe)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    model = build_model(recipe).to(device)
     control = model.cfg.control
     stream = ShapesStream(recipe.data, model.tokenizer, control.kind if control else None)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # one multi-tensor update instead of a loop over ~200 small tensors (fused kernel on CUDA)
+    on_cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=not on_cuda, fused=on_cuda
+    )
     ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
     resolved = dataclasses.replace(recipe, model=model.cfg)
     (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(resolved), sort_keys=False), encoding="utf-8")
@@ -188,7 +194,7 @@ def train_generation(
                 lr = cfg.lr * lr_factor(progress_frac, step, cfg)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, _ = model(stream.next_batch(cfg.batch_size))
+                loss, _ = model(stream.next_batch(cfg.batch_size).to(device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"step {step}: loss is {loss.item()}; lower train.lr")
                 optimizer.zero_grad(set_to_none=True)
