@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlp.demo.pipeline import _generated_images, weak_rows
+from vlp.demo.generation import generated_images
+from vlp.demo.pipeline import weak_rows
 from vlp.demo.report import write_report
 from vlp.demo.table import ResultRow
 
@@ -59,9 +60,9 @@ def test_generated_images_from_a_generator_folder(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        png = _generated_images(folder, ["a red circle", "a blue square"], tmp_path / "generation.png")
+        png = generated_images(folder, ["a red circle", "a blue square"], tmp_path / "generation.png", steps=2)
     finally:
         torch.set_num_threads(before)
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
-        _generated_images(tmp_path / "missing", ["a red circle"], tmp_path / "x.png")
+        generated_images(tmp_path / "missing", ["a red circle"], tmp_path / "x.png")

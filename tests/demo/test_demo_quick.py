@@ -25,7 +25,7 @@ EXPECTED_TASKS = {
     "referring expressions (fine-tuned)": 2,
     "captioning (fine-tuned)": 2,
 }
-FIGURES = ("loss_curves", "retrieval", "heatmap", "vqa", "refexp", "captions")
+FIGURES = ("loss_curves", "retrieval", "heatmap", "vqa", "refexp", "captions", "generation")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,10 @@ def test_report_embeds_every_picture(demo):
         png = out / rel
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, rel
     assert "text-to-image" in report.lower() and "## Timings" in report
+    # the generator trained inside the demo, and the report says for how long
+    summary = json.loads((out / "runs" / "generation" / "summary.json").read_text())
+    assert summary["steps"] == 2 and (out / "runs" / "generation" / "model" / "model.safetensors").is_file()
+    assert f"trained inside this demo for only {summary['cpu_seconds']:.0f} s of CPU time" in report
     # the pretrained model is a reusable save_pretrained folder
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
 
@@ -62,7 +66,7 @@ def test_results_table_has_every_task_with_chance(demo):
         assert re.search(rf"\| {re.escape(row['task'])} +\| {re.escape(row['metric'])} +\| +{row['score']:.1f} "
                          rf"\| +{row['chance']:.1f} \|", report), row  # fmt: skip
     steps = [t["step"] for t in results["timings"]]
-    assert len(steps) == 10 and all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in results["timings"])
+    assert len(steps) == 11 and all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in results["timings"])
 
 
 def _row(results, task, metric_start):
@@ -92,6 +96,29 @@ def test_chance_levels_recomputed_from_the_raw_files(demo):
     best = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in by_type.items()}
     prior = 100 * sum(vqa_accuracy(best[a["answer_type"]], [x["answer"] for x in a["answers"]]) for a in anns)
     assert _row(results, "VQA (fine-tuned)", "VQA")["chance"] == pytest.approx(prior / len(anns))
+    # referring expressions: a uniformly random annotated object of the image (the candidates)
+    from vlp.data.safe_pickle import safe_load
+
+    boxes: dict[int, list[list[float]]] = {}
+    by_id = {}
+    for a in json.loads((ann / "instances.json").read_text())["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_id[a["id"]] = [x, y, x + w, y + h]
+        boxes.setdefault(a["image_id"], []).append(by_id[a["id"]])
+    hits = []
+    for ref in safe_load(ann / "refs(unc).p"):
+        if ref["split"] == "test":
+            target, candidates = by_id[ref["ann_id"]], boxes[ref["image_id"]]
+            share = sum(_iou(c, target) >= 0.5 for c in candidates) / len(candidates)
+            hits += [share] * len(ref["sentences"])
+    chance = _row(results, "referring expressions (fine-tuned)", "acc@IoU0.5")["chance"]
+    assert chance == pytest.approx(100 * sum(hits) / len(hits), abs=1e-3)
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
 
 
 def test_demo_folder_is_only_cleared_when_a_demo_wrote_it(tmp_path):

@@ -123,6 +123,9 @@ def test_demo_config_checks():
         DemoConfig(image_size=30)
     with pytest.raises(ConfigError, match="pretrain_steps=0"):
         DemoConfig(pretrain_steps=0)
+    with pytest.raises(ConfigError, match="generation_seconds=-1: expected a number >= 0"):
+        DemoConfig(generation_seconds=-1)
+    assert DemoConfig(generation_seconds=0).generation_seconds == 0  # 0 = no text-to-image training
 
 
 def test_median_seconds_with_a_scripted_clock(monkeypatch):

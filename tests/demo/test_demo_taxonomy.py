@@ -51,6 +51,10 @@ def test_table_has_every_column_for_both_families(bench):
         assert 0 <= row["vqa"] <= 100 and 0 <= row["refexp"] <= 100
     assert rows["vilt-tiny"]["retrieval_mode"] == "exhaustive" and rows["clip-tiny"]["retrieval_mode"] == "dual"
     assert rows["clip-tiny"]["vqa_head"] == "late fusion MLP" and rows["vilt-tiny"]["vqa_head"] == "fused [CLS]"
+    # referring expressions: the fusion model picks one of the image's objects, the dual encoder regresses a box
+    assert rows["vilt-tiny"]["refexp_head"] == "candidate-box scores" and "refexp_mark" not in rows["vilt-tiny"]
+    assert rows["clip-tiny"]["refexp_mark"].startswith(" (box regression, chance")
+    assert summary["chance"]["refexp"] == rows["vilt-tiny"]["refexp_chance"] > rows["clip-tiny"]["refexp_chance"]
     # R@1 is the mean of both directions; RSUM the six recalls; chance from a random ranking of 6 images
     for row in rows.values():
         m = row["retrieval_metrics"]

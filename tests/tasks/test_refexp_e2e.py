@@ -99,3 +99,43 @@ def test_eval_without_a_refexp_head_is_refused(world, tmp_path):
     init = pretrained("refexp-vilt-tiny", tmp_path / "pre", tok)  # no box head before fine-tuning
     code = main(["eval", "refexp", "--model", str(init), "--data", str(world), "--out", str(tmp_path / "o")])
     assert code == 2  # a ConfigError, reported by the CLI
+
+
+def test_vilt_proposal_scoring_finetune_then_eval(world, tmp_path):
+    world, tok = world
+    init = pretrained("refexp-vilt-tiny", tmp_path / "pre", tok)
+    run = finetune(
+        "refexp-vilt-tiny",
+        init,
+        world,
+        tmp_path / "run",
+        2,
+        "--set",
+        "task.mode=proposals",
+        "--set",
+        "optim.module_lr={model.heads.proposal_score: 1.0e-3}",
+    )
+    assert load_model(run).task["mode"] == "proposals"
+    out = tmp_path / "eval"
+    assert main(["eval", "refexp", "--model", str(run), "--split", "val", "--out", str(out), "--batch-size", "5"]) == 0
+    results, predictions, targets = check_results(out, world, "proposals")
+    # every answer is one of the image's annotated objects; chance = a uniformly random object
+    objects: dict[int, list[list[float]]] = {}
+    for a in read_json(world / "annotations" / "instances.json")["annotations"]:
+        x, y, w, h = a["bbox"]
+        objects.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    hits, chance_ious = [], []
+    for p in predictions:
+        candidates = objects[p["image_id"]]
+        assert min(max(abs(a - b) for a, b in zip(p["box"], c)) for c in candidates) < 0.01
+        ious = [iou(c, targets[p["sent_id"]]) for c in candidates]
+        hits.append(np.mean([v >= 0.5 for v in ious]))
+        chance_ious.append(np.mean(ious))
+    assert results["chance"]["accuracy"] == pytest.approx(100 * np.mean(hits), abs=1e-3)
+    assert results["chance"]["miou"] == pytest.approx(100 * np.mean(chance_ious), abs=1e-3)
+    # the predict API answers the same candidate when given the image's objects
+    loaded = load_model(run)
+    first = predictions[0]
+    image = world / "images" / "val" / f"{first['image_id']:07d}.png"
+    box = locate(loaded.model, loaded.tokenizer, image, first["expression"], candidates=objects[first["image_id"]])
+    assert box == pytest.approx(first["box"], abs=0.01)

@@ -181,11 +181,14 @@ def test_modes_and_missing_heads_are_refused(tok):
     with pytest.raises(ConfigError, match="fusion module"):
         refexp.resolve_mode(vlp.create_model("clip-tiny"))
     vilt = vlp.create_model("vilt-tiny")
-    assert refexp.resolve_mode(vilt) == "box"
+    assert refexp.resolve_mode(vilt) == "proposals"  # candidate boxes come with RefCOCO-format data
     with pytest.raises(ConfigError, match="region"):
         refexp.resolve_mode(vilt, "regions")
-    with pytest.raises(ConfigError, match="no box head"):
+    with pytest.raises(ConfigError, match="no proposal_score head"):
         refexp.evaluate(vilt, tok, [])
+    with pytest.raises(ConfigError, match="no box head"):
+        refexp.evaluate(vilt, tok, [], mode="box")
     with pytest.raises(ValueError, match="one expression per image"):
         refexp.ensure_refexp_head(vilt, "box")
+        assert refexp.trained_mode(vilt) == "box"  # auto: the head a model was fine-tuned with
         refexp.predict(vilt, tok, [Image.new("RGB", (8, 8))], ["a", "b"])

@@ -11,7 +11,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("images", args.images), ("pretrain_steps", args.pretrain_steps),
-                                 ("threads", args.threads)) if v is not None}  # fmt: skip
+                                 ("threads", args.threads), ("generation_seconds", args.generation_seconds))
+               if v is not None}  # fmt: skip
     if changes:
         config = config.replace(**changes)
     run_demo(args.out, quick=args.quick, config=config, generator=args.generator)
@@ -32,5 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, default=None, help="ShapesWorld images to generate")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining optimizer steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1, fastest here)")
-    parser.add_argument("--generator", default=None, help="a trained text-to-image model folder to sample from")
+    parser.add_argument(
+        "--generator",
+        default=None,
+        help="a trained text-to-image model folder to sample from (instead of training one)",
+    )
+    parser.add_argument("--generation-seconds", type=float, default=None,
+                        help="CPU seconds to train a small text-to-image model for the report "
+                        "(default 0 = none: a minute gives noise; see report.md)")  # fmt: skip
     parser.set_defaults(run=run)

@@ -40,10 +40,15 @@ class DemoConfig:
     threads: int = 1
     workers: int | None = None  # ShapesWorld generator processes (None = its default)
     examples: int = 8
+    # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) inside the demo; 0 = none (pass
+    # a trained generator folder instead). Off by default: measured, 60 s (172 steps) gives noise, and the
+    # recipe needs ~6-8 CPU minutes before colours appear. Samples get `generation_sample_steps` DDIM steps.
+    generation_seconds: float = 0.0
+    generation_sample_steps: int = 50
 
     def __post_init__(self) -> None:
         for name in ("images", "vocab_size", "pretrain_steps", "batch_size", "vqa_steps", "refexp_steps",
-                     "caption_steps", "caption_beams", "threads", "examples"):  # fmt: skip
+                     "caption_steps", "caption_beams", "threads", "examples", "generation_sample_steps"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"demo {name}={value!r}: expected an integer >= 1")
@@ -51,6 +56,8 @@ class DemoConfig:
             raise ConfigError(f"demo images={self.images}: expected >= 60 (every split needs images)")
         if self.patch_size < 1 or self.image_size % self.patch_size:
             raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}")
+        if not isinstance(self.generation_seconds, (int, float)) or self.generation_seconds < 0:
+            raise ConfigError(f"demo generation_seconds={self.generation_seconds!r}: expected a number >= 0 (0 = off)")
         for name in ("pretrain_lr", "finetune_lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")
@@ -59,7 +66,8 @@ class DemoConfig:
     def quick(cls, **changes: Any) -> DemoConfig:
         """Seconds instead of minutes: every step runs, on 120 images and a few optimizer steps."""
         small = dict(images=120, vocab_size=200, pretrain_steps=6, batch_size=8, vqa_steps=3, refexp_steps=3,
-                     caption_steps=3, caption_beams=1, examples=4, workers=1)  # fmt: skip
+                     caption_steps=3, caption_beams=1, examples=4, workers=1, generation_seconds=1.0,
+                     generation_sample_steps=2)  # fmt: skip
         return cls(**{**small, **changes})
 
     def replace(self, **changes: Any) -> DemoConfig:

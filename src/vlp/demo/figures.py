@@ -177,7 +177,7 @@ def heatmap_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: 
         right.imshow(example["heat"], cmap="inferno", alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
         _box(right, example["target"], TRUTH)
         _box(right, example["box"], "white", "--")
-    _title(fig, "zero-shot heat maps (MaskCLIP-style): true box green, box from the map white")
+    _title(fig, "zero-shot heat maps (patch-text similarity): true box green, box from the map white")
     return _save(fig, path)
 
 

@@ -9,7 +9,8 @@ Steps (each printed with its wall and CPU time):
 4. straight from pretraining: image-text retrieval (dual side), zero-shot classification with prompt
    templates, zero-shot heat maps;
 5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning;
-6. draw the pictures and write ``report.md`` + ``results.json``.
+6. train a small text-to-image model for ``generation_seconds`` (or use a trained ``generator``);
+7. draw the pictures and write ``report.md`` + ``results.json``.
 
 Everything runs in this process through the Python APIs (no subprocesses). Output folder layout:
 ``world/`` (the data), ``tokenizer/``, ``runs/<step>/`` (training runs with ``metrics.jsonl``),
@@ -64,19 +65,6 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _generated_images(generator: str | Path, prompts: list[str], out: Path) -> Path:
-    """Sample one image per prompt from a trained text-to-image folder and draw them."""
-    import numpy as np
-
-    from vlp.demo.figures import image_grid
-    from vlp.generation import load_generator
-
-    model = load_generator(generator)
-    images = model.generate(prompts, samples=1, seed=0)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return image_grid([np.ascontiguousarray(p) for p in pixels], prompts, out)
-
-
 def run_demo(
     out_dir: str | Path,
     quick: bool = False,
@@ -87,8 +75,9 @@ def run_demo(
     """Run every demo step into ``out_dir`` and return the results (see the module docstring).
 
     ``quick`` uses :meth:`DemoConfig.quick` (seconds; scores near chance) unless ``config`` is given.
-    ``generator``: a trained text-to-image model folder (``vlp train-generation``); its samples for a
-    few test captions go into the report. ``log`` receives the progress lines (default: print).
+    ``generator``: a trained text-to-image model folder (``vlp train-generation``) whose samples for a
+    few test objects go into the report; without it the demo trains one for ``cfg.generation_seconds``.
+    ``log`` receives the progress lines (default: print).
     """
     import json
 
@@ -130,7 +119,7 @@ def run_demo(
         zero_shot = (
             ("retrieval", "retrieval from the pretrained dual side (ITC embeddings)", steps.retrieval_step),
             ("zeroshot", "zero-shot shape and colour classification with prompt templates", steps.zeroshot_step),
-            ("perception", "zero-shot heat maps (MaskCLIP-style patch-text similarity)", steps.perception_step),
+            ("perception", "zero-shot heat maps (patch-text similarity)", steps.perception_step),
         )
         for key, title, step in zero_shot:
             with timer.step(title, log):
@@ -146,11 +135,20 @@ def run_demo(
                 output = step(pretrained, tokenizer, world, cfg, runs)
                 _collect(key, output, rows, metrics, examples, log)
                 finetune_runs[key] = output.run_dir
+        trained_for = None
+        if generator is None and cfg.generation_seconds > 0:
+            from vlp.demo.generation import train_generator
+
+            with timer.step(f"train a small text-to-image model for {cfg.generation_seconds:g} s", log):
+                generator, summary = train_generator(runs / "generation", cfg.generation_seconds, quick)
+                trained_for = summary
+                log(f"    {summary['steps']} steps, {summary['cpu_seconds']:.0f} s CPU; saved {generator}")
         with timer.step("draw the pictures and write report.md", log):
-            figures, notes = _draw(examples, pretrained, finetune_runs, figures_dir, generator, world)
+            figures, notes, captions = _draw(examples, pretrained, finetune_runs, figures_dir, world,
+                                             (generator, trained_for, cfg.generation_sample_steps))  # fmt: skip
     notes = weak_rows(rows) + notes
     result = DemoResult(out, rows, metrics, timer.steps, figures, notes)
-    result.report = _write(result, cfg, quick)
+    result.report = _write(result, cfg, quick, captions)
     log("")
     log(result.table())
     total = timer.total()
@@ -190,9 +188,10 @@ def _draw(
     pretrained: Path,
     finetune_runs: dict[str, Path],
     folder: Path,
-    generator: str | Path | None,
     world: Path,
-) -> tuple[dict[str, Path], list[str]]:
+    generation: tuple[str | Path | None, dict[str, Any] | None, int],
+) -> tuple[dict[str, Path], list[str], dict[str, str]]:
+    """Every figure of the report; returns the paths, notes and figure captions that depend on the run."""
     from vlp.demo import figures as fig
 
     runs = {"pretraining (ITC + ITM + MLM)": pretrained}
@@ -205,35 +204,49 @@ def _draw(
         if examples.get(key):
             name = names.get(key, key)
             drawn[name] = painter(examples[key], folder / f"{name}.png")
-    notes = []
+    notes, captions = [], {}
+    generator, trained, sample_steps = generation
     if generator is not None:
+        from vlp.demo.generation import generated_images, sample_prompts
         from vlp.demo.steps import test_objects
 
         # single-object prompts in the words of ShapesWorld's captions, for objects of the test images
-        objects = [o for objs in test_objects(world).values() for o in objs]
-        prompts = list(dict.fromkeys(f"a {o['color']} {o['shape']}" for o in objects))[:5]
-        drawn["generation"] = _generated_images(generator, prompts, folder / "generation.png")
+        prompts = sample_prompts([o for objs in test_objects(world).values() for o in objs])
+        drawn["generation"] = generated_images(generator, prompts, folder / "generation.png", steps=sample_steps)
+        how = f"{sample_steps} DDIM steps, guidance 3, seed 0"
+        if trained is not None:
+            captions["generation"] = (
+                f"Two samples per prompt ({how}) from a pixel-space diffusion model (recipe `t2i-shapes`) trained "
+                f"inside this demo for only {trained['cpu_seconds']:.0f} s of CPU time ({trained['steps']} "
+                "optimizer steps). Measured: after 60 s the samples are still noise; colours appear after about "
+                "6-8 CPU minutes. The full recipe (`vlp train-generation t2i-shapes`, about 15 minutes) learns "
+                "colours well and shapes partly; pass `vlp demo --generator RUN/model` to draw from such a model."
+            )
+        else:
+            captions["generation"] = f"Two samples per prompt ({how}) from the text-to-image model `{generator}`."
     else:
         notes.append(
-            "Text-to-image is in vlp (`vlp train-generation t2i-shapes --out RUN`, about 15 minutes on 2 CPU "
-            "cores by itself), which does not fit this demo's budget; pass `vlp demo --generator RUN/model` "
-            'to add its samples for a few test objects ("a red circle") to this report.'
+            "Text-to-image is in vlp (`vlp train-generation t2i-shapes --out RUN`, about 15 minutes of one CPU "
+            "core by itself), which does not fit this demo's budget: measured, 60 s of its training gives noise "
+            "and colours appear after about 6-8 CPU minutes. Pass `vlp demo --generator RUN/model` to add a trained "
+            'model\'s samples for a few test objects ("a red circle") to this report, or `--generation-seconds N` '
+            "to train one inside the demo for N CPU seconds."
         )
     notes.append(
         f"Everything here can be rerun piece by piece: the data is in `{world.name}/`, the pretrained model in "
         "`model/` (`vlp eval retrieval --model model --data world --dual`), the training runs with their "
         "`metrics.jsonl` in `runs/` (`vlp plot runs/pretrain`)."
     )
-    return drawn, notes
+    return drawn, notes, captions
 
 
-def _write(result: DemoResult, cfg: DemoConfig, quick: bool) -> Path:
+def _write(result: DemoResult, cfg: DemoConfig, quick: bool, captions: dict[str, str]) -> Path:
     from vlp.demo.report import write_report
     from vlp.tasks.common import write_json
 
     command = "vlp demo --out " + str(result.out_dir) + (" --quick" if quick else "")
     report = write_report(result.out_dir, result.rows, result.timings, result.figures, dataclasses.asdict(cfg),
-                          result.notes, command)  # fmt: skip
+                          result.notes, command, captions)  # fmt: skip
     write_json(result.out_dir / "results.json", {
         "command": command,
         "python": sys.version.split()[0],

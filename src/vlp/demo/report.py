@@ -19,10 +19,12 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
      "The five test images the pretrained dual side ranks highest for each query; a green frame means the "
      "image holds the named object."),
     ("heatmap", "Zero-shot heat maps",
-     "Patch-text similarity of the pretrained dual side (MaskCLIP-style: last-layer values, no fine-tuning) "
-     "for a colour-shape query among other objects; the white box comes from thresholding the map."),
+     "Patch-text similarity of the pretrained dual side (each final patch token projected into the joint space, "
+     "as the max-pooled image embedding is; no fine-tuning) for a colour-shape query among other objects; the "
+     "white box comes from thresholding the map."),
     ("vqa", "Visual question answering", "Test questions, the fine-tuned classifier's answer and the true one."),
-    ("refexp", "Referring expressions", "Each expression's true box (green) and the regressed box (red, dashed)."),
+    ("refexp", "Referring expressions",
+     "Each expression's true box (green) and the candidate object the fine-tuned model chose (red, dashed)."),
     ("captions", "Captions", "Beam-search captions of test images, with one of their reference captions."),
     ("generation", "Text-to-image", "Images generated from captions."),
 )  # fmt: skip
@@ -48,8 +50,10 @@ def write_report(
     config: Mapping[str, Any],
     notes: Sequence[str] = (),
     command: str = "vlp demo",
+    captions: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.md``; figure paths are linked relative to the report."""
+    """Write ``out_dir/report.md``; figure paths are linked relative to the report. ``captions``
+    replaces the fixed text under a figure (by figure key) with what this run knows about it."""
     from vlp import __version__
 
     out_dir = Path(out_dir)
@@ -69,8 +73,9 @@ def write_report(
         "",
         "Every score is on the test split, which no step trained on. *Chance* is what a blind guesser scores "
         "on the same test data: a random ranking (retrieval), always the most frequent class (zero-shot), a "
-        "question-blind answer prior (VQA), a mean-size box at the image centre (referring expressions, heat-map "
-        "boxes), a random point (pointing) and a random training caption (captioning).",
+        "question-blind answer prior (VQA), a uniformly random object of the image (referring expressions), a "
+        "mean-size box at the image centre (heat-map boxes), a random point (pointing) and a random training "
+        "caption (captioning).",
         "",
         results_table(rows),
         "",
@@ -78,6 +83,7 @@ def write_report(
     for key, title, text in SECTIONS:
         if key in figures:
             rel = os.path.relpath(Path(figures[key]), out_dir)
+            text = (captions or {}).get(key, text)
             lines += [f"## {title}", "", text, "", f"![{title}]({rel})", ""]
     if notes:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]

@@ -169,7 +169,8 @@ def measure_family(
 
 def chance_row(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Chance levels of the score columns: the same test data for every family, so any row's; for
-    referring expressions a box-regression row's (region rows carry their own, higher one)."""
+    referring expressions a candidate-scoring row's (every fusion model chooses among the image's
+    objects; a late-fusion box-regression row carries its own, lower chance level)."""
     first = rows[0] if rows else {}
     chance = {k: first.get(f"{k}_chance") for k in ("retrieval_r1", "retrieval_rsum", "vqa")}
     boxes = [r for r in rows if "refexp_mark" not in r and r.get("refexp_chance") is not None]

@@ -175,18 +175,21 @@ def refexp(family_dir: Path, tokenizer: Any, cfg: Any) -> dict[str, Any]:
         module = LateFusionBox(model)
         _train_module(module, loader, cfg, family_dir / "refexp")
         metrics = evaluate_box(module, _test_batches(model, tokenizer, "refcoco", 64))
+        # a regressed box has a much lower chance level than choosing among the image's objects
         return {"refexp": metrics["accuracy"], "refexp_chance": metrics["chance"]["accuracy"],
-                "refexp_head": "late fusion box MLP", "refexp_miou": metrics["miou"]}  # fmt: skip
+                "refexp_head": "late fusion box MLP", "refexp_miou": metrics["miou"],
+                "refexp_mark": f" (box regression, chance {metrics['chance']['accuracy']:.0f})"}  # fmt: skip
     region = (base["model"].get("vision") or {}).get("type") == "region"
-    head = "region_score" if region else "box"
-    recipe = task_recipe(base, {"type": "refexp", "mode": "auto"}, _task_overrides(cfg, "refcoco", head))
+    # region models score their detector regions; patch/grid models score the same candidates (the image's
+    # annotated objects) pooled from their token map, so the two are compared on the same choice
+    head = "region_score" if region else "proposal_score"
+    mode = "regions" if region else "proposals"
+    recipe = task_recipe(base, {"type": "refexp", "mode": mode}, _task_overrides(cfg, "refcoco", head))
     model, task, _ = finetune(recipe, pretrained, tokenizer, family_dir / "refexp")
     metrics = ref_task.evaluate(model, tokenizer, shapes_data(model, "refcoco"), split="test", mode=task["mode"])
-    out = {"refexp": metrics["accuracy"], "refexp_chance": metrics["chance"]["accuracy"],
-           "refexp_head": "region scores" if region else "box regression", "refexp_miou": metrics["miou"]}  # fmt: skip
-    if region:  # choosing among a few detected regions has a much higher chance level than regressing a box
-        out["refexp_mark"] = f" (chance {metrics['chance']['accuracy']:.0f})"
-    return out
+    return {"refexp": metrics["accuracy"], "refexp_chance": metrics["chance"]["accuracy"],
+            "refexp_head": "region scores" if region else "candidate-box scores",
+            "refexp_miou": metrics["miou"]}  # fmt: skip
 
 
 __all__ = ["refexp", "retrieval", "vqa"]

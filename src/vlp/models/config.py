@@ -29,8 +29,10 @@ class ModelConfig:
     # OSCAR: append Batch.tag_ids (object tags, segment 1) to the caption: [CLS] caption [SEP] tags [SEP]
     use_tags: bool = False
     # image embedding of the dual side: the first token ([CLS] / CLIP's attention pool) or the
-    # masked mean; "auto" picks "first" when the visual encoder has such a token
-    image_pool: Literal["auto", "first", "mean"] = "auto"
+    # masked mean; "auto" picks "first" when the visual encoder has such a token. "max": the
+    # channel-wise max over the kept tokens (a presence detector: measured to let a tiny ViT learn
+    # which shapes are in a ShapesWorld image, where [CLS] and the mean did not)
+    image_pool: Literal["auto", "first", "mean", "max"] = "auto"
     proj_bias: bool = True  # bias in text_proj / image_proj (ALBEF yes, CLIP no)
     temperature: float = 0.07  # initial ITC temperature; logit_scale starts at log(1 / temperature)
 

@@ -17,7 +17,9 @@ name        input                           output
 ==========  ==============================  =========================================
 
 ``region_score`` (referring expressions with region models) maps fused image tokens
-``(..., Dv)`` to one logit per region ``(..., 1)``.
+``(..., Dv)`` to one logit per region ``(..., 1)``. ``proposal_score`` (referring expressions
+with patch/grid models and candidate boxes) maps ROI-pooled candidate features ``(B, R, F)``,
+their geometry ``(B, R, 7)`` and the pooled text-image output ``(B, P)`` to ``(B, R)`` logits.
 """
 
 from __future__ import annotations
@@ -261,11 +263,54 @@ def _region_score(cfg: RegionScoreHeadConfig, ctx: HeadContext) -> nn.Module:
                          nn.Linear(cfg.hidden, 1))  # fmt: skip
 
 
+@dataclass
+class ProposalScoreHeadConfig:
+    """Referring expressions with patch/grid models: one logit per candidate box.
+
+    ``feature_dim``: width of a pooled candidate feature (token width x pooled cells; 0 = fused
+    image width); ``hidden``: joint width (0 = pooled width). See :class:`ProposalScoreHead`.
+    """
+
+    feature_dim: int = 0
+    hidden: int = 0
+
+
+class ProposalScoreHead(nn.Module):
+    """``(features (B, R, F), geometry (B, R, 7), pooled (B, P)) -> logits (B, R)``.
+
+    A candidate is its pooled feature plus its box geometry (UNITER's 7-d ``x1, y1, x2, y2, w, h,
+    w*h``), each projected and summed and normalized; the text side is the pooled output. The
+    logit is an MLP over ``[v, t, v * t]``: the product lets one hidden layer express "this box
+    matches this expression" rather than only how good a box or an expression is on its own.
+    """
+
+    def __init__(self, feature_dim: int, pooled_dim: int, hidden: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.feature = nn.Linear(feature_dim, hidden)
+        self.geometry = nn.Linear(7, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.text = nn.Linear(pooled_dim, hidden)
+        self.score = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor, geometry: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        v = self.norm(self.feature(features) + self.geometry(geometry))  # (B, R, H)
+        t = self.text(pooled).unsqueeze(1).expand_as(v)  # (B, R, H)
+        return self.score(torch.cat([v, t, v * t], dim=-1)).squeeze(-1)
+
+
+@register_head("proposal_score", ProposalScoreHeadConfig)
+def _proposal_score(cfg: ProposalScoreHeadConfig, ctx: HeadContext) -> nn.Module:
+    pooled = _need(ctx.pooled_dim, "proposal_score", "a fusion module (pooled output)")
+    feature = cfg.feature_dim or _need(ctx.image_dim, "proposal_score", "feature_dim or fused image tokens")
+    return ProposalScoreHead(feature, pooled, cfg.hidden or pooled)
+
+
 __all__ = [
     "HEADS",
     "BoxHead",
     "HeadContext",
     "PredictionHead",
+    "ProposalScoreHead",
     "RegionHead",
     "build_heads",
     "register_head",

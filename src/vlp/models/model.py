@@ -209,6 +209,8 @@ class VisionLanguageModel(nn.Module):
             pooled = self.fusion.encode_image(image.tokens, image.mask)[:, 0]
         elif self._image_pool() == "first":
             pooled = image.tokens[:, 0]
+        elif self._image_pool() == "max":
+            pooled = image.tokens.masked_fill(~image.mask[..., None], float("-inf")).amax(dim=1)
         else:
             pooled = masked_mean(image.tokens, image.mask)
         return F.normalize(self.image_proj(pooled), dim=-1)

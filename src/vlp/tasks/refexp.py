@@ -1,6 +1,6 @@
 """Referring expressions (RefCOCO-style): find the box an expression refers to; accuracy at IoU >= 0.5.
 
-Two heads, chosen by the model's visual representation (``mode: auto``):
+Three heads, chosen by the model's visual representation (``mode: auto``):
 
 - ``regions`` (UNITER, VisualBERT, LXMERT, OSCAR on detector regions): the ``region_score`` head
   gives one logit per fused region token; softmax over the image's regions and cross-entropy to
@@ -10,12 +10,17 @@ Two heads, chosen by the model's visual representation (``mode: auto``):
   a normalized ``(x1, y1, x2, y2)`` box from the fused pooled output ([CLS]), trained with
   ``l1_weight * L1 + giou_weight * (1 - GIoU)`` (DETR's weights 5 and 2 by default; L1 is summed
   over the four coordinates and averaged over expressions, as DETR does).
+- ``proposals`` (patch and grid models with candidate boxes; the ``auto`` choice for them): the
+  ``proposal_score`` head scores every candidate box of the image (RefCOCO's annotated objects),
+  its feature ROIAlign-pooled from the image token map; softmax over the candidates and
+  cross-entropy to the best-IoU one, as for regions (:mod:`vlp.tasks.refexp_proposals`).
 
 Evaluation follows the RefCOCO protocol: one prediction per expression (sentence), accuracy =
 fraction with IoU >= 0.5 against the ground-truth box; mean IoU is reported too. IoU is computed
 in the model's normalized view of the image, which equals IoU in pixels for the default
 ``transform.eval_crop: resize`` (IoU is invariant to scaling each axis). ``chance``: picking a
-region uniformly at random (regions) or a box of the mean target size at the image centre (box).
+region or candidate uniformly at random (regions, proposals) or a box of the mean target size at
+the image centre (box).
 
 Data: ``data.type: refcoco`` (``refs(unc).p`` + ``instances.json``) or ShapesWorld with
 ``options.format: refcoco``; region models also need region files (``options.regions: true``
@@ -41,8 +46,9 @@ from vlp.objectives.base import logs_to_floats
 # inference on raw images lives in its own module; re-exported so ``vlp.tasks.refexp.predict`` keeps working
 from vlp.tasks.refexp_predict import load_upright as load_upright
 from vlp.tasks.refexp_predict import locate, predict
+from vlp.tasks.refexp_proposals import ProposalScorer, proposal_scores
 
-MODES = ("auto", "regions", "box")
+MODES = ("auto", "regions", "box", "proposals")
 
 
 @dataclass
@@ -50,10 +56,15 @@ class RefExpTask:
     """The ``task:`` section of a referring-expression recipe."""
 
     type: str = "refexp"
-    mode: Literal["auto", "regions", "box"] = "auto"
-    hidden: int = 0  # width of a new head's MLP (region_score: 0 = linear; box: 0 = pooled width)
+    mode: Literal["auto", "regions", "box", "proposals"] = "auto"
+    hidden: int = 0  # width of a new head's MLP (region_score: 0 = linear; box, proposal_score: 0 = pooled width)
+    cells: int = 2  # proposals: ROIAlign bins per side pooled from each candidate box
     l1_weight: float = 5.0
     giou_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cells, int) or self.cells < 1:
+            raise ConfigError(f"task.cells={self.cells!r}: expected an integer >= 1 (ROIAlign bins per side)")
 
 
 def is_region_model(model: Any) -> bool:
@@ -63,7 +74,8 @@ def is_region_model(model: Any) -> bool:
 
 
 def resolve_mode(model: Any, mode: str = "auto") -> str:
-    """``auto`` -> ``regions`` for region models, else ``box``; checks the model can run the mode."""
+    """``auto`` -> ``regions`` for region models, else ``proposals`` (candidate boxes come with
+    RefCOCO-format data); checks the model can run the mode."""
     from vlp.tasks.common import has_fusion
 
     if mode not in MODES:
@@ -71,25 +83,38 @@ def resolve_mode(model: Any, mode: str = "auto") -> str:
     if not has_fusion(model):
         raise ConfigError("refexp needs a fusion module (a dual encoder has no joint text-image tokens)")
     if mode == "auto":
-        return "regions" if is_region_model(model) else "box"
+        return "regions" if is_region_model(model) else "proposals"
     if mode == "regions" and not is_region_model(model):
         raise ConfigError("refexp mode regions: the model does not read detector regions (model.vision.type)")
+    if mode == "proposals" and is_region_model(model):
+        raise ConfigError("refexp mode proposals: region models score their regions (mode: regions)")
     return mode
 
 
+def proposal_cells(model: Any) -> int:
+    """ROIAlign bins per side of a model's ``proposal_score`` head (from its pooled feature width)."""
+    from vlp.tasks.refexp_proposals import fused_image_width
+
+    ratio = model.heads["proposal_score"].feature.in_features // fused_image_width(model)
+    return max(1, round(ratio**0.5))
+
+
 def head_name(mode: str) -> str:
-    return "region_score" if mode == "regions" else "box"
+    return {"regions": "region_score", "proposals": "proposal_score"}.get(mode, "box")
 
 
-def ensure_refexp_head(model: Any, mode: str, hidden: int = 0) -> None:
-    """Add the ``region_score`` or ``box`` head when the model lacks it; the model config is
-    updated too, so the saved recipe rebuilds the same head."""
+def ensure_refexp_head(model: Any, mode: str, hidden: int = 0, cells: int = 2) -> None:
+    """Add the ``region_score``, ``box`` or ``proposal_score`` head when the model lacks it; the
+    model config is updated too, so the saved recipe rebuilds the same head."""
     from vlp.models.heads import HeadContext, build_heads
+    from vlp.tasks.refexp_proposals import fused_image_width
 
     name = head_name(mode)
     if name in model.heads:
         return
-    options = {"hidden": hidden} if hidden else {}
+    options: dict[str, Any] = {"hidden": hidden} if hidden else {}
+    if mode == "proposals":  # the pooled width is fixed by the model, not by the fusion alone
+        options["feature_dim"] = fused_image_width(model) * cells * cells
     fusion = model.fusion
     ctx = HeadContext(pooled_dim=fusion.pooled_dim, image_dim=getattr(fusion, "image_dim", 0) or 0)
     if mode == "regions" and not ctx.image_dim:
@@ -148,9 +173,12 @@ def box_regression_loss(
 
 
 def predict_normalized(model: Any, batch: Batch, mode: str) -> torch.Tensor:
-    """``(B, 4)`` normalized xyxy boxes: the arg-max region's box, or the box head's output."""
-    if mode == "regions":
-        scores, _ = region_scores(model, batch)
+    """``(B, 4)`` normalized xyxy boxes: the arg-max region's/candidate's box, or the box head's output."""
+    if mode in ("regions", "proposals"):
+        if mode == "regions":
+            scores, _ = region_scores(model, batch)
+        else:
+            scores, _ = proposal_scores(model, batch, proposal_cells(model))
         index = scores.argmax(dim=1)
         return batch.region_boxes[torch.arange(len(index), device=index.device), index].float()
     fused, _ = _fuse(model, batch)
@@ -219,7 +247,7 @@ def build_finetuning(
 
     opts = from_dict(RefExpTask, task, "task")
     mode = resolve_mode(model, opts.mode)
-    ensure_refexp_head(model, mode, opts.hidden)
+    ensure_refexp_head(model, mode, opts.hidden, opts.cells)
     name = head_name(mode)
     recipe.model.heads[name] = dict(model.cfg.heads.get(name, {}))  # the run's saved recipe rebuilds the head
     loader = build_loader(
@@ -227,7 +255,12 @@ def build_finetuning(
         rank=rank, world_size=world_size, pin_memory=torch.cuda.is_available(),
     )  # fmt: skip
     task["mode"] = mode
-    module = RegionScorer(model) if mode == "regions" else BoxRegressor(model, opts.l1_weight, opts.giou_weight)
+    if mode == "proposals":
+        module: nn.Module = ProposalScorer(model, opts.cells)
+    elif mode == "regions":
+        module = RegionScorer(model)
+    else:
+        module = BoxRegressor(model, opts.l1_weight, opts.giou_weight)
     return module, loader
 
 
@@ -235,8 +268,14 @@ def build_finetuning(
 
 
 def trained_mode(model: Any, mode: str = "auto") -> str:
-    """The mode to evaluate/predict with; the model must carry that mode's trained head."""
+    """The mode to evaluate/predict with; the model must carry that mode's trained head.
+
+    ``auto`` on a patch/grid model means the head it was fine-tuned with: ``proposals`` if it has
+    that head, else ``box`` if it has a box head (models fine-tuned before proposals existed)."""
+    asked = mode
     mode = resolve_mode(model, mode)
+    if asked == "auto" and mode == "proposals" and head_name(mode) not in model.heads and "box" in model.heads:
+        mode = "box"
     if head_name(mode) not in model.heads:
         raise ConfigError(
             f"refexp {mode}: the model has no {head_name(mode)} head; fine-tune it first "
@@ -299,7 +338,7 @@ def evaluate(
                 pred = predict_normalized(model, batch, mode)
             target = batch.target_boxes.float()
             ious.append(elementwise_box_iou(pred, target).cpu())
-            if mode == "regions":  # a uniformly random region: expected hit rate and IoU per expression
+            if mode in ("regions", "proposals"):  # a uniformly random candidate: expected hit rate and IoU
                 keep = batch.region_mask
                 every = elementwise_box_iou(batch.region_boxes.float(), target[:, None]) * keep
                 count = keep.sum(1).clamp_min(1)
@@ -313,7 +352,7 @@ def evaluate(
     if not metas:
         raise ConfigError("refexp: the evaluation data yielded no expressions")
     iou = torch.cat(ious)
-    if mode == "regions":
+    if mode in ("regions", "proposals"):
         chance = {
             "accuracy": 100 * torch.cat(chance_acc).double().mean().item(),
             "miou": 100 * torch.cat(chance_iou).double().mean().item(),
@@ -391,16 +430,19 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "refexp", help="referring expressions: accuracy at IoU >= 0.5, mean IoU",
         description="Referring-expression comprehension on RefCOCO-format data (ShapesWorld: --format shapesworld): "
-        "region models pick a region, patch/grid models regress a box; accuracy at IoU >= 0.5 and mean IoU.",
+        "region models pick a region, patch/grid models pick a candidate box or regress one; accuracy at IoU >= 0.5 "
+        "and mean IoU.",
     )  # fmt: skip
     add_eval_arguments(parser)
     parser.add_argument("--mode", choices=MODES, default="auto",
-                        help="regions (region_score head) or box (box head); default: as fine-tuned")  # fmt: skip
+                        help="regions (region_score head), box (box head) or proposals (proposal_score head); "
+                        "default: as fine-tuned")  # fmt: skip
     parser.set_defaults(run=_run_eval)
 
 
 __all__ = [
     "BoxRegressor",
+    "ProposalScorer",
     "RefExpTask",
     "RegionScorer",
     "box_regression_loss",

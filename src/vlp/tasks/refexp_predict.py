@@ -67,6 +67,40 @@ def _region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tu
     return collate(samples), out_sizes
 
 
+def pixels_to_view_box(box: Any, width: float, height: float, eval_crop: str = "resize") -> list[float]:
+    """A pixel xyxy box of the original image -> normalized xyxy in the model's view, clipped to it
+    (the inverse of :func:`vlp.tasks.refexp.view_box_to_pixels`)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if eval_crop == "center":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        out = [(x1 - left) / side, (y1 - top) / side, (x2 - left) / side, (y2 - top) / side]
+    else:
+        out = [x1 / width, y1 / height, x2 / width, y2 / height]
+    return [min(1.0, max(0.0, v)) for v in out]
+
+
+def _candidate_boxes(candidates: list[Any], sizes: list[tuple[int, int]], eval_crop: str) -> tuple[torch.Tensor, ...]:
+    """Per-image ``(R_i, 4)`` pixel boxes -> padded normalized ``(B, R, 4)`` boxes and keep-mask ``(B, R)``."""
+    import numpy as np
+
+    rows = []
+    for i, (boxes, (w, h)) in enumerate(zip(candidates, sizes)):
+        array = np.asarray(boxes, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 4 or not len(array):
+            raise ValueError(
+                f"candidates[{i}]: expected a non-empty (R, 4) list of xyxy pixel boxes, got {boxes!r:.80}"
+            )
+        rows.append([pixels_to_view_box(b, w, h, eval_crop) for b in array.tolist()])
+    count = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), count, 4)
+    keep = torch.zeros(len(rows), count, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+        keep[i, : len(r)] = True
+    return out, keep
+
+
 def predict(
     model: Any,
     tokenizer: Any,
@@ -74,12 +108,15 @@ def predict(
     texts: list[str],
     *,
     regions: list[Any] | None = None,
+    candidates: list[Any] | None = None,
     mode: str = "auto",
     device: Any = None,
 ) -> list[tuple[float, float, float, float]]:
     """One box ``(x1, y1, x2, y2)`` in pixels of the original image per (image, expression) pair.
 
-    Patch/grid models read the images (PIL images or paths). Region models read ``regions``: one
+    Patch/grid models read the images (PIL images or paths); with a ``proposal_score`` head they
+    also need ``candidates``: one list of candidate xyxy pixel boxes per image (e.g. its annotated
+    objects or a detector's boxes), and answer one of them. Region models read ``regions``: one
     region ``.npz`` path or ``{"features": (R, F), "boxes": (R, 4) pixels}`` per image (an image
     entry may then be None when the region file gives the image size).
     """
@@ -103,6 +140,11 @@ def predict(
         upright = load_upright(list(images), config.max_image_pixels)
         sizes = [im.size for im in upright]
         batch = Batch(images=preprocess_images(upright, config))
+        if mode == "proposals":
+            if candidates is None or len(candidates) != len(texts):
+                raise ValueError("predict (proposals): pass candidates=[one list of xyxy pixel boxes per image]")
+            boxes, keep = _candidate_boxes(list(candidates), sizes, config.transform.eval_crop)
+            batch = batch.replace(region_boxes=boxes, region_mask=keep)
     tok = tokenizer(texts, max_length=config.max_text_len)
     batch = batch.replace(input_ids=tok.input_ids, attention_mask=tok.attention_mask.bool(),
                           token_type_ids=tok.token_type_ids).to(device)  # fmt: skip
@@ -118,12 +160,20 @@ def predict(
 
 
 def locate(
-    model: Any, tokenizer: Any, image: Any, expression: str, *, regions: Any = None, mode: str = "auto"
+    model: Any,
+    tokenizer: Any,
+    image: Any,
+    expression: str,
+    *,
+    regions: Any = None,
+    candidates: Any = None,
+    mode: str = "auto",
 ) -> tuple[float, float, float, float]:
     """The box ``(x1, y1, x2, y2)`` in pixels that ``expression`` refers to in ``image`` (PIL image or
-    path). Region models also need ``regions`` (the image's region ``.npz`` or a features/boxes dict)."""
+    path). Region models also need ``regions`` (the image's region ``.npz`` or a features/boxes dict),
+    models fine-tuned with ``mode: proposals`` the image's ``candidates`` (xyxy pixel boxes)."""
     return predict(model, tokenizer, [image], [expression], regions=None if regions is None else [regions],
-                   mode=mode)[0]  # fmt: skip
+                   candidates=None if candidates is None else [candidates], mode=mode)[0]  # fmt: skip
 
 
-__all__ = ["load_upright", "locate", "predict"]
+__all__ = ["load_upright", "locate", "pixels_to_view_box", "predict"]

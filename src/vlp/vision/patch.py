@@ -36,6 +36,7 @@ from vlp.layers.positions import grid_positions, pair, resize_grid_embedding, si
 from vlp.models.outputs import VisualTokens
 from vlp.vision.base import VisualEncoder, grid_token_positions, images_of
 from vlp.vision.config import VisionConfig
+from vlp.vision.conv_stem import ConvStem
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh", "relu")
 
@@ -64,6 +65,13 @@ class PatchConfig(VisionConfig):
     # how learned positions are resized for another image size: bicubic (timm, OpenCLIP) or ViLT's
     # bilinear with align_corners=True ("bilinear_corners")
     pos_resize: Literal["bicubic", "bilinear_corners"] = "bicubic"
+    # channels of stride-1 3x3 conv + BN + ReLU layers run before the patchify conv (empty = plain
+    # ViT); see vlp.vision.conv_stem. The patchify conv then reads conv_stem[-1] channels.
+    conv_stem: list[int] = dataclasses.field(default_factory=list)
+    # dense_features: MaskCLIP's last-layer "values" (for [CLS]/attention-pooled embeddings), or the final
+    # "tokens" themselves (for models whose image embedding is the max over tokens, model.image_pool: max:
+    # each token then lives in the space the embedding is picked from, as in CAM)
+    dense: Literal["values", "tokens"] = "values"
 
     def __post_init__(self) -> None:
         height, width = pair(self.image_size, "image_size")
@@ -79,6 +87,12 @@ class PatchConfig(VisionConfig):
             raise ConfigError(f"patch.dim {self.dim} is not divisible by patch.heads {self.heads}")
         if self.pos == "sincos" and self.dim % 4:
             raise ConfigError(f"patch.dim {self.dim} must be divisible by 4 for pos: sincos")
+        if self.dense not in ("values", "tokens"):
+            raise ConfigError(f"patch.dense: expected 'values' or 'tokens', got {self.dense!r}")
+        if not isinstance(self.conv_stem, (list, tuple)) or any(
+            not isinstance(c, int) or c < 1 for c in self.conv_stem
+        ):
+            raise ConfigError(f"patch.conv_stem: expected a list of positive channel counts, got {self.conv_stem!r}")
 
 
 class PatchEncoder(VisualEncoder):
@@ -99,8 +113,11 @@ class PatchEncoder(VisualEncoder):
         self.patch_size = config.patch_size
         self.grid_size = self._grid_of(pair(config.image_size, "image_size"))
         self.num_prefix_tokens = 1 if config.cls_token else 0
+        # only models with a conv stem have the `stem` submodule, so plain ViT checkpoints keep their names
+        self.stem = ConvStem(config.in_channels, list(config.conv_stem)) if config.conv_stem else None
+        patch_in = self.stem.out_channels if self.stem is not None else config.in_channels
         self.patch_embed = nn.Conv2d(
-            config.in_channels, config.dim, config.patch_size, stride=config.patch_size, bias=config.patch_bias
+            patch_in, config.dim, config.patch_size, stride=config.patch_size, bias=config.patch_bias
         )
         if config.cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
@@ -184,6 +201,12 @@ class PatchEncoder(VisualEncoder):
         if self.transformer is not None:
             self.transformer.grad_checkpointing = enable
 
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, D, h, w)``: the conv stem (if any), then the patchify conv."""
+        if self.stem is not None:
+            images = self.stem(images)
+        return self.patch_embed(images)
+
     def forward(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
         images = images_of(batch_or_images, "patch encoder", self.config.in_channels)
         batch, _, height, width = images.shape
@@ -191,7 +214,7 @@ class PatchEncoder(VisualEncoder):
             raise ValueError(
                 f"patch encoder: image size {height}x{width} is not a multiple of patch_size {self.patch_size}"
             )
-        x = self.patch_embed(images)  # (B, D, h, w)
+        x = self.embed_patches(images)  # (B, D, h, w)
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, D), raster order
         if self.cls_token is not None:
@@ -212,13 +235,17 @@ class PatchEncoder(VisualEncoder):
         (``out(v(norm1(x)))``: no query-key attention, no residual, no MLP), then the final norm.
         Each patch keeps its own content instead of the image-level summary attention mixes in,
         which is what makes patch-text similarity a localization map (Zhou et al., 2022).
-        Prefix tokens ([CLS]) are dropped. Needs ``layers >= 1``.
+        Prefix tokens ([CLS]) are dropped. Needs ``layers >= 1``. With ``dense: tokens`` the output
+        is the encoder's own final tokens (for max-pooled image embeddings).
         """
         if self.transformer is None:
             raise ValueError("dense_features needs a patch encoder with transformer layers (layers >= 1)")
         images = images_of(images, "patch encoder", self.config.in_channels)
+        if self.config.dense == "tokens":
+            grid = self._grid_of((images.shape[-2], images.shape[-1]))
+            return self(images).tokens[:, self.num_prefix_tokens :], grid
         batch = images.shape[0]
-        x = self.patch_embed(images)
+        x = self.embed_patches(images)
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)
         if self.cls_token is not None:
