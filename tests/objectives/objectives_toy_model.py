@@ -63,6 +63,10 @@ class ToyModel(nn.Module):
             x = x + self.segment(token_type_ids)
         return self.text_encoder(x, attention_mask.bool())
 
+    def encode_text(self, input_ids, attention_mask, token_type_ids=None):
+        """L2-normalized ``(B, E)`` text embeddings from the first token, as ``forward`` computes them."""
+        return F.normalize(self.text_proj(self.text_tokens(input_ids, attention_mask, token_type_ids)[:, 0]), dim=-1)
+
     def image_tokens(self, batch: Batch) -> VisualTokens:
         tokens = self.region_proj(batch.region_features) + self.box_proj(batch.region_boxes)
         mask = batch.region_mask

@@ -108,7 +108,9 @@ def test_validate_objectives_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"objectives.itx: unknown objective 'itx'; allowed: itc, itm, lm, mlm"):
         validate_objectives({"itx": {}})
     with pytest.raises(
-        ConfigError, match=r"objectives.itm.negative: unknown key; allowed keys: negatives, seed, weight"
+        ConfigError,
+        match=r"objectives.itm.negative: unknown key; allowed keys: negatives, seed, swap_fraction, swap_itc_weight, "
+        r"swap_loss, swap_weight, swap_words, weight",
     ):
         validate_objectives({"itm": {"negative": "hard"}})
     with pytest.raises(ConfigError, match=r"objectives.itm.negatives: expected one of \['hard', 'random'\]"):
@@ -123,7 +125,16 @@ def test_validate_objectives_errors_name_the_key() -> None:
 
 def test_validated_objectives_round_trip_and_build() -> None:
     validated = validate_objectives({"itm": {"negatives": "random"}, "lm": {"label_smoothing": 0.1}})
-    assert validated["itm"] == {"weight": 1.0, "negatives": "random", "seed": None}
+    assert validated["itm"] == {
+        "weight": 1.0,
+        "negatives": "random",
+        "seed": None,
+        "swap_words": [],
+        "swap_fraction": 1.0,
+        "swap_weight": 1.0,
+        "swap_loss": "binary",
+        "swap_itc_weight": 0.0,
+    }
     assert validate_objectives(validated) == validated  # plain data: a saved recipe reloads the same
     built = build_objectives(validated)
     assert isinstance(built["itm"][1], ITM) and isinstance(built["lm"][1], LM)

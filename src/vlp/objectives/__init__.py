@@ -61,7 +61,8 @@ def build_objectives(objectives: Mapping[str, Any], *, tokenizer: Any = None) ->
     """name -> ``(weight, module)`` from a recipe's ``objectives`` (options dicts or config objects).
 
     ``tokenizer`` (anything with ``mask_id``, ``vocab_size``, ``pad_id``, ``cls_id``,
-    ``sep_id``) supplies MLM's token ids where the recipe does not set them.
+    ``sep_id``) supplies MLM's token ids where the recipe does not set them, and resolves ITM's
+    ``swap_words`` to token ids.
     """
     built: dict[str, tuple[float, Objective]] = {}
     for name, options in (objectives or {}).items():
@@ -76,7 +77,15 @@ def build_objectives(objectives: Mapping[str, Any], *, tokenizer: Any = None) ->
                     "special_ids": cfg.special_ids or ids["special_ids"],
                 }
             )
-        built[str(name)] = (cfg.weight, build(cfg))
+        module = build(cfg)
+        if isinstance(module, ITM) and cfg.swap_words:
+            if tokenizer is None:
+                raise ConfigError(
+                    "objectives.itm.swap_words: resolving the swap words to token ids needs the tokenizer; "
+                    "pass build_objectives(..., tokenizer=tok)"
+                )
+            module.resolve_swaps(tokenizer)
+        built[str(name)] = (cfg.weight, module)
     return built
 
 
