@@ -39,6 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a trained text-to-image model folder to sample from (instead of training one)",
     )
     parser.add_argument("--generation-seconds", type=float, default=None,
-                        help="CPU seconds to train a small text-to-image model for the report "
-                        "(default 0 = none: a minute gives noise; see report.md)")  # fmt: skip
+                        help="CPU seconds to train a small text-to-image model for the report in a second "
+                        "process, beside the rest of the demo (default 300; 0 = none)")  # fmt: skip
     parser.set_defaults(run=run)

@@ -40,10 +40,11 @@ class DemoConfig:
     threads: int = 1
     workers: int | None = None  # ShapesWorld generator processes (None = its default)
     examples: int = 8
-    # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) inside the demo; 0 = none (pass
-    # a trained generator folder instead). Off by default: measured, 60 s (172 steps) gives noise, and the
-    # recipe needs ~6-8 CPU minutes before colours appear. Samples get `generation_sample_steps` DDIM steps.
-    generation_seconds: float = 0.0
+    # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) in a second process while the demo
+    # runs on the first core; 0 = none (pass a trained generator folder instead). The rest of the demo takes
+    # about 6 minutes, so 5 minutes of training costs no wall time on 2 cores. Samples get
+    # `generation_sample_steps` DDIM steps.
+    generation_seconds: float = 300.0
     generation_sample_steps: int = 50
 
     def __post_init__(self) -> None:
