@@ -171,7 +171,9 @@ def train_generation(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, desc="train-generation", unit="step")
+        # with a time budget the step count is unknown ahead: the bar counts steps and shows the budget used
+        total = None if cfg.time_budget_minutes else cfg.steps
+        bar = tqdm(total=total, desc="train-generation", unit="step")
     budget = cfg.time_budget_minutes * 60.0
     threads = torch.get_num_threads()
 
@@ -222,7 +224,8 @@ def train_generation(
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                        used = f"{progress_frac:.0%}" if budget else None
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", **({"budget": used} if used else {}))
     except KeyboardInterrupt:
         stopped_by = "interrupted"
     finally:
