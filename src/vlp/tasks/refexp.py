@@ -198,20 +198,26 @@ class RegionScorer(nn.Module):
         self.model = model
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from vlp.metrics import elementwise_box_iou
-
         if batch.target_boxes is None or batch.region_boxes is None:
             raise ConfigError("refexp fine-tuning: the batch has no target_boxes/region_boxes (data: refcoco format)")
         scores, keep = region_scores(self.model, batch)
-        targets = region_targets(batch.region_boxes, keep, batch.target_boxes)
-        usable = keep.any(dim=1)  # an image without regions has nothing to choose from
-        if not bool(usable.any()):
-            return scores.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0, {"acc": 0.0}
-        loss = F.cross_entropy(scores[usable], targets[usable])
-        with torch.no_grad():
-            picked = batch.region_boxes[torch.arange(len(scores), device=scores.device), scores.argmax(1)]
-            acc = (elementwise_box_iou(picked, batch.target_boxes)[usable] >= 0.5).float().mean()
-        return loss, logs_to_floats({"acc": acc})
+        return choice_loss(scores, keep, batch)
+
+
+def choice_loss(scores: torch.Tensor, keep: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy over each image's candidates ``scores (B, R)`` (``keep (B, R)`` bool) to the candidate
+    with the highest IoU with the target box, and ``acc``: the arg-max candidate's IoU >= 0.5."""
+    from vlp.metrics import elementwise_box_iou
+
+    targets = region_targets(batch.region_boxes, keep, batch.target_boxes)
+    usable = keep.any(dim=1)  # an image without candidates has nothing to choose from
+    if not bool(usable.any()):
+        return scores.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0, {"acc": 0.0}
+    loss = F.cross_entropy(scores[usable], targets[usable])
+    with torch.no_grad():
+        picked = batch.region_boxes[torch.arange(len(scores), device=scores.device), scores.argmax(1)]
+        acc = (elementwise_box_iou(picked, batch.target_boxes)[usable] >= 0.5).float().mean()
+    return loss, logs_to_floats({"acc": acc})
 
 
 class BoxRegressor(nn.Module):

@@ -19,12 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError
 from vlp.data.batch import Batch
-from vlp.objectives.base import logs_to_floats
 
 HEAD = "proposal_score"
 
@@ -124,21 +122,12 @@ class ProposalScorer(nn.Module):
         self.cells = cells
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from vlp.metrics import elementwise_box_iou
-        from vlp.tasks.refexp import region_targets
+        from vlp.tasks.refexp import choice_loss
 
         if batch.target_boxes is None:
             raise ConfigError("refexp fine-tuning: the batch has no target_boxes (data must be in refcoco format)")
         scores, keep = proposal_scores(self.model, batch, self.cells)
-        targets = region_targets(batch.region_boxes, keep, batch.target_boxes)
-        usable = keep.any(dim=1)  # an image without candidates has nothing to choose from
-        if not bool(usable.any()):
-            return scores.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0, {"acc": 0.0}
-        loss = F.cross_entropy(scores[usable], targets[usable])
-        with torch.no_grad():
-            picked = batch.region_boxes[torch.arange(len(scores), device=scores.device), scores.argmax(1)]
-            acc = (elementwise_box_iou(picked, batch.target_boxes)[usable] >= 0.5).float().mean()
-        return loss, logs_to_floats({"acc": acc})
+        return choice_loss(scores, keep, batch)
 
 
 __all__ = [
