@@ -20,11 +20,8 @@ from vlp.text import Tokenizer
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread):
+    """Every test here runs on one intra-op thread (the ``one_thread`` fixture of tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

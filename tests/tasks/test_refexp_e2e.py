@@ -83,11 +83,19 @@ def test_uniter_region_scoring_finetune_then_eval(world, tmp_path):
     assert main(["eval", "refexp", "--model", str(run), "--data", str(world), "--split", "val", "--out", str(out)]) == 0
     results, predictions, targets = check_results(out, world, "regions")
     # every answer is one of the image's detector boxes; chance = a uniformly random region
+    regions = {p["image_id"]: np.load(world / "regions" / f"{p['image_id']:07d}.npz")["boxes"].tolist()
+               for p in predictions}  # fmt: skip
+    check_candidate_answers(results, predictions, targets, regions)
+
+
+def check_candidate_answers(results, predictions, targets, candidates) -> None:
+    """Every answer is one of its image's ``candidates`` (image id -> boxes), and the reported chance is a
+    uniformly random candidate's accuracy and IoU, recomputed here."""
     hits, chance_ious = [], []
     for p in predictions:
-        regions = np.load(world / "regions" / f"{p['image_id']:07d}.npz")["boxes"].tolist()
-        assert min(max(abs(a - b) for a, b in zip(p["box"], r)) for r in regions) < 0.01
-        ious = [iou(r, targets[p["sent_id"]]) for r in regions]
+        boxes = candidates[p["image_id"]]
+        assert min(max(abs(a - b) for a, b in zip(p["box"], c)) for c in boxes) < 0.01
+        ious = [iou(c, targets[p["sent_id"]]) for c in boxes]
         hits.append(np.mean([v >= 0.5 for v in ious]))
         chance_ious.append(np.mean(ious))
     assert results["chance"]["accuracy"] == pytest.approx(100 * np.mean(hits), abs=1e-3)
@@ -124,15 +132,7 @@ def test_vilt_proposal_scoring_finetune_then_eval(world, tmp_path):
     for a in read_json(world / "annotations" / "instances.json")["annotations"]:
         x, y, w, h = a["bbox"]
         objects.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
-    hits, chance_ious = [], []
-    for p in predictions:
-        candidates = objects[p["image_id"]]
-        assert min(max(abs(a - b) for a, b in zip(p["box"], c)) for c in candidates) < 0.01
-        ious = [iou(c, targets[p["sent_id"]]) for c in candidates]
-        hits.append(np.mean([v >= 0.5 for v in ious]))
-        chance_ious.append(np.mean(ious))
-    assert results["chance"]["accuracy"] == pytest.approx(100 * np.mean(hits), abs=1e-3)
-    assert results["chance"]["miou"] == pytest.approx(100 * np.mean(chance_ious), abs=1e-3)
+    check_candidate_answers(results, predictions, targets, objects)
     # the predict API answers the same candidate when given the image's objects
     loaded = load_model(run)
     first = predictions[0]

@@ -37,13 +37,6 @@ def train_generator(run_dir: str | Path, seconds: float, quick: bool = False) ->
     return Path(summary["model"]), summary
 
 
-def _train_in_child(run_dir: str, seconds: float, quick: bool) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    train_generator(run_dir, seconds, quick)
-
-
 class BackgroundGenerator:
     """``train_generator`` in a child process (spawned: no forked torch state), started at once.
 
@@ -57,7 +50,7 @@ class BackgroundGenerator:
 
         self.run_dir = Path(run_dir)
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_train_in_child, args=(str(self.run_dir), seconds, quick), daemon=True
+            target=train_generator, args=(str(self.run_dir), seconds, quick), daemon=True
         )
         self.process.start()
 
