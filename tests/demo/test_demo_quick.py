@@ -17,6 +17,7 @@ from vlp.demo.pipeline import MARKER, _prepare
 from vlp.metrics import vqa_accuracy
 
 EXPECTED_TASKS = {
+    "image tagging (image tower alone)": 1,
     "retrieval (zero-shot)": 3,
     "zero-shot classification": 2,
     "linear probe (frozen image embedding)": 1,
@@ -33,7 +34,7 @@ def demo(tmp_path_factory):
     before = torch.get_num_threads()
     out = tmp_path_factory.mktemp("demo") / "run"
     try:
-        assert main(["demo", "--quick", "--out", str(out)]) == 0
+        assert main(["demo", "--quick", "--out", str(out), "--set", "objectives.itm.swap_fraction=0.5"]) == 0
     finally:
         torch.set_num_threads(before)
     return out, json.loads((out / "results.json").read_text())
@@ -66,7 +67,17 @@ def test_results_table_has_every_task_with_chance(demo):
         assert re.search(rf"\| {re.escape(row['task'])} +\| {re.escape(row['metric'])} +\| +{row['score']:.1f} "
                          rf"\| +{row['chance']:.1f} \|", report), row  # fmt: skip
     steps = [t["step"] for t in results["timings"]]
-    assert len(steps) == 11 and all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in results["timings"])
+    assert len(steps) == 12 and all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in results["timings"])
+
+
+def test_pretraining_starts_from_the_tagging_run_with_the_overrides(demo):
+    import yaml
+
+    out, _ = demo
+    recipe = yaml.safe_load((out / "runs" / "pretrain" / "recipe.yaml").read_text())
+    assert recipe["train"]["init"] == str(out / "runs" / "tagging") and recipe["train"]["init_parts"] == ["vision"]
+    assert recipe["objectives"]["itm"]["swap_fraction"] == 0.5  # --set reached the pretraining recipe
+    assert recipe["objectives"]["itm"]["swap_itc_weight"] == 1.0  # the demo recipe's own settings
 
 
 def _row(results, task, metric_start):
@@ -88,6 +99,13 @@ def test_chance_levels_recomputed_from_the_raw_files(demo):
     counts = Counter(a["category_id"] for a in largest.values())
     majority = 100 * max(counts.values()) / len(largest)
     assert _row(results, "zero-shot classification", "shape")["chance"] == pytest.approx(max(majority, 100 / 6))
+    # tagging: constant scores rank every image alike, so each class's AP is its share of the test images
+    present = {}
+    for a in inst["annotations"]:
+        present.setdefault(a["category_id"], set()).add(a["image_id"])
+    prevalence = [len(ids) / len(inst["images"]) for ids in present.values()]
+    tag_chance = _row(results, "image tagging (image tower alone)", "mAP")["chance"]
+    assert tag_chance == pytest.approx(100 * sum(prevalence) / len(prevalence))
     # VQA: the most frequent human answer of each answer type, scored with the official accuracy
     anns = json.loads((ann / "v2_shapes_test_annotations.json").read_text())["annotations"]
     by_type: dict[str, Counter] = {}

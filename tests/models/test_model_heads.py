@@ -14,14 +14,15 @@ from vlp.models.model import VisionLanguageModel
 
 
 def test_registry_validates_names_and_options():
-    assert set(HEADS) == {"itm", "mlm", "mrc", "mrfr", "vqa", "box", "lm", "rank", "region_score", "proposal_score"}
+    names = {"itm", "mlm", "mrc", "mrfr", "vqa", "box", "lm", "rank", "region_score", "proposal_score", "tagging"}
+    assert set(HEADS) == names
     opts = validate_heads({"itm": {}, "vqa": {"num_answers": 3, "hidden": 10}})
     assert opts["vqa"].num_answers == 3 and opts["vqa"].hidden == 10
     with pytest.raises(
         ConfigError, match=r"model.heads.vqa.num_answer: unknown key; allowed keys: hidden, num_answers"
     ):
         validate_heads({"vqa": {"num_answer": 3}})
-    allowed = "box, itm, lm, mlm, mrc, mrfr, proposal_score, rank, region_score, vqa"
+    allowed = "box, itm, lm, mlm, mrc, mrfr, proposal_score, rank, region_score, tagging, vqa"
     with pytest.raises(ConfigError, match=f"model.heads.itc: unknown head; allowed: {allowed}"):
         validate_heads({"itc": {}})
 

@@ -64,6 +64,38 @@ def test_pretrain_resume_and_init_from_the_run(shapes, tmp_path, capsys):
         assert torch.equal(value, saved[f"model.{name}"]), name
 
 
+def test_pretraining_starts_from_another_runs_image_tower(shapes, tmp_path):
+    """train.init + init_parts [vision]: the image tower starts from the other run, the rest fresh."""
+    donor = tmp_path / "donor"
+    assert _pretrain(shapes, donor, "--steps", "2", "--set", "train.seed=7") == 0
+    run = tmp_path / "run"
+    args = ("--steps", "1", "--set", "optim.lr=1e-12", "--set", f"train.init={donor}")
+    assert _pretrain(shapes, run, *args, "--set", "train.init_parts=[vision]") == 0
+    fresh = tmp_path / "fresh"
+    assert _pretrain(shapes, fresh, "--steps", "1", "--set", "optim.lr=1e-12") == 0
+    given = load_safetensors(donor / "checkpoints" / "step_00000002" / "model.safetensors")
+    started = load_safetensors(run / "checkpoints" / "step_00000001" / "model.safetensors")
+    plain = load_safetensors(fresh / "checkpoints" / "step_00000001" / "model.safetensors")
+    vision = [k for k in given if k.startswith("model.vision.") and k.endswith("weight")]
+    text = [k for k in given if k.startswith("model.text.") and k.endswith("weight")]
+    assert vision and text
+    for k in vision:  # lr 1e-12: one step moves nothing measurable
+        assert torch.allclose(started[k], given[k], atol=1e-6), k
+    for k in text:
+        assert torch.allclose(started[k], plain[k], atol=1e-6), k
+    assert not all(torch.allclose(given[k], plain[k]) for k in text)  # the seeds differ: a real check
+
+
+def test_init_parts_that_match_nothing_are_refused(shapes, tmp_path, capsys):
+    donor = tmp_path / "donor"
+    assert _pretrain(shapes, donor, "--steps", "1") == 0
+    extra = ("--set", f"train.init={donor}", "--set", "train.init_parts=[visoin]")
+    assert _pretrain(shapes, tmp_path / "x", "--steps", "1", *extra) == 2
+    assert "holds no weight under visoin (init_parts)" in capsys.readouterr().err
+    assert _pretrain(shapes, tmp_path / "y", "--steps", "1", "--set", "train.init_parts=[vision]") == 2
+    assert "needs init" in capsys.readouterr().err
+
+
 def test_unknown_recipe_key_fails_before_training(shapes, tmp_path, capsys):
     assert _pretrain(shapes, tmp_path / "x", "--set", "train.stepz=3") == 2
     assert "train.stepz: unknown key" in capsys.readouterr().err

@@ -6,13 +6,17 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
+    from vlp.config import parse_override
     from vlp.demo.config import DemoConfig
     from vlp.demo.pipeline import run_demo
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
-    changes = {k: v for k, v in (("images", args.images), ("pretrain_steps", args.pretrain_steps),
-                                 ("threads", args.threads), ("generation_seconds", args.generation_seconds))
+    changes = {k: v for k, v in (("images", args.images), ("tag_steps", args.tag_steps),
+                                 ("pretrain_steps", args.pretrain_steps), ("threads", args.threads),
+                                 ("generation_seconds", args.generation_seconds))
                if v is not None}  # fmt: skip
+    if args.overrides:
+        changes["recipe_overrides"] = {**config.recipe_overrides, **dict(map(parse_override, args.overrides))}
     if changes:
         config = config.replace(**changes)
     run_demo(args.out, quick=args.quick, config=config, generator=args.generator)
@@ -31,7 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: a smoke test")
     parser.add_argument("--images", type=int, default=None, help="ShapesWorld images to generate")
+    parser.add_argument(
+        "--tag-steps",
+        type=int,
+        default=None,
+        help="steps of the image tower's tagging stage before pretraining (default 800; 0 = none)",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining optimizer steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the pretraining recipe (albef-demo.yaml), e.g. "
+                        "--set objectives.itm.swap_words=[]; repeatable")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: 1, fastest here)")
     parser.add_argument(
         "--generator",

@@ -15,6 +15,7 @@ EVAL_MODULES = (
     "vlp.tasks.refexp",
     "vlp.tasks.captioning",
     "vlp.tasks.zeroshot",
+    "vlp.tasks.tagging",
     "vlp.tasks.perception",
     "vlp.generation.evaluate",
 )

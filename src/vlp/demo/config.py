@@ -4,7 +4,7 @@ on 2 CPU cores) and ``--quick`` (a smoke test of every step in seconds; scores n
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ class DemoConfig:
     patch_size: int = 4
     seed: int = 0
     vocab_size: int = 400
+    # the image tower first learns to tag the object categories in each image (task `tagging`), as ALBEF's
+    # ViT starts from ImageNet weights; 0 = start pretraining from random weights
+    tag_steps: int = 800
+    tag_lr: float = 2e-3
     pretrain_steps: int = 2000
     batch_size: int = 32
     pretrain_lr: float = 2e-3
@@ -46,8 +50,12 @@ class DemoConfig:
     # `generation_sample_steps` DDIM steps.
     generation_seconds: float = 300.0
     generation_sample_steps: int = 50
+    # dotted overrides of the pretraining recipe (albef-demo.yaml), e.g. {"objectives.itm.swap_words": []}
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tag_steps, int) or self.tag_steps < 0:
+            raise ConfigError(f"demo tag_steps={self.tag_steps!r}: expected an integer >= 0 (0 = no tagging stage)")
         for name in ("images", "vocab_size", "pretrain_steps", "batch_size", "vqa_steps", "refexp_steps",
                      "caption_steps", "caption_beams", "threads", "examples", "generation_sample_steps"):  # fmt: skip
             value = getattr(self, name)
@@ -59,16 +67,18 @@ class DemoConfig:
             raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}")
         if not isinstance(self.generation_seconds, (int, float)) or self.generation_seconds < 0:
             raise ConfigError(f"demo generation_seconds={self.generation_seconds!r}: expected a number >= 0 (0 = off)")
-        for name in ("pretrain_lr", "finetune_lr", "head_lr"):
+        for name in ("tag_lr", "pretrain_lr", "finetune_lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """Seconds instead of minutes: every step runs, on 120 images and a few optimizer steps."""
-        small = dict(images=120, vocab_size=200, pretrain_steps=6, batch_size=8, vqa_steps=3, refexp_steps=3,
-                     caption_steps=3, caption_beams=1, examples=4, workers=1, generation_seconds=1.0,
-                     generation_sample_steps=2)  # fmt: skip
+        small = dict(images=120, vocab_size=200, tag_steps=3, pretrain_steps=6, batch_size=8, vqa_steps=3,
+                     refexp_steps=3, caption_steps=3, caption_beams=1, examples=4, workers=1, generation_seconds=1.0,
+                     generation_sample_steps=2,
+                     # 120 images' text has too few plurals for a second swap group of single tokens
+                     recipe_overrides={"objectives.itm.swap_words": [["circle", "square", "star"]]})  # fmt: skip
         return cls(**{**small, **changes})
 
     def replace(self, **changes: Any) -> DemoConfig:

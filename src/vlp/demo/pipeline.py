@@ -4,7 +4,8 @@ Steps (each printed with its wall and CPU time):
 
 1. generate ShapesWorld (captions, VQA, RefCOCO and COCO-instances formats);
 2. train a WordPiece tokenizer on its text;
-3. pretrain a tiny ALBEF-style model with ITC + ITM + MLM (``recipes/albef-demo.yaml``) and save it
+3. train the image tower alone to tag the objects in each image (task ``tagging``), then pretrain a
+   tiny ALBEF-style model from it with ITC + ITM + MLM (``recipes/albef-demo.yaml``) and save it
    with ``save_pretrained`` (``OUT/model``, usable with ``vlp eval ... --model OUT/model``);
 4. straight from pretraining: image-text retrieval (dual side), zero-shot classification with prompt
    templates, zero-shot heat maps;
@@ -111,14 +112,20 @@ def run_demo(
 
             log(f"    text-to-image: training t2i-shapes for {cfg.generation_seconds:g} CPU s in a second process")
             background = BackgroundGenerator(runs / "generation", cfg.generation_seconds, quick)
+        recipe = model_recipe(DEMO_RECIPE, world, tokenizer, {
+            "data.image_size": cfg.image_size, "model.vision.image_size": cfg.image_size,
+            "model.vision.patch_size": cfg.patch_size,
+            "train.steps": cfg.pretrain_steps, "train.batch_size": cfg.batch_size, "train.seed": cfg.seed,
+            "optim.lr": cfg.pretrain_lr, "schedule.warmup_steps": max(1, min(100, cfg.pretrain_steps // 10)),
+            "train.log_every": max(1, min(25, cfg.pretrain_steps // 10)), **cfg.recipe_overrides,
+        })  # fmt: skip
+        if cfg.tag_steps:
+            with timer.step(f"train the image tower to tag the objects of each image ({cfg.tag_steps} steps)", log):
+                output = steps.tagging_step(recipe, tokenizer, world, cfg, runs)
+                _collect("tagging", output, rows, metrics, examples, log)
+                recipe["train"].update(init=str(output.run_dir), init_parts=["vision"])
+                finetune_runs["tagging"] = output.run_dir
         with timer.step(f"pretrain ALBEF-tiny with ITC + ITM + MLM for {cfg.pretrain_steps} steps", log):
-            recipe = model_recipe(DEMO_RECIPE, world, tokenizer, {
-                "data.image_size": cfg.image_size, "model.vision.image_size": cfg.image_size,
-                "model.vision.patch_size": cfg.patch_size,
-                "train.steps": cfg.pretrain_steps, "train.batch_size": cfg.batch_size, "train.seed": cfg.seed,
-                "optim.lr": cfg.pretrain_lr, "schedule.warmup_steps": max(1, min(100, cfg.pretrain_steps // 10)),
-                "train.log_every": max(1, min(25, cfg.pretrain_steps // 10)),
-            })  # fmt: skip
             model, result = pretrain(recipe, tokenizer, runs / "pretrain")
             vlp.save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True)
             log(f"    final loss {result.loss:.3f}, {result.samples_per_s:.0f} samples/s; saved {out / 'model'}")
@@ -202,8 +209,9 @@ def _draw(
     """Every figure of the report; returns the paths, notes and figure captions that depend on the run."""
     from vlp.demo import figures as fig
 
-    runs = {"pretraining (ITC + ITM + MLM)": pretrained}
-    runs.update({f"fine-tune: {key}": path for key, path in finetune_runs.items()})
+    runs = {"image tower: tagging": finetune_runs["tagging"]} if "tagging" in finetune_runs else {}
+    runs["pretraining (ITC + ITM + MLM)"] = pretrained
+    runs.update({f"fine-tune: {key}": path for key, path in finetune_runs.items() if key != "tagging"})
     drawn = {"loss_curves": fig.loss_curves(runs, folder / "loss_curves.png")}
     painters = {"retrieval": fig.retrieval_grid, "perception": fig.heatmap_grid, "vqa": fig.vqa_grid,
                 "refexp": fig.box_grid, "captions": fig.caption_grid}  # fmt: skip

@@ -163,8 +163,9 @@ def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tup
     return model, result
 
 
-def finetune(task_recipe: dict[str, Any], init: str | Path, tokenizer: Any, run_dir: str | Path) -> tuple:
-    """Fine-tune a task recipe (a recipe mapping with ``task:``) from the weights in ``init``.
+def finetune(task_recipe: dict[str, Any], init: str | Path | None, tokenizer: Any, run_dir: str | Path) -> tuple:
+    """Fine-tune a task recipe (a recipe mapping with ``task:``) from the weights in ``init``
+    (None: from the recipe's fresh initial weights).
 
     Returns ``(model, task section as the run saved it (answer vocabulary, mode, ...), TrainResult)``.
     """
@@ -174,7 +175,8 @@ def finetune(task_recipe: dict[str, Any], init: str | Path, tokenizer: Any, run_
     data = {k: copy.deepcopy(v) for k, v in task_recipe.items() if k != "init"}
     seed_everything(int((data.get("train") or {}).get("seed", 0)))  # the new heads' initial weights
     with captured(run_dir):
-        job = build_finetuning_job(data, init=str(init), tokenizer=tokenizer, where=str(data["task"]["type"]))
+        job = build_finetuning_job(data, init=str(init) if init else None, tokenizer=tokenizer,
+                                   where=str(data["task"]["type"]))  # fmt: skip
         result = _fit(job, run_dir)
     model = job.module.model
     model.eval()

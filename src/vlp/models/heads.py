@@ -20,13 +20,15 @@ name        input                           output
 ``(..., Dv)`` to one logit per region ``(..., 1)``. ``proposal_score`` (referring expressions
 with patch/grid models and candidate boxes) maps ROI-pooled candidate features ``(B, R, F)``,
 their geometry ``(B, R, 7)`` and the pooled text-image output ``(B, P)`` to ``(B, R)`` logits.
+``tagging`` (multi-label image tagging) maps the pooled image-tower tokens ``(B, W)``, before
+any projection, to one logit per category ``(B, C)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -46,6 +48,7 @@ class HeadContext:
     decoder_dim: int = 0
     decoder_embeddings: nn.Embedding | None = None  # the decoder's word table (LM ties to it)
     region_feature_dim: int = 0  # input width of region features (MRFR target)
+    vision_dim: int = 0  # width of the image tower's tokens (model.vision.dim; the tagging head)
 
 
 HEADS: dict[str, tuple[type, Callable[[Any, HeadContext], nn.Module]]] = {}
@@ -264,6 +267,30 @@ def _region_score(cfg: RegionScoreHeadConfig, ctx: HeadContext) -> nn.Module:
 
 
 @dataclass
+class TaggingHeadConfig:
+    """Multi-label image tagging (:mod:`vlp.tasks.tagging`): ``Linear(W, C)`` on the image tower's tokens
+    pooled as ``pool`` says (``auto`` = the model's ``image_pool``), before any projection.
+
+    ``pool`` and ``class_names`` live here, not in the task, so a saved model predicts on its own.
+    """
+
+    num_classes: int
+    pool: Literal["auto", "first", "max", "mean"] = "auto"
+    class_names: list[str] = field(default_factory=list)  # label order; empty = unnamed
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names: {len(self.class_names)} names for num_classes {self.num_classes}")
+
+
+@register_head("tagging", TaggingHeadConfig)
+def _tagging(cfg: TaggingHeadConfig, ctx: HeadContext) -> nn.Module:
+    return nn.Linear(_need(ctx.vision_dim, "tagging", "an image tower (model.vision)"), cfg.num_classes)
+
+
+@dataclass
 class ProposalScoreHeadConfig:
     """Referring expressions with patch/grid models: one logit per candidate box.
 
@@ -312,6 +339,7 @@ __all__ = [
     "PredictionHead",
     "ProposalScoreHead",
     "RegionHead",
+    "TaggingHeadConfig",
     "build_heads",
     "register_head",
     "validate_heads",

@@ -73,6 +73,7 @@ class VisionLanguageModel(nn.Module):
                 decoder_dim=self.decoder.dim if self.decoder is not None else 0,
                 decoder_embeddings=self.decoder.embeddings.word if self.decoder is not None else None,
                 region_feature_dim=getattr(self.vision, "feature_dim", 0) or 0,
+                vision_dim=getattr(self.vision, "dim", 0) or 0,
             ),
         )
         self.recipe = None  # set by create_model so that save_pretrained can store the whole recipe
@@ -207,13 +208,26 @@ class VisionLanguageModel(nn.Module):
     def _image_embed(self, image: VisualTokens) -> torch.Tensor:
         if isinstance(self.fusion, MoMEFusion):
             pooled = self.fusion.encode_image(image.tokens, image.mask)[:, 0]
-        elif self._image_pool() == "first":
-            pooled = image.tokens[:, 0]
-        elif self._image_pool() == "max":
-            pooled = image.tokens.masked_fill(~image.mask[..., None], float("-inf")).amax(dim=1)
         else:
-            pooled = masked_mean(image.tokens, image.mask)
+            pooled = self.pool_image_tokens(image)
         return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def pool_image_tokens(self, image: VisualTokens, pool: str = "auto") -> torch.Tensor:
+        """Visual tokens ``(B, N, D)`` -> ``(B, D)`` on the image tower's width (no projection).
+
+        ``pool``: ``first`` (the leading [CLS] / attention-pooled token), ``max`` (channel-wise max
+        over kept tokens), ``mean`` (mean of kept tokens) or ``auto`` = the model's ``image_pool``.
+        The dual-encoder embedding projects exactly this (except for MoME models, whose image
+        tower runs inside the fusion module).
+        """
+        how = self._image_pool() if pool == "auto" else pool
+        if how == "first":
+            return image.tokens[:, 0]
+        if how == "max":
+            return image.tokens.masked_fill(~image.mask[..., None], float("-inf")).amax(dim=1)
+        if how == "mean":
+            return masked_mean(image.tokens, image.mask)
+        raise ValueError(f"pool: {pool!r} is not one of auto, first, max, mean")
 
     def _image_pool(self) -> str:
         if self.cfg.image_pool != "auto":

@@ -20,6 +20,7 @@ TASK_MODULES = {
     "captioning": "vlp.tasks.captioning",
     "refexp": "vlp.tasks.refexp",
     "zeroshot": "vlp.tasks.zeroshot",
+    "tagging": "vlp.tasks.tagging",
 }
 
 

@@ -68,6 +68,12 @@ class TrainConfig:
     ema_decay: float = 0.0  # engine-kept EMA of the weights (saved as ema.safetensors); 0 = off
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
+    # weights a pretraining run starts from: a model folder, checkpoint, run folder or .safetensors
+    # (fine-tuning takes `init:` / --init instead); a resumed run continues from its own checkpoint
+    init: str = ""
+    # only weights whose names start with one of these prefixes, e.g. [vision] for an image tower
+    # trained elsewhere (ALBEF starts its ViT from ImageNet weights); empty = every weight that fits
+    init_parts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"steps must be > 0, got {self.steps}")
@@ -78,6 +84,7 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         _check(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        _check(not self.init_parts or bool(self.init), f"init_parts {self.init_parts} needs init (a weights path)")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -58,6 +58,8 @@ def build_pretraining_job(
 
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(recipe)
     model = create_model(recipe)
+    if recipe.train.init:
+        load_init_weights(model, recipe.train.init, recipe.train.init_parts)
     module = Pretraining(model, recipe.objectives, tokenizer=tokenizer)
     loader = build_loader(
         recipe.data,
@@ -92,20 +94,28 @@ def _weights_file(path: Path) -> Path:
     raise ConfigError(f"init: {path} holds no model.safetensors and no valid checkpoint")
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+def load_init_weights(
+    model: nn.Module, path: str | Path, parts: list[str] | tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
     """Load pretrained weights into ``model`` non-strictly; returns (missing, unexpected) keys.
 
     ``path`` may be a ``.safetensors`` file, a folder written by ``save_pretrained``,
     a checkpoint folder or a run folder. Weights of a pretraining run are stored
     under ``model.`` (the :class:`~vlp.objectives.Pretraining` wrapper); that prefix
     is stripped and the wrapper's other parts (objective heads, momentum copy) are
-    left out. Missing keys are expected for new task heads; a shape mismatch is an error.
+    left out. ``parts``: only weights named ``PART.*`` for one of them (e.g. ``["vision"]``).
+    Missing keys are expected for new task heads; a shape mismatch is an error.
     """
     file = _weights_file(Path(path))
     weights = load_safetensors(file)
     own = model.state_dict()
     if not any(k in own for k in weights) and any(k.startswith("model.") for k in weights):
         weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    if parts:
+        prefixes = tuple(f"{p.rstrip('.')}." for p in parts)
+        weights = {k: v for k, v in weights.items() if k.startswith(prefixes)}
+        if not weights:
+            raise ConfigError(f"init: {file} holds no weight under {', '.join(parts)} (init_parts)")
     bad = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
         for k, v in weights.items()
