@@ -287,7 +287,7 @@ def predict(model: Any, tokenizer: Any, images: list[Any], texts: list[str] | No
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, write_json
+    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
 
     setup = prepare_eval(args, "captions")
     prompt = args.prompt if args.prompt is not None else setup.loaded.task.get("prompt", "a picture of ")
@@ -298,7 +298,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         num_workers=args.workers, keep_predictions=True,
     )  # fmt: skip
     predictions = metrics.pop("predictions")
-    write_json(f"{args.out}/captions.json", predictions)
+    save_predictions(args, "captions.json", predictions)
     settings = {"prompt": prompt, "backend": metrics["backend"], **vars(options)}
     return finish_eval(args, "captioning", metrics, setup, settings=settings)
 

@@ -340,7 +340,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "te
         "(karpathy, albef, manifest, vqav2, ...)",
     )  # fmt: skip
     parser.add_argument("--split", default=default_split, help=f"split to evaluate (default: {default_split})")
-    parser.add_argument("--out", required=True, help="folder for results.json (and predictions)")
+    parser.add_argument("--out", default=None, help="folder for results.json and predictions (default: print only)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
@@ -394,11 +394,19 @@ def finish_eval(
         "metrics": copy.deepcopy(dict(metrics)),
         "chance": copy.deepcopy(dict(chance or {})),
     }
-    path = write_results(args.out, results)
     title = f"{task} on {setup.data.type}:{args.split} ({setup.data.root or '.'})"
     print(metrics_table(table_metrics if table_metrics is not None else metrics, chance, title))
-    print(f"wrote {path}")
+    if args.out:
+        print(f"wrote {write_results(args.out, results)}")
+    else:
+        print("(pass --out DIR to save results.json and the predictions)")
     return 0
+
+
+def save_predictions(args: argparse.Namespace, name: str, predictions: Any) -> None:
+    """``--out/name`` (JSON) when the command was given an ``--out`` folder."""
+    if args.out:
+        write_json(Path(args.out) / name, predictions)
 
 
 __all__ = [
@@ -409,6 +417,7 @@ __all__ = [
     "check_texts",
     "eval_data_config",
     "finish_eval",
+    "save_predictions",
     "flatten",
     "has_dual",
     "has_fusion",

@@ -327,7 +327,7 @@ def evaluate(
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, write_json
+    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
 
     setup = prepare_eval(args, "instances")
     model, tokenizer = setup.loaded.model, setup.loaded.tokenizer
@@ -336,8 +336,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         k=args.k, batch_size=args.batch_size, num_workers=args.workers, keep_predictions=True,
     )  # fmt: skip
     predictions = metrics.pop("predictions")
-    write_json(Path(args.out) / "predictions.json", predictions)
-    if args.overlays:  # a few example overlays for a look at what the boxes come from
+    save_predictions(args, "predictions.json", predictions)
+    if args.overlays and args.out:  # a few example overlays for a look at what the boxes come from
         from vlp.tasks.common import build_eval_dataset
 
         dataset = build_eval_dataset(setup.data, args.split, tokenizer)

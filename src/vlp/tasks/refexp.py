@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -414,7 +413,7 @@ def eval_data_for(model: Any, data: Any) -> Any:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, write_json
+    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
 
     setup = prepare_eval(args, "refcoco")
     model = setup.loaded.model
@@ -424,7 +423,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         model, setup.loaded.tokenizer, data, split=args.split, mode=mode, batch_size=args.batch_size,
         device=setup.device, num_workers=args.workers, keep_predictions=True,
     )  # fmt: skip
-    write_json(Path(args.out) / "predictions.json", metrics.pop("predictions"))
+    save_predictions(args, "predictions.json", metrics.pop("predictions"))
     chance = metrics.pop("chance")
     table = {k: metrics[k] for k in ("accuracy", "miou", "n_expressions")}
     return finish_eval(args, "refexp", metrics, setup, chance, {"mode": metrics["mode"]}, table_metrics=table)

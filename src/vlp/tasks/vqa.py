@@ -320,7 +320,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vlp.tasks.captioning import decode_options
-    from vlp.tasks.common import finish_eval, prepare_eval, write_json
+    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
 
     setup = prepare_eval(args, "vqa")
     task = setup.loaded.task
@@ -335,7 +335,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         answer_vocab=vocab, style=style, options=options, batch_size=args.batch_size, device=setup.device,
         num_workers=args.workers, keep_predictions=True,
     )  # fmt: skip
-    write_json(Path(args.out) / "predictions.json", metrics.pop("predictions"))
+    save_predictions(args, "predictions.json", metrics.pop("predictions"))
     chance = metrics.pop("chance")
     settings = {"method": metrics["method"], "style": style if metrics["method"] != "classify" else None}
     if metrics["method"] == "generate":

@@ -204,11 +204,10 @@ def encode_images(model: Any, dataset: Any, indices: list[int], batch_size: int 
     unreadable images are skipped (and logged by the data pipeline).
 
     ``embed``: the normalized dual-encoder embedding; ``pooled``: the visual tokens pooled the
-    way the model pools them ([CLS] or mean), before any projection.
+    way the model pools them (its ``image_pool``: [CLS], max or mean), before any projection.
     """
     from torch.utils.data import Subset
 
-    from vlp.layers import masked_mean
     from vlp.tasks.common import has_dual, iterate_batches
 
     if kind not in ("embed", "pooled"):
@@ -225,10 +224,7 @@ def encode_images(model: Any, dataset: Any, indices: list[int], batch_size: int 
                 if kind == "embed":
                     out.append(model.encode_image(batch.to(device)).float().cpu())
                 else:
-                    tokens = model.image_tokens(batch.to(device))
-                    first = getattr(model.vision, "num_prefix_tokens", 0) > 0
-                    pooled = tokens.tokens[:, 0] if first else masked_mean(tokens.tokens, tokens.mask)
-                    out.append(pooled.float().cpu())
+                    out.append(model.pool_image_tokens(model.image_tokens(batch.to(device))).float().cpu())
             seen.extend(m["index"] for m in batch.meta)
     finally:
         model.train(was_training)
