@@ -77,7 +77,7 @@ def test_pretraining_starts_from_the_tagging_run_with_the_overrides(demo):
     recipe = yaml.safe_load((out / "runs" / "pretrain" / "recipe.yaml").read_text())
     assert recipe["train"]["init"] == str(out / "runs" / "tagging") and recipe["train"]["init_parts"] == ["vision"]
     assert recipe["objectives"]["itm"]["swap_fraction"] == 0.5  # --set reached the pretraining recipe
-    assert recipe["objectives"]["itm"]["swap_itc_weight"] == 1.0  # the demo recipe's own settings
+    assert recipe["objectives"]["itm"]["swap_itc_weight"] == 0.5  # the demo recipe's own settings
 
 
 def _row(results, task, metric_start):
