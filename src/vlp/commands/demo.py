@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="generate data, pretrain, fine-tune and evaluate every task; write a report",
-        description="Generate ShapesWorld, train a tokenizer, pretrain a tiny ALBEF-style model (ITC + ITM + MLM), "
+        description="Generate ShapesWorld, train a tokenizer, train the image tower to tag objects, pretrain a tiny "
+        "ALBEF-style model from it (ITC + ITM + MLM, shape word-swap negatives), "
         "evaluate retrieval, zero-shot classification and heat maps, fine-tune VQA, referring expressions and "
         "captioning, print one results table with chance levels and write OUT/report.md with pictures. "
         "A few minutes on 2 CPU cores; --quick runs every step in seconds (scores near chance).",

@@ -18,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
     where = Path(str(args.task_recipe)).stem
     train = from_dict(TrainConfig, data.get("train"), f"{where}.train")
     tokenizer = load_tokenizer_for(None, args.tokenizer) if args.tokenizer else None
+    if args.tokenizer:  # the run's recipe.yaml names it, so `vlp eval` finds it without --tokenizer
+        data.setdefault("model", {})["tokenizer"] = str(Path(args.tokenizer).resolve())
 
     def build(rank: int, world_size: int):
         return build_finetuning_job(

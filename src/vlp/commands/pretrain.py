@@ -14,6 +14,8 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, overrides_of(args))
     tokenizer = load_tokenizer_for(recipe, args.tokenizer)
+    if args.tokenizer:  # the run's recipe.yaml names it, so `vlp eval` / `vlp finetune` find it
+        recipe.model.tokenizer = str(Path(args.tokenizer).resolve())
 
     def build(rank: int, world_size: int):
         return build_pretraining_job(recipe, rank=rank, world_size=world_size, tokenizer=tokenizer)
