@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
     from vlp.demo.pipeline import run_demo
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
-    changes = {k: v for k, v in (("images", args.images), ("tag_steps", args.tag_steps),
+    changes = {k: v for k, v in (("images", args.images), ("seed", args.seed), ("tag_steps", args.tag_steps),
                                  ("pretrain_steps", args.pretrain_steps), ("threads", args.threads),
                                  ("generation_seconds", args.generation_seconds))
                if v is not None}  # fmt: skip
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: a smoke test")
     parser.add_argument("--images", type=int, default=None, help="ShapesWorld images to generate")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the data and of every training run (default 0)")
     parser.add_argument(
         "--tag-steps",
         type=int,
