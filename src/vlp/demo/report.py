@@ -14,7 +14,8 @@ from vlp.demo.table import ResultRow, fmt_number, markdown_table, results_table
 # (figure key, section title, what the picture shows)
 SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("loss_curves", "Training curves",
-     "Pretraining losses (ITC, ITM, MLM; smoothed, raw values faint) and the loss of each fine-tune."),
+     "The image tower's tagging loss, the pretraining losses (ITC, ITM with any word-swap pairs, MLM; "
+     "smoothed, raw values faint) and the loss of each fine-tune."),
     ("retrieval", "Retrieval from text",
      "The five test images the pretrained dual side ranks highest for each query; a green frame means the "
      "image holds the named object."),
@@ -60,11 +61,12 @@ def write_report(
     wall = sum(t["wall_s"] for t in timings)
     cpu = sum(t["cpu_s"] for t in timings)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    tower = "trained the image tower to tag the objects of each image, then from it " if config.get("tag_steps") else ""
     lines = [
         "# vlp demo",
         "",
         f"`{command}` with vlp {__version__}: it generated ShapesWorld, trained a tokenizer on its text, "
-        "pretrained a tiny ALBEF-style model (ITC + ITM + MLM), evaluated retrieval, zero-shot classification "
+        f"{tower}pretrained a tiny ALBEF-style model (ITC + ITM + MLM), evaluated retrieval, zero-shot classification "
         "and zero-shot heat maps straight from pretraining, and fine-tuned VQA, referring expressions and "
         f"captioning from the pretrained weights. {fmt_number(wall)} s wall, {fmt_number(cpu)} s CPU on "
         f"{cores} core(s) ({platform.machine()}, Python {platform.python_version()}); {_settings(config)}.",
@@ -72,7 +74,8 @@ def write_report(
         "## Results",
         "",
         "Every score is on the test split, which no step trained on. *Chance* is what a blind guesser scores "
-        "on the same test data: a random ranking (retrieval), always the most frequent class (zero-shot), a "
+        "on the same test data: the same score for every image (tagging: each shape's share of the images), a "
+        "random ranking (retrieval), always the most frequent class (zero-shot), a "
         "question-blind answer prior (VQA), a uniformly random object of the image (referring expressions), a "
         "mean-size box at the image centre (heat-map boxes), a random point (pointing) and a random training "
         "caption (captioning).",
