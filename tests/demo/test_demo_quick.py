@@ -80,6 +80,14 @@ def test_pretraining_starts_from_the_tagging_run_with_the_overrides(demo):
     assert recipe["objectives"]["itm"]["swap_itc_weight"] == 0.5  # the demo recipe's own settings
 
 
+def test_heat_map_threshold_is_chosen_on_val(demo):
+    _, results = demo
+    chosen = results["metrics"]["perception"]["threshold"]
+    on_val = {float(k): v for k, v in chosen["val_accuracy"].items()}
+    assert chosen["method"] == "std" and on_val[chosen["k"]] == max(on_val.values())
+    assert _row(results, "zero-shot heat map", "box acc")["metric"] == f"box acc@IoU0.5 (k={chosen['k']:g} from val)"
+
+
 def _row(results, task, metric_start):
     return next(r for r in results["table"] if r["task"] == task and r["metric"].startswith(metric_start))
 
