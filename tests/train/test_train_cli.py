@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from vlp.cli import main
 from vlp.train.checkpoint import load_safetensors
@@ -84,6 +85,9 @@ def test_pretraining_starts_from_another_runs_image_tower(shapes, tmp_path):
     for k in text:
         assert torch.allclose(started[k], plain[k], atol=1e-6), k
     assert not all(torch.allclose(given[k], plain[k]) for k in text)  # the seeds differ: a real check
+    # --tokenizer is recorded, so later commands find the tokenizer without it
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert saved["model"]["tokenizer"] == str((shapes / "tok").resolve())
 
 
 def test_init_parts_that_match_nothing_are_refused(shapes, tmp_path, capsys):
