@@ -24,7 +24,7 @@ from vlp.data.batch import Batch
 from vlp.data.skipping import Skipped
 
 
-def _pad_regions(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def pad_sample_regions(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack per-sample (R_i, ...) region tensors into (B, R, ...) with a (B, R) keep-mask."""
     counts = [len(s["region_boxes"]) if "region_boxes" in s else 0 for s in samples]
     size = max(counts)
@@ -91,7 +91,7 @@ def collate(
                 word_ids=tokens.word_ids,
             )
     if any("region_boxes" in s for s in samples):
-        fields.update(_pad_regions(samples))
+        fields.update(pad_sample_regions(samples))
     if any("tags" in s for s in samples):
         tag_lists = [list(s.get("tags", [])) for s in samples]
         for m, tags in zip(meta, tag_lists):

@@ -32,6 +32,7 @@ import yaml
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.generation.data import ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
 from vlp.generation.model import TextToImageConfig, TextToImageModel, load_generator, load_text_tower, save_generator
+from vlp.train.distributed import pick_device
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -154,7 +155,7 @@ def train_generation(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = pick_device(cfg.device)
     model = build_model(recipe).to(device)
     control = model.cfg.control
     stream = ShapesStream(recipe.data, model.tokenizer, control.kind if control else None)

@@ -59,12 +59,20 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
     return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
+MAX_LOGIT_SCALE = 100.0  # CLIP's cap on exp(logit_scale)
+
+
+def capped_scale(logit_scale: torch.Tensor, cap: float = MAX_LOGIT_SCALE) -> torch.Tensor:
+    """``exp(min(logit_scale, log cap))``: the inverse temperature a learnable logit scale stands for."""
+    return logit_scale.clamp(max=math.log(cap)).exp()
+
+
 @dataclass
 class ITCConfig(ObjectiveOptions):
     label_smoothing: float = 0.0
     local_loss: bool = False  # rows of this rank only: (B, N) logits instead of (N, N)
     gather: bool = True  # gather features across ranks (False: a per-rank contrastive loss)
-    max_logit_scale: float = 100.0  # CLIP's cap on exp(logit_scale)
+    max_logit_scale: float = MAX_LOGIT_SCALE
     temperature: float | None = None  # a fixed temperature instead of the model's learnable logit_scale
     distill_alpha: float = 0.4  # ALBEF: weight of the momentum model's soft targets (used when momentum is on)
     distill_warmup_steps: int = 0  # ALBEF: alpha ramps linearly from 0 over this many optimizer steps (0: off)
@@ -98,7 +106,7 @@ class ITC(Objective):
         if self.cfg.temperature is not None:
             return torch.tensor(1.0 / self.cfg.temperature)
         logit_scale = require(logit_scale, "outputs.logit_scale", "itc", "set objectives.itc.temperature instead")
-        return logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        return capped_scale(logit_scale, self.cfg.max_logit_scale)
 
     def compute(self, outputs, batch) -> tuple[torch.Tensor, Logs]:
         cfg = self.cfg

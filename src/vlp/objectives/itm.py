@@ -28,7 +28,6 @@ tokenizer); words that are not a single token are skipped and listed in ``ITM.sw
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,6 +45,7 @@ from vlp.objectives.base import (
     require,
     select_visual,
 )
+from vlp.objectives.itc import capped_scale
 from vlp.objectives.swaps import SwapTable, draw_swaps, resolve_swap_groups, swappable_positions
 
 
@@ -158,7 +158,7 @@ class ITM(Objective):
             with torch.no_grad():
                 sims_i2t = outputs.image_embed.float() @ outputs.text_embed.float().t()
                 if outputs.logit_scale is not None:  # ALBEF samples from softmax(sim / temperature)
-                    sims_i2t = sims_i2t * outputs.logit_scale.float().clamp(max=math.log(100.0)).exp()
+                    sims_i2t = sims_i2t * capped_scale(outputs.logit_scale.float())
                 sims_t2i = sims_i2t.t()
         gen = make_generator(self.cfg.seed, device, self._generators)
         neg_image, valid_t = sample_negatives(sims_t2i, positive, gen)  # a negative image for each text
@@ -227,7 +227,7 @@ class ITM(Objective):
         swap_embed = outputs.model.encode_text(ids, mask, types)
         image = image_embed[rows].float()
         sims = torch.stack([(image * text_embed[rows].float()).sum(-1), (image * swap_embed.float()).sum(-1)], 1)
-        scale = 1.0 if outputs.logit_scale is None else outputs.logit_scale.float().clamp(max=math.log(100.0)).exp()
+        scale = 1.0 if outputs.logit_scale is None else capped_scale(outputs.logit_scale.float())
         loss = F.cross_entropy(sims * scale, torch.zeros(rows.numel(), dtype=torch.long, device=rows.device))
         return loss, (sims[:, 0] > sims[:, 1]).float().mean().detach()
 

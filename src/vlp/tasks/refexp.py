@@ -173,15 +173,15 @@ def box_regression_loss(
 
 def predict_normalized(model: Any, batch: Batch, mode: str) -> torch.Tensor:
     """``(B, 4)`` normalized xyxy boxes: the arg-max region's/candidate's box, or the box head's output."""
-    if mode in ("regions", "proposals"):
-        if mode == "regions":
-            scores, _ = region_scores(model, batch)
-        else:
-            scores, _ = proposal_scores(model, batch, proposal_cells(model))
-        index = scores.argmax(dim=1)
-        return batch.region_boxes[torch.arange(len(index), device=index.device), index].float()
-    fused, _ = _fuse(model, batch)
-    return model.heads["box"](fused.pooled).float()
+    if mode == "regions":
+        scores, _ = region_scores(model, batch)
+    elif mode == "proposals":
+        scores, _ = proposal_scores(model, batch, proposal_cells(model))
+    else:
+        fused, _ = _fuse(model, batch)
+        return model.heads["box"](fused.pooled).float()
+    index = scores.argmax(dim=1)
+    return batch.region_boxes[torch.arange(len(index), device=index.device), index].float()
 
 
 class RegionScorer(nn.Module):

@@ -84,21 +84,18 @@ def _candidate_boxes(candidates: list[Any], sizes: list[tuple[int, int]], eval_c
     """Per-image ``(R_i, 4)`` pixel boxes -> padded normalized ``(B, R, 4)`` boxes and keep-mask ``(B, R)``."""
     import numpy as np
 
-    rows = []
+    from vlp.data.collate import pad_sample_regions
+
+    samples = []
     for i, (boxes, (w, h)) in enumerate(zip(candidates, sizes)):
         array = np.asarray(boxes, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != 4 or not len(array):
             raise ValueError(
                 f"candidates[{i}]: expected a non-empty (R, 4) list of xyxy pixel boxes, got {boxes!r:.80}"
             )
-        rows.append([pixels_to_view_box(b, w, h, eval_crop) for b in array.tolist()])
-    count = max(len(r) for r in rows)
-    out = torch.zeros(len(rows), count, 4)
-    keep = torch.zeros(len(rows), count, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-        keep[i, : len(r)] = True
-    return out, keep
+        samples.append({"region_boxes": torch.tensor([pixels_to_view_box(b, w, h, eval_crop) for b in array.tolist()])})
+    padded = pad_sample_regions(samples)
+    return padded["region_boxes"], padded["region_mask"]
 
 
 def predict(

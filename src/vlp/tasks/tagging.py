@@ -348,6 +348,8 @@ def predict(
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold}")
     options = head_options(model)
+    if not images:
+        raise ValueError("images: got an empty list")
     names = options.class_names or [str(c) for c in range(options.num_classes)]
     device = next(model.parameters()).device
     out: list[list[tuple[str, float]]] = []
@@ -363,8 +365,6 @@ def predict(
                 out.append(found)
     finally:
         model.train(was_training)
-    if not out:
-        raise ValueError("images: got an empty list")
     return out
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from vlp.config import ConfigError, from_dict
 from vlp.data.batch import Batch
 from vlp.objectives.base import logs_to_floats
+from vlp.objectives.itc import MAX_LOGIT_SCALE
 
 # Named template sets. "clip7" is the 7-template subset CLIP's authors found best for ImageNet.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
@@ -48,7 +49,6 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "shapes": ("a {} shape.", "a picture of a {}.", "a photo of a {}.", "there is a {}.", "a {}."),
 }  # fmt: skip
 BY = ("shape", "color", "color_shape")
-MAX_LOGIT_SCALE = 100.0  # CLIP clamps its inverse temperature to 100
 
 
 def resolve_templates(templates: str | Sequence[str]) -> list[str]:

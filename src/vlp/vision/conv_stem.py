@@ -14,16 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlp.config import ConfigError
-
 
 class ConvStem(nn.Module):
-    """``(B, C_in, H, W) -> (B, channels[-1], H, W)``: one 3x3 conv + BN + ReLU per entry of ``channels``."""
+    """``(B, C_in, H, W) -> (B, channels[-1], H, W)``: one 3x3 conv + BN + ReLU per entry of ``channels``
+    (positive counts; :class:`vlp.vision.patch.PatchConfig` checks them when the recipe is read)."""
 
     def __init__(self, in_channels: int, channels: list[int]) -> None:
         super().__init__()
-        if not channels or any(int(c) < 1 for c in channels):
-            raise ConfigError(f"patch.conv_stem: expected a non-empty list of positive channel counts, got {channels}")
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
