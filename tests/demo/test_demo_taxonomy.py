@@ -19,11 +19,6 @@ from vlp.tasks.retrieval import encode, score_matrices
 from vlp.text import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(one_thread):
-    """Every test here runs on one intra-op thread (the ``one_thread`` fixture of tests/conftest.py)."""
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("taxonomy")

@@ -9,11 +9,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # the toy model helper module ne
 from objectives_toy_model import ToyModel, toy_batch  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(one_thread):
-    """Every test here runs on one intra-op thread (the ``one_thread`` fixture of tests/conftest.py)."""
-
-
 @pytest.fixture
 def toy_model() -> ToyModel:
     torch.manual_seed(0)

@@ -1,12 +1,14 @@
 """End to end on a tiny ShapesWorld: ``vlp finetune`` the referring-expression recipes (ViLT box
-regression, UNITER region scoring) for a few steps, ``vlp eval refexp`` writes results.json and
-predictions.json, and the reported metrics equal IoUs recomputed from the raw refs + instances files."""
+regression and candidate-box scoring, UNITER region scoring) for a few steps, ``vlp eval refexp``
+writes results.json and predictions.json, and the reported metrics equal IoUs recomputed from the
+raw refs + instances files."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from grounding_helpers import make_world, read_json, train_tokenizer
+from refexp_helpers import iou
 from shapes_task_helpers import finetune, pretrained
 
 from vlp.cli import main
@@ -20,12 +22,6 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("refexp")
     world = make_world(root)
     return world, train_tokenizer(world, root / "tok")
-
-
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
 
 
 def val_targets(world) -> dict[int, list[float]]:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from refexp_helpers import (
+    BEST,
+    BOXES,
+    EXPECTED_ACC,
+    EXPECTED_LOSS,
+    EXPECTED_PICK,
+    KEEP,
+    SCORES,
+    TARGET,
+    iou,
+    refexp_tokenizer,
+    text_fields,
+)
 from torch import nn
 
 import vlp
@@ -20,15 +31,7 @@ from vlp.text import Tokenizer
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer.train(["the red circle", "the small blue square on the left", "a big star"] * 3, vocab_size=80)
-
-
-def iou(a, b) -> float:
-    """Plain-Python IoU of two xyxy boxes (the reference)."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return refexp_tokenizer()
 
 
 def generalized_iou(a, b) -> float:
@@ -50,11 +53,6 @@ class DesignedScores(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         assert tokens.shape[:2] == self.scores.shape  # one fused token per region, prefix dropped
         return self.scores[..., None]
-
-
-def text_fields(tok: Tokenizer, texts: list[str]) -> dict:
-    t = tok(texts, max_length=12)
-    return {"input_ids": t.input_ids, "attention_mask": t.attention_mask.bool(), "token_type_ids": t.token_type_ids}
 
 
 def test_box_regression_loss_is_l1_plus_giou_by_hand():
@@ -99,26 +97,14 @@ def region_model(scores: list[list[float]]) -> nn.Module:
 
 
 def test_region_scoring_picks_the_best_score_and_targets_the_best_iou_region(tok):
-    # image 0: three regions; image 1: two real regions and a padded slot that matches the target exactly
-    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],
-                          [[0.0, 0.0, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]]])  # fmt: skip
-    keep = torch.tensor([[True, True, True], [True, True, False]])
-    target = torch.tensor([[0.45, 0.45, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
-    # best IoU: image 0 -> region 1 (0.83 vs 0.30 and 0.005); image 1 -> region 0 (0.64; the pad is ignored)
-    assert refexp.region_targets(boxes, keep, target).tolist() == [1, 0]
-    scores = [[2.0, 0.5, 1.0], [0.3, 0.1, 5.0]]  # the padded slot scores highest but must never win
-    model = region_model(scores)
-    batch = Batch(region_features=torch.randn(2, 3, 64), region_boxes=boxes, region_mask=keep, target_boxes=target,
+    assert refexp.region_targets(BOXES, KEEP, TARGET).tolist() == BEST
+    model = region_model(SCORES)
+    batch = Batch(region_features=torch.randn(2, 3, 64), region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
                   **text_fields(tok, ["the red circle", "the small blue square on the left"]))  # fmt: skip
-    picked = refexp.predict_normalized(model, batch, "regions")
-    assert torch.equal(picked, torch.stack([boxes[0, 0], boxes[1, 0]]))
+    assert torch.equal(refexp.predict_normalized(model, batch, "regions"), EXPECTED_PICK)
     loss, logs = refexp.RegionScorer(model)(batch)
-
-    def ce(logits, k):
-        return math.log(sum(math.exp(v) for v in logits)) - logits[k]
-
-    assert loss.item() == pytest.approx((ce([2.0, 0.5, 1.0], 1) + ce([0.3, 0.1], 0)) / 2, rel=1e-6)
-    assert logs["acc"] == pytest.approx(0.5)  # image 1's pick has IoU 0.64, image 0's 0.005
+    assert loss.item() == pytest.approx(EXPECTED_LOSS, rel=1e-6)
+    assert logs["acc"] == pytest.approx(EXPECTED_ACC)
 
 
 def test_evaluate_reports_iou_accuracy_of_designed_boxes(tok, monkeypatch):
@@ -188,7 +174,7 @@ def test_modes_and_missing_heads_are_refused(tok):
         refexp.evaluate(vilt, tok, [])
     with pytest.raises(ConfigError, match="no box head"):
         refexp.evaluate(vilt, tok, [], mode="box")
+    refexp.ensure_refexp_head(vilt, "box")
+    assert refexp.trained_mode(vilt) == "box"  # auto: the head a model was fine-tuned with
     with pytest.raises(ValueError, match="one expression per image"):
-        refexp.ensure_refexp_head(vilt, "box")
-        assert refexp.trained_mode(vilt) == "box"  # auto: the head a model was fine-tuned with
         refexp.predict(vilt, tok, [Image.new("RGB", (8, 8))], ["a", "b"])

@@ -4,11 +4,21 @@ candidate, the cross-entropy, the uniform-candidate chance level and the predict
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from PIL import Image
+from refexp_helpers import (
+    BOXES,
+    EXPECTED_ACC,
+    EXPECTED_LOSS,
+    EXPECTED_PICK,
+    KEEP,
+    SCORES,
+    TARGET,
+    iou,
+    refexp_tokenizer,
+    text_fields,
+)
 from torch import nn
 
 import vlp
@@ -22,18 +32,7 @@ from vlp.text import Tokenizer
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return Tokenizer.train(["the red circle", "the small blue square on the left", "a big star"] * 3, vocab_size=80)
-
-
-def iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
-
-
-def text_fields(tok: Tokenizer, texts: list[str]) -> dict:
-    t = tok(texts, max_length=12)
-    return {"input_ids": t.input_ids, "attention_mask": t.attention_mask.bool(), "token_type_ids": t.token_type_ids}
+    return refexp_tokenizer()
 
 
 def test_token_map_puts_every_token_in_its_cell_and_drops_the_prefix():
@@ -91,27 +90,14 @@ def albef(scores: list[list[float]] | None = None) -> nn.Module:
     return model
 
 
-BOXES = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]],
-                      [[0.0, 0.0, 0.4, 0.4], [0.6, 0.6, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]]])  # fmt: skip
-KEEP = torch.tensor([[True, True, True], [True, True, False]])
-TARGET = torch.tensor([[0.45, 0.45, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
-
-
 def test_proposals_pick_the_best_score_and_train_towards_the_best_iou_candidate(tok):
-    scores = [[2.0, 0.5, 1.0], [0.3, 0.1, 5.0]]  # the padded slot scores highest but must never win
-    model = albef(scores)
+    model = albef(SCORES)
     batch = Batch(images=torch.randn(2, 3, 32, 32), region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
                   **text_fields(tok, ["the red circle", "the small blue square on the left"]))  # fmt: skip
-    picked = refexp.predict_normalized(model, batch, "proposals")
-    assert torch.equal(picked, torch.stack([BOXES[0, 0], BOXES[1, 0]]))
+    assert torch.equal(refexp.predict_normalized(model, batch, "proposals"), EXPECTED_PICK)
     loss, logs = refexp.ProposalScorer(model)(batch)
-
-    def ce(logits, k):
-        return math.log(sum(math.exp(v) for v in logits)) - logits[k]
-
-    # best IoU: image 0 -> candidate 1 (0.83), image 1 -> candidate 0 (0.64; the padded slot is ignored)
-    assert loss.item() == pytest.approx((ce([2.0, 0.5, 1.0], 1) + ce([0.3, 0.1], 0)) / 2, rel=1e-6)
-    assert logs["acc"] == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(EXPECTED_LOSS, rel=1e-6)
+    assert logs["acc"] == pytest.approx(EXPECTED_ACC)
 
 
 def test_the_real_head_gets_gradients_from_text_image_and_geometry(tok):
