@@ -36,6 +36,13 @@ BOXES = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.
 KEEP = torch.tensor([[True, True, True], [True, True, False]])
 TARGET = torch.tensor([[0.45, 0.45, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
 SCORES = [[2.0, 0.5, 1.0], [0.3, 0.1, 5.0]]  # the padded slot scores highest but must never win
+
+
+def candidate_fields() -> dict:
+    """The case's candidates and targets as Batch fields."""
+    return {"region_boxes": BOXES, "region_mask": KEEP, "target_boxes": TARGET}
+
+
 # best IoU: image 0 -> candidate 1 (0.83 vs 0.30 and 0.005); image 1 -> candidate 0 (0.64; the pad is ignored)
 BEST = [1, 0]
 

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import refexp_helpers as case
 import torch
 from PIL import Image
-from refexp_helpers import (
-    BEST,
-    BOXES,
-    EXPECTED_ACC,
-    EXPECTED_LOSS,
-    EXPECTED_PICK,
-    KEEP,
-    SCORES,
-    TARGET,
-    iou,
-    refexp_tokenizer,
-    text_fields,
-)
+from refexp_helpers import iou, refexp_tokenizer, text_fields
 from torch import nn
 
 import vlp
@@ -97,14 +86,14 @@ def region_model(scores: list[list[float]]) -> nn.Module:
 
 
 def test_region_scoring_picks_the_best_score_and_targets_the_best_iou_region(tok):
-    assert refexp.region_targets(BOXES, KEEP, TARGET).tolist() == BEST
-    model = region_model(SCORES)
-    batch = Batch(region_features=torch.randn(2, 3, 64), region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
+    assert refexp.region_targets(case.BOXES, case.KEEP, case.TARGET).tolist() == case.BEST
+    model = region_model(case.SCORES)
+    batch = Batch(region_features=torch.randn(2, 3, 64), **case.candidate_fields(),
                   **text_fields(tok, ["the red circle", "the small blue square on the left"]))  # fmt: skip
-    assert torch.equal(refexp.predict_normalized(model, batch, "regions"), EXPECTED_PICK)
+    assert torch.equal(refexp.predict_normalized(model, batch, "regions"), case.EXPECTED_PICK)
     loss, logs = refexp.RegionScorer(model)(batch)
-    assert loss.item() == pytest.approx(EXPECTED_LOSS, rel=1e-6)
-    assert logs["acc"] == pytest.approx(EXPECTED_ACC)
+    assert loss.item() == pytest.approx(case.EXPECTED_LOSS, rel=1e-6)
+    assert logs["acc"] == pytest.approx(case.EXPECTED_ACC)
 
 
 def test_evaluate_reports_iou_accuracy_of_designed_boxes(tok, monkeypatch):

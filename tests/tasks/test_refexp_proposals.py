@@ -5,20 +5,10 @@ candidate, the cross-entropy, the uniform-candidate chance level and the predict
 from __future__ import annotations
 
 import pytest
+import refexp_helpers as case
 import torch
 from PIL import Image
-from refexp_helpers import (
-    BOXES,
-    EXPECTED_ACC,
-    EXPECTED_LOSS,
-    EXPECTED_PICK,
-    KEEP,
-    SCORES,
-    TARGET,
-    iou,
-    refexp_tokenizer,
-    text_fields,
-)
+from refexp_helpers import iou, refexp_tokenizer, text_fields
 from torch import nn
 
 import vlp
@@ -91,18 +81,18 @@ def albef(scores: list[list[float]] | None = None) -> nn.Module:
 
 
 def test_proposals_pick_the_best_score_and_train_towards_the_best_iou_candidate(tok):
-    model = albef(SCORES)
-    batch = Batch(images=torch.randn(2, 3, 32, 32), region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
+    model = albef(case.SCORES)
+    batch = Batch(images=torch.randn(2, 3, 32, 32), **case.candidate_fields(),
                   **text_fields(tok, ["the red circle", "the small blue square on the left"]))  # fmt: skip
-    assert torch.equal(refexp.predict_normalized(model, batch, "proposals"), EXPECTED_PICK)
+    assert torch.equal(refexp.predict_normalized(model, batch, "proposals"), case.EXPECTED_PICK)
     loss, logs = refexp.ProposalScorer(model)(batch)
-    assert loss.item() == pytest.approx(EXPECTED_LOSS, rel=1e-6)
-    assert logs["acc"] == pytest.approx(EXPECTED_ACC)
+    assert loss.item() == pytest.approx(case.EXPECTED_LOSS, rel=1e-6)
+    assert logs["acc"] == pytest.approx(case.EXPECTED_ACC)
 
 
 def test_the_real_head_gets_gradients_from_text_image_and_geometry(tok):
     model = albef()
-    batch = Batch(images=torch.randn(2, 3, 32, 32), region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
+    batch = Batch(images=torch.randn(2, 3, 32, 32), **case.candidate_fields(),
                   **text_fields(tok, ["the red circle", "a big star"]))  # fmt: skip
     scores, keep = proposal_scores(model, batch)
     assert scores.shape == (2, 3) and torch.isinf(scores[1, 2]) and torch.isfinite(scores[keep]).all()
@@ -121,17 +111,17 @@ def test_the_real_head_gets_gradients_from_text_image_and_geometry(tok):
 def test_evaluate_reports_uniform_candidate_chance(tok):
     model = albef([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).eval()
     samples = [
-        {"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": TARGET[i],
-         "region_boxes": BOXES[i][KEEP[i]], "meta": {"ref_id": i, "sent_id": 10 + i}}
+        {"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": case.TARGET[i],
+         "region_boxes": case.BOXES[i][case.KEEP[i]], "meta": {"ref_id": i, "sent_id": 10 + i}}
         for i in range(2)
     ]  # fmt: skip
     out = refexp.evaluate(model, tok, samples, mode="proposals", batch_size=2)
     assert out["mode"] == "proposals" and out["n_expressions"] == 2
-    picks = [BOXES[0, 1].tolist(), BOXES[1, 0].tolist()]
-    ious = [iou(p, t) for p, t in zip(picks, TARGET.tolist())]
+    picks = [case.BOXES[0, 1].tolist(), case.BOXES[1, 0].tolist()]
+    ious = [iou(p, t) for p, t in zip(picks, case.TARGET.tolist())]
     assert out["miou"] == pytest.approx(100 * sum(ious) / 2, abs=1e-4)
     assert out["accuracy"] == pytest.approx(100 * sum(v >= 0.5 for v in ious) / 2)
-    every = [[iou(b, TARGET[i].tolist()) for b in BOXES[i][KEEP[i]].tolist()] for i in range(2)]
+    every = [[iou(b, case.TARGET[i].tolist()) for b in case.BOXES[i][case.KEEP[i]].tolist()] for i in range(2)]
     assert out["chance"]["miou"] == pytest.approx(100 * sum(sum(e) / len(e) for e in every) / 2, abs=1e-4)
     hits = [sum(v >= 0.5 for v in e) / len(e) for e in every]
     assert out["chance"]["accuracy"] == pytest.approx(100 * sum(hits) / 2, abs=1e-4)
@@ -165,7 +155,7 @@ def test_grid_model_with_pixel_sampling_scores_candidates(tok):
     refexp.ensure_refexp_head(model, refexp.resolve_mode(model), cells=1)
     images = torch.randn(2, 3, 32, 32)
     assert grid_shape(model, images) == (4, 4)
-    batch = Batch(images=images, region_boxes=BOXES, region_mask=KEEP, target_boxes=TARGET,
+    batch = Batch(images=images, **case.candidate_fields(),
                   **text_fields(tok, ["the red circle", "a big star"]))  # fmt: skip
     model.train()
     loss, _ = refexp.ProposalScorer(model, cells=1)(batch)
