@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vlp.config import part
+from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_heads, check_tokens, input_projection, residual
 from vlp.fusion.config import FusionConfig
 from vlp.layers import MLP, Attention
@@ -93,7 +94,7 @@ class CoAttentionLayer(nn.Module):
         return t, v
 
 
-class CoAttentionFusion(nn.Module):
+class CoAttentionFusion(FusionModule):
     """Dual-stream fusion encoder.
 
     forward(text (B, L, Dt_in), text_mask (B, L) bool, image: VisualTokens (B, N, Dv_in)) ->

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vlp.config import part
+from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_heads, check_tokens, input_projection
 from vlp.fusion.config import FusionConfig
 from vlp.layers import MLP, TransformerBlock
@@ -45,7 +46,7 @@ class ModalityExperts(nn.Module):
         return self.experts[route](x)
 
 
-class MoMEFusion(nn.Module):
+class MoMEFusion(FusionModule):
     """VLMo's shared-attention, modality-expert transformer (pre-norm).
 
     Fusion mode: forward(text (B, L, D), text_mask (B, L) bool, image: VisualTokens (B, N, D)) ->
@@ -57,6 +58,8 @@ class MoMEFusion(nn.Module):
     attention weights. Masks are keep-masks (True = real token). Inputs are the text
     embeddings and the patch embeddings (the model's text and vision parts have no layers).
     """
+
+    towers_inside = True  # encode_text / encode_image run the shared layers with one expert
 
     def __init__(self, cfg: MoMEConfig) -> None:
         super().__init__()

@@ -6,20 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from vlp.config import part
+from vlp.fusion.base import FusionModule
 from vlp.fusion.config import FusionConfig
 from vlp.models.outputs import FusedOutput, VisualTokens
 
 
-class NoFusion(nn.Module):
+class NoFusion(FusionModule):
     """Marker module of a dual encoder: it has no weights and refuses to fuse.
 
     forward(text (B, L, D), text_mask (B, L), image: VisualTokens) raises, because a dual
     encoder has no joint representation; use the model's ``encode_text``/``encode_image``.
     """
 
+    fuses = False
     text_dim = image_dim = pooled_dim = 0
     text_in_dim = image_in_dim = 0  # any width: nothing is computed
 

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from vlp.config import part
+from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_heads, check_tokens, input_projection
 from vlp.fusion.config import FusionConfig
 from vlp.layers import Transformer
 from vlp.models.outputs import FusedOutput, VisualTokens
 
 
-class SingleStreamFusion(nn.Module):
+class SingleStreamFusion(FusionModule):
     """Merged self-attention over ``[text; image]``.
 
     forward(text (B, L, D_t), text_mask (B, L) bool, image: VisualTokens (B, N, D_v)) ->

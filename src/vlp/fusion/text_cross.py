@@ -27,23 +27,26 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, part
+from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_tokens
 from vlp.fusion.config import FusionConfig
 from vlp.models.outputs import FusedOutput, VisualTokens
 
 
-class TextCrossFusion(nn.Module):
+class TextCrossFusion(FusionModule):
     """Runs the text encoder's layers ``[from_layer:]`` with the image tokens as cross-attention context.
 
     forward(text (B, L, D) hidden states after layer ``from_layer - 1`` (the embeddings output
     when ``from_layer == 0``), text_mask (B, L) bool keep-mask, image: VisualTokens (B, N, Dc)) ->
     FusedOutput(text (B, L, D), image None (the image stream is not updated), pooled (B, D)).
     ``pooled`` is the fused [CLS] (ALBEF's ITM input), through a dense + tanh pooler if
-    ``pooler: true``. Must be bound to the text encoder (``bind(model)``) before use; the model
+    ``pooler: true``. Must be bound to the text encoder (``bind(model.text)``) before use; the model
     does that when it is built.
     """
 
     image_dim = 0
+    runs_text_encoder = True
+    image_width_key = "model.text.context_dim"
 
     def __init__(self, cfg: TextCrossConfig) -> None:
         super().__init__()
@@ -59,7 +62,7 @@ class TextCrossFusion(nn.Module):
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            raise RuntimeError("text_cross fusion is not bound to a text encoder; call fusion.bind(model) first")
+            raise RuntimeError("text_cross fusion is not bound to a text encoder; call fusion.bind(model.text) first")
         return self._encoder
 
     @property
@@ -67,9 +70,8 @@ class TextCrossFusion(nn.Module):
         """The (shared) text-encoder blocks this module runs."""
         return list(self.encoder.layers[self.from_layer :])
 
-    def bind(self, model_or_encoder: nn.Module) -> TextCrossFusion:
-        """Attach to a model's text encoder (``model.text``) or to a text encoder directly."""
-        encoder = getattr(model_or_encoder, "text", model_or_encoder)
+    def bind(self, encoder: nn.Module) -> TextCrossFusion:
+        """Attach to the text encoder whose layers ``[from_layer:]`` this module runs."""
         layers = getattr(encoder, "layers", None)
         if layers is None or not hasattr(encoder, "forward_layers"):
             raise ConfigError(f"text_cross fusion needs a text encoder with layers, got {type(encoder).__name__}")
@@ -101,6 +103,13 @@ class TextCrossFusion(nn.Module):
         fused = encoder.forward_layers(text, text_mask, self.from_layer, None, image.tokens, image.mask, False)
         cls = fused[:, 0]
         return FusedOutput(text=fused, image=None, pooled=self.pooler(cls) if self.pooler is not None else cls)
+
+    def text_input_layers(self) -> int | None:
+        return self.from_layer
+
+    def unimodal_text_layers(self) -> int | None:
+        # BLIP: the unimodal text is the whole stack without context; ALBEF: the layers below fusion
+        return None if self.restart else self.from_layer
 
 
 @part(FusionConfig, "text_cross", TextCrossFusion)

@@ -18,7 +18,7 @@ from torch import nn
 
 from vlp.config import ConfigError, build, family_name, from_dict, set_dotted, to_dict
 from vlp.data.batch import Batch
-from vlp.fusion import MoMEFusion, NoFusion, TextCrossFusion
+from vlp.fusion.base import FusionModule
 from vlp.layers import Transformer, masked_mean
 from vlp.models.config import ModelConfig
 from vlp.models.heads import HeadContext, build_heads
@@ -41,11 +41,14 @@ class VisionLanguageModel(nn.Module):
         self.cfg = cfg
         self.text = build(cfg.text) if cfg.text is not None else None
         self.vision = build(cfg.vision) if cfg.vision is not None else None
-        self.fusion = build(cfg.fusion) if cfg.fusion is not None else None
-        if isinstance(self.fusion, TextCrossFusion):
+        self.fusion: FusionModule | None = build(cfg.fusion) if cfg.fusion is not None else None
+        if self.fusion is not None and self.fusion.runs_text_encoder:
             if self.text is None:
-                raise ConfigError("model.fusion: type text_cross runs the text encoder's layers; model.text is missing")
-            self.fusion.bind(self)
+                raise ConfigError(
+                    f"model.fusion: type {family_name(cfg.fusion)} runs the text encoder's layers; "
+                    "model.text is missing"
+                )
+            self.fusion.bind(self.text)
         self._check_fusion_widths()
         self.decoder = build(cfg.decoder) if cfg.decoder is not None else None
         if self.decoder is not None and cfg.decoder_share != "none":
@@ -81,7 +84,7 @@ class VisionLanguageModel(nn.Module):
     # ----------------------------------------------------------------- construction checks
     def _check_fusion_widths(self) -> None:
         fusion = self.fusion
-        if fusion is None or isinstance(fusion, NoFusion):
+        if not self.has_fusion:
             return
         if self.text is not None and fusion.text_in_dim and fusion.text_in_dim != self.text.dim:
             raise ConfigError(
@@ -89,7 +92,7 @@ class VisionLanguageModel(nn.Module):
                 "set model.fusion.text_in_dim to project them"
             )
         if self.vision is not None and fusion.image_in_dim and fusion.image_in_dim != self.vision.dim:
-            key = "model.text.context_dim" if isinstance(fusion, TextCrossFusion) else "model.fusion.image_in_dim"
+            key = fusion.image_width_key
             raise ConfigError(
                 f"model.fusion takes visual tokens of width {fusion.image_in_dim} but model.vision.dim is "
                 f"{self.vision.dim}; set {key}: {self.vision.dim}"
@@ -119,9 +122,20 @@ class VisionLanguageModel(nn.Module):
             mine.mlp, mine.norm2 = theirs.mlp, theirs.norm2
 
     def _dual_widths(self) -> tuple[int, int]:
-        if isinstance(self.fusion, MoMEFusion):
+        if self.towers_in_fusion:
             return self.fusion.text_dim, self.fusion.image_dim
         return self.text.dim, self.vision.dim
+
+    # ----------------------------------------------------------------- what the fusion part declares
+    @property
+    def has_fusion(self) -> bool:
+        """True when the model has a fusion module that fuses (``fuse`` works); False for dual encoders."""
+        return self.fusion is not None and self.fusion.fuses
+
+    @property
+    def towers_in_fusion(self) -> bool:
+        """True when the unimodal towers run inside the fusion module's shared layers (VLMo's MoME)."""
+        return self.fusion is not None and self.fusion.towers_inside
 
     # ----------------------------------------------------------------- unimodal parts
     def _need(self, part: str) -> nn.Module:
@@ -166,7 +180,7 @@ class VisionLanguageModel(nn.Module):
         Co-attention and dual encoders: the whole text encoder.
         """
         text = self._need("text")
-        end = self.fusion.from_layer if isinstance(self.fusion, TextCrossFusion) else None
+        end = self.fusion.text_input_layers() if self.fusion is not None else None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         return text(input_ids, attention_mask, token_type_ids, end_layer=end)
@@ -177,7 +191,7 @@ class VisionLanguageModel(nn.Module):
 
     def fuse(self, text: torch.Tensor, text_mask: torch.Tensor, image: VisualTokens) -> FusedOutput:
         """Joint representation of ``text`` (from :meth:`text_tokens`) and ``image`` (from :meth:`image_tokens`)."""
-        if self.fusion is None or isinstance(self.fusion, NoFusion):
+        if not self.has_fusion:
             raise RuntimeError(
                 f"model {self.cfg.name!r} is a dual encoder (no fusion module): it has no fuse(); "
                 "use encode_text / encode_image"
@@ -194,19 +208,22 @@ class VisionLanguageModel(nn.Module):
 
     def _text_embed(self, input_ids, attention_mask, token_type_ids, tokens=None) -> torch.Tensor:
         """(B, E) normalized text embedding; ``tokens`` = an already computed :meth:`text_tokens` output."""
-        if isinstance(self.fusion, MoMEFusion):
+        if self.towers_in_fusion:
             tokens = tokens if tokens is not None else self.text_tokens(input_ids, attention_mask, token_type_ids)
             pooled = self.fusion.encode_text(tokens, attention_mask)[:, 0]
         else:
-            if isinstance(self.fusion, TextCrossFusion) and self.fusion.restart:
-                tokens = self.text(input_ids, attention_mask, token_type_ids)  # all layers, no image
+            fusion = self.fusion
+            if fusion is not None and fusion.unimodal_text_layers() != fusion.text_input_layers():
+                # e.g. BLIP: the fusion input is the embeddings, the unimodal text is the whole stack
+                end = fusion.unimodal_text_layers()
+                tokens = self.text(input_ids, attention_mask, token_type_ids, end_layer=end)
             elif tokens is None:
                 tokens = self.text_tokens(input_ids, attention_mask, token_type_ids)
             pooled = self.text.pool(tokens, input_ids, attention_mask)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def _image_embed(self, image: VisualTokens) -> torch.Tensor:
-        if isinstance(self.fusion, MoMEFusion):
+        if self.towers_in_fusion:
             pooled = self.fusion.encode_image(image.tokens, image.mask)[:, 0]
         else:
             pooled = self.pool_image_tokens(image)
@@ -232,7 +249,7 @@ class VisionLanguageModel(nn.Module):
     def _image_pool(self) -> str:
         if self.cfg.image_pool != "auto":
             return self.cfg.image_pool
-        has_first = getattr(self.vision, "num_prefix_tokens", 0) > 0 or family_name(self.cfg.vision) == "resnet_clip"
+        has_first = getattr(self.vision, "num_prefix_tokens", 0) > 0  # [CLS] or an attention-pooled token
         return "first" if has_first else "mean"
 
     def encode_text(

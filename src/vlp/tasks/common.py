@@ -313,10 +313,7 @@ def image_batch(model: Any, images: Sequence[Any]) -> Any:
 
 def has_fusion(model: Any) -> bool:
     """True when the model has a fusion module (``fuse`` works); False for dual encoders."""
-    from vlp.fusion import NoFusion
-
-    fusion = getattr(model, "fusion", None)
-    return fusion is not None and not isinstance(fusion, NoFusion)
+    return bool(getattr(model, "has_fusion", False))
 
 
 def has_dual(model: Any) -> bool:

@@ -33,14 +33,13 @@ from vlp.config import ConfigError
 
 def check_dense(model: Any) -> None:
     """Dense features need a patch encoder with layers and a dual-encoder projection (not MoME)."""
-    from vlp.fusion import MoMEFusion
     from vlp.tasks.common import has_dual
 
     if not has_dual(model):
         raise ConfigError("zero-shot perception needs a dual-encoder side (model.embed_dim > 0, e.g. CLIP)")
     if not hasattr(model.vision, "dense_features") or getattr(model.vision, "transformer", None) is None:
         raise ConfigError("zero-shot perception needs a patch (ViT) image encoder with transformer layers")
-    if isinstance(model.fusion, MoMEFusion):
+    if model.towers_in_fusion:
         raise ConfigError("zero-shot perception: MoME models (VLMo) embed images through the fusion experts")
 
 

@@ -191,11 +191,9 @@ def head_options(model: Any) -> Any:
 
 def check_tower(model: Any) -> None:
     """The task needs a model whose ``model.vision`` is the whole image tower."""
-    from vlp.fusion import MoMEFusion
-
     if getattr(model, "vision", None) is None:
         raise ConfigError("tagging: the model has no image tower (model.vision)")
-    if isinstance(model.fusion, MoMEFusion):
+    if getattr(model, "towers_in_fusion", False):
         raise ConfigError("tagging: a MoME model's image tower runs inside its fusion module, not model.vision")
 
 
