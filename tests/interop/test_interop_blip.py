@@ -79,3 +79,63 @@ def test_blip_captioning_logits(tmp_path):
         for ref_model in (reference, reloaded):
             ref = ref_model(input_ids=ids, attention_mask=mask.long(), pixel_values=images)
             close(logits[mask], ref.logits[mask])
+
+
+def untied_captioner(tmp_path):
+    torch.manual_seed(3)
+    config = blip_config(tie_word_embeddings=False)
+    config.text_config.tie_word_embeddings = False  # the text LM ties by its own config too
+    reference = perturb(transformers.BlipForConditionalGeneration(config))
+    state = reference.state_dict()
+    # untied, the two bias copies are separate parameters; perturb moved them apart
+    assert not torch.equal(
+        state["text_decoder.cls.predictions.bias"], state["text_decoder.cls.predictions.decoder.bias"]
+    )
+    reference.save_pretrained(tmp_path / "hf")
+    return reference
+
+
+def test_blip_untied_captioner_round_trip(tmp_path):
+    reference = untied_captioner(tmp_path)
+    import_folder(tmp_path / "hf", tmp_path / "vlp")
+    model = vlp.load(tmp_path / "vlp")
+    assert model.heads["lm"].decoder.weight is not model.decoder.embeddings.word.weight
+    export_folder(tmp_path / "vlp", tmp_path / "back")
+    reloaded, info = transformers.BlipForConditionalGeneration.from_pretrained(
+        tmp_path / "back", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert not reloaded.config.tie_word_embeddings
+    back = reloaded.state_dict()
+    # both bias keys are written, each holding the bias transformers' forward adds (decoder.bias)
+    used = reference.state_dict()["text_decoder.cls.predictions.decoder.bias"]
+    assert torch.equal(back["text_decoder.cls.predictions.decoder.bias"], used)
+    assert torch.equal(back["text_decoder.cls.predictions.bias"], used)
+    ids, mask, images = inputs()
+    with torch.no_grad():
+        logits = model.decode(ids, mask, model.image_tokens(images))
+        for ref_model in (reference, reloaded.eval()):
+            ref = ref_model(input_ids=ids, attention_mask=mask.long(), pixel_values=images)
+            close(logits[mask], ref.logits[mask])
+
+
+def test_blip_differing_bias_copies_import_the_one_transformers_uses(tmp_path):
+    """A tied config whose file holds two different biases: transformers then leaves them untied (with a
+    warning) and its forward adds ``decoder.bias``; the import takes that one."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(4)
+    tied = perturb(transformers.BlipForConditionalGeneration(blip_config()))
+    tied.save_pretrained(tmp_path / "hf")
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    bias = state["text_decoder.cls.predictions.bias"]
+    state["text_decoder.cls.predictions.decoder.bias"] = bias + 0.5
+    save_file(state, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    reference = transformers.BlipForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    model = vlp.create_model("blip", pretrained=tmp_path / "hf")
+    torch.testing.assert_close(model.heads["lm"].bias.detach(), bias + 0.5, rtol=0, atol=0)
+    ids, mask, images = inputs()
+    with torch.no_grad():
+        logits = model.decode(ids, mask, model.image_tokens(images))
+        ref = reference(input_ids=ids, attention_mask=mask.long(), pixel_values=images)
+    close(logits[mask], ref.logits[mask])

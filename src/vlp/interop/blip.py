@@ -11,19 +11,31 @@ tokens (``cross_attention_from: 0``):
   transformers' model compares normalized embeddings without a temperature; vlp's
   ``logit_scale`` has no counterpart and keeps its initial value ``log(1 / temperature)``.
 - captioning: a causal ``decoder`` (no text encoder) with the ``lm`` head tied to its word
-  embeddings; ``model.decode(ids, mask, image_tokens)`` gives transformers' ``logits``.
+  embeddings (or not: ``tie_word_embeddings: false``); ``model.decode(ids, mask, image_tokens)``
+  gives transformers' ``logits``. transformers' LM head holds two output biases,
+  ``cls.predictions.bias`` and ``cls.predictions.decoder.bias``; its forward adds only the
+  second (the ``decoder`` Linear's), the first is read only through tying. The import takes
+  ``decoder.bias`` whenever the file has it (also when the two copies differ, which transformers
+  then leaves untied), and the export writes vlp's one bias under both names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from vlp.interop.bert import _LAYER_TABLE as BERT_BLOCK
 from vlp.interop.clip import add_blocks
 from vlp.interop.common import ACTS_BACK, Converter, StateMapping, Table, act_of, get, need
 from vlp.interop.vilt import bert_embeddings
+
+# the LM head's two output biases (see the module docstring): the one transformers' forward adds
+# is DECODER_BIAS; vlp keeps one bias and reads / writes it under LM_BIAS
+LM_BIAS = "text_decoder.cls.predictions.bias"
+DECODER_BIAS = "text_decoder.cls.predictions.decoder.bias"
 
 BLIP_VISION_BLOCK = (
     ("attn.qkv", ("self_attn.qkv",)),
@@ -120,10 +132,8 @@ class BlipConverter(Converter):
             table["heads.lm.norm"] = ("text_decoder.cls.predictions.transform.LayerNorm",)
             tied = model.heads["lm"].decoder.weight is model.decoder.embeddings.word.weight
             table["heads.lm.decoder.weight"] = (word if tied else "text_decoder.cls.predictions.decoder.weight",)
-            table["heads.lm.bias"] = ("text_decoder.cls.predictions.bias",)
-            duplicates = {"text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias"}
-            if tied:
-                duplicates["text_decoder.cls.predictions.decoder.weight"] = word
+            table["heads.lm.bias"] = (LM_BIAS,)  # prepare() has put the bias the forward adds there
+            duplicates = {"text_decoder.cls.predictions.decoder.weight": word} if tied else {}
             return StateMapping(table, tied=duplicates)
         bert_embeddings(table, "text.embeddings", "text_encoder.embeddings", segments=False)
         add_blocks(table, "text.layers", "text_encoder.encoder.layer", len(model.text.layers), BERT_BLOCK)
@@ -133,6 +143,20 @@ class BlipConverter(Converter):
         return StateMapping(
             table, vlp_only={"logit_scale": "no temperature in BLIP's retrieval model; kept at log(1 / 0.07)"}
         )
+
+    def prepare(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Keep the LM bias transformers' forward adds (``decoder.bias``) and drop the other copy, which
+        it only reads through tying: a file whose two copies differ is loaded untied by transformers."""
+        if DECODER_BIAS in state:
+            state = dict(state)
+            state[LM_BIAS] = state.pop(DECODER_BIAS)
+        return state
+
+    def finish(self, state: dict[str, torch.Tensor], shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+        """Write the one LM bias under both names: an untied model holds both as separate parameters."""
+        if DECODER_BIAS in shapes and LM_BIAS in state and DECODER_BIAS not in state:
+            state[DECODER_BIAS] = state[LM_BIAS].clone()
+        return state
 
     def matches(self, cfg: Any) -> bool:
         from vlp.config import family_name
