@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlp.core.outputs import VisualTokens
 from vlp.fusion import CoAttentionConfig, CoAttentionFusion
-from vlp.models.outputs import VisualTokens
 
 HEADS = 2
 

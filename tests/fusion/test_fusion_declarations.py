@@ -14,10 +14,10 @@ import torch
 
 import vlp
 from vlp.config import part
+from vlp.core.outputs import FusedOutput, VisualTokens
 from vlp.data.batch import Batch
 from vlp.fusion import FusionConfig
 from vlp.fusion.base import FusionModule
-from vlp.models.outputs import FusedOutput, VisualTokens
 from vlp.tasks.common import has_fusion
 
 SRC = Path(vlp.__file__).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlp.core.outputs import VisualTokens
 from vlp.fusion import MoMEConfig, MoMEFusion
-from vlp.models.outputs import VisualTokens
 
 D = 16
 

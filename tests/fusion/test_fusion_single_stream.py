@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError, from_dict
+from vlp.core.outputs import VisualTokens
 from vlp.fusion import FusionConfig, SingleStreamConfig, SingleStreamFusion
 from vlp.models.config import ModelConfig
-from vlp.models.outputs import VisualTokens
 
 D, HEADS = 16, 2
 

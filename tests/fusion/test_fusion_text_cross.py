@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vlp.config import ConfigError
+from vlp.core.outputs import VisualTokens
 from vlp.fusion import TextCrossConfig, TextCrossFusion
-from vlp.models.outputs import VisualTokens
 from vlp.text import BertTextConfig, BertTextEncoder
 
 

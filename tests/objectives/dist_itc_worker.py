@@ -17,8 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
-from vlp.models.outputs import ModelOutputs
 from vlp.objectives.itc import ITC, ITCConfig
 
 # name -> (per-rank batch sizes, ITC options, use image_index, momentum distillation)

@@ -1,4 +1,4 @@
-"""A tiny model that implements the vlp model contract (src/vlp/models/outputs.py) from real vlp layers.
+"""A tiny model that implements the vlp model contract (src/vlp/core/outputs.py) from real vlp layers.
 
 Used by the objective tests so they do not depend on the composed model's
 recipes: a BERT-like text encoder, a region or patch visual embedding, a
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
 from vlp.data.batch import Batch
 from vlp.layers import Transformer
-from vlp.models.outputs import FusedOutput, ModelOutputs, VisualTokens
 
 # token ids of the toy vocabulary: like a trained vlp tokenizer, specials first
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

@@ -10,8 +10,8 @@ from objectives_toy_model import ToyModel, ToyTokenizer, toy_batch
 
 import vlp.objectives.itc as itc_module
 from vlp.config import ConfigError
+from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
-from vlp.models.outputs import ModelOutputs
 from vlp.objectives import Pretraining, build_objectives, validate_objectives
 from vlp.objectives.momentum import STEP_KEY, distill_weight
 from vlp.train.checkpoint import CheckpointManager

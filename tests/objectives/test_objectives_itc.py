@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vlp.config import ConfigError
+from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
-from vlp.models.outputs import ModelOutputs
 from vlp.objectives import ITC, ITCConfig
 
 

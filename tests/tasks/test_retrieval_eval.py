@@ -10,7 +10,7 @@ from torch import nn
 
 import vlp
 from vlp.config import ConfigError
-from vlp.models.outputs import FusedOutput, ModelOutputs, VisualTokens
+from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
 from vlp.tasks import retrieval
 from vlp.text import Tokenizer
 

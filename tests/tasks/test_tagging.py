@@ -15,9 +15,9 @@ from sklearn.metrics import average_precision_score
 import vlp
 from vlp.cli import main
 from vlp.config import ConfigError
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.data.shapesworld import generate
-from vlp.models.outputs import VisualTokens
 from vlp.recipe import recipe_dict
 from vlp.tasks import tagging
 from vlp.tasks.common import load_model, preprocess_images

@@ -11,8 +11,8 @@ from torch import nn
 
 import vlp
 from vlp.config import ConfigError
+from vlp.core.outputs import FusedOutput, VisualTokens
 from vlp.data.batch import Batch
-from vlp.models.outputs import FusedOutput, VisualTokens
 from vlp.tasks import vqa
 from vlp.text import Tokenizer
 

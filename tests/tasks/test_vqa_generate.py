@@ -11,9 +11,9 @@ from shapes_task_helpers import manual_greedy
 
 import vlp
 from vlp.config import ConfigError
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.metrics import vqa_score
-from vlp.models.outputs import VisualTokens
 from vlp.tasks import vqa
 from vlp.tasks.captioning import DecodeOptions
 from vlp.tasks.vqa_gen import VQAGenerator, answer_sequences, generate_answers, rank_answers, weighted_answers

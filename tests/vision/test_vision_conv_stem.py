@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import vlp
 from vlp.config import ConfigError
-from vlp.models.outputs import VisualTokens
+from vlp.core.outputs import VisualTokens
 from vlp.vision import PatchConfig, PatchEncoder
 
 

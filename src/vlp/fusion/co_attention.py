@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from vlp.config import part
+from vlp.core.outputs import FusedOutput, VisualTokens
 from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_heads, check_tokens, input_projection, residual
 from vlp.fusion.config import FusionConfig
 from vlp.layers import MLP, Attention
-from vlp.models.outputs import FusedOutput, VisualTokens
 
 
 class _Stream(nn.Module):

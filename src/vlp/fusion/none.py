@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from vlp.config import part
+from vlp.core.outputs import FusedOutput, VisualTokens
 from vlp.fusion.base import FusionModule
 from vlp.fusion.config import FusionConfig
-from vlp.models.outputs import FusedOutput, VisualTokens
 
 
 class NoFusion(FusionModule):

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, part
+from vlp.core.outputs import FusedOutput, VisualTokens
 from vlp.fusion.base import FusionModule
 from vlp.fusion.common import Pooler, check_tokens
 from vlp.fusion.config import FusionConfig
-from vlp.models.outputs import FusedOutput, VisualTokens
 
 
 class TextCrossFusion(FusionModule):

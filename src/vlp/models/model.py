@@ -1,7 +1,7 @@
 """The composed vision-language model: text part + vision part + fusion part + heads.
 
 Every classic model of the survey is one :class:`VisionLanguageModel` with a different
-:class:`~vlp.models.config.ModelConfig`; see :mod:`vlp.models.outputs` for the contract
+:class:`~vlp.models.config.ModelConfig`; see :mod:`vlp.core.outputs` for the contract
 that objectives and tasks use. All tensors are batch-first; masks are bool keep-masks.
 """
 
@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError, build, family_name, from_dict, set_dotted, to_dict
+from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
 from vlp.data.batch import Batch
 from vlp.fusion.base import FusionModule
 from vlp.layers import Transformer, masked_mean
 from vlp.models.config import ModelConfig
 from vlp.models.heads import HeadContext, build_heads
-from vlp.models.outputs import FusedOutput, ModelOutputs, VisualTokens
 
 
 class VisionLanguageModel(nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, Family
-from vlp.models.outputs import VisualTokens
+from vlp.core.outputs import VisualTokens
 
 
 class ObjectiveConfig(Family):

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, from_dict
+from vlp.core.outputs import ModelOutputs, VisualTokens
 from vlp.data.batch import Batch
-from vlp.models.outputs import ModelOutputs, VisualTokens
 from vlp.objectives import LM, LMConfig
 
 # ----------------------------------------------------------------------------- generation
@@ -58,7 +58,7 @@ class DecodeOptions:
 
 def grounded_generate(model: Any, tokenizer: Any, prompt: Any, context: Any, options: DecodeOptions) -> list[str]:
     """Decode from ``prompt`` ids ``(B, T0)`` with the decoder cross-attending to ``context``
-    (:class:`~vlp.models.outputs.VisualTokens` ``(B, N, D)``: image tokens, or BLIP's fused question);
+    (:class:`~vlp.core.outputs.VisualTokens` ``(B, N, D)``: image tokens, or BLIP's fused question);
     returns the generated text of each row, prompt excluded, special tokens dropped.
     """
     from vlp.tasks.decoding import beam_search, greedy_decode, sample_decode

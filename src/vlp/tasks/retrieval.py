@@ -148,7 +148,7 @@ def encode(model: Any, image_batches: Any, texts: list[str], tokenizer: Any, *, 
 def _encode_images(model: Any, image_batches: Any, mode: str, device: Any, out: Encoded) -> None:
     import torch
 
-    from vlp.models.outputs import VisualTokens
+    from vlp.core.outputs import VisualTokens
 
     use_tags = bool(getattr(model.cfg, "use_tags", False))
     embeds, tokens, masks, tag_ids, tag_masks, order = [], [], [], [], [], []
@@ -214,7 +214,7 @@ def pair_scorer(model: Any, encoded: Encoded, device: Any) -> Any:
     """``score_fn(image_idx (P,), text_idx (P,)) -> (P,)``: the fusion encoder's match score of each pair."""
     import torch
 
-    from vlp.models.outputs import VisualTokens
+    from vlp.core.outputs import VisualTokens
 
     head = _score_head(model)
     vis = encoded.image_tokens

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
-from vlp.models.outputs import VisualTokens
 from vlp.objectives.masking import IGNORE
 
 STYLES = ("prefix", "blip")

@@ -1,7 +1,7 @@
 """What every visual encoder shares: the ``forward(batch_or_images)`` input rule.
 
 Every encoder in :mod:`vlp.vision` is called as ``encoder(batch_or_images)`` and
-returns :class:`vlp.models.outputs.VisualTokens` ``(B, N, D)`` tokens with a
+returns :class:`vlp.core.outputs.VisualTokens` ``(B, N, D)`` tokens with a
 ``(B, N)`` boolean keep-mask (``True`` = real token). A ``Tensor`` argument is a
 batch of images ``(B, 3, H, W)``; a :class:`vlp.data.batch.Batch` is read for the
 fields the encoder needs (``images``, or the ``region_*`` fields).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
-from vlp.models.outputs import VisualTokens
 
 # position given to prefix tokens ([CLS], pooled) that have no place on the image grid
 PREFIX_POSITION = -1.0

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.config import ConfigError, part
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.layers.positions import grid_positions, resize_grid_embedding
-from vlp.models.outputs import VisualTokens
 from vlp.vision.base import VisualEncoder, grid_token_positions, images_of
 from vlp.vision.config import VisionConfig
 

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, part
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.layers.positions import grid_positions, pair, resize_grid_embedding, sincos_2d
-from vlp.models.outputs import VisualTokens
 from vlp.vision.base import VisualEncoder, grid_token_positions, images_of
 from vlp.vision.config import VisionConfig
 from vlp.vision.resnet import ResNet, ResNetConfig

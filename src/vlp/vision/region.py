@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, part
+from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.layers.block import Transformer
 from vlp.layers.roi_align import roi_align
-from vlp.models.outputs import VisualTokens
 from vlp.vision.base import VisualEncoder
 from vlp.vision.config import VisionConfig
 from vlp.vision.resnet import ResNet, ResNetConfig
