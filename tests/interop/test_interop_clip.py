@@ -109,7 +109,7 @@ def test_legacy_eos_config_pools_at_the_highest_id(tmp_path):
     hf = perturb(transformers.CLIPModel(clip_config(eos=2)))  # pre-2023 configs: argmax(input_ids)
     hf.save_pretrained(tmp_path / "hf")
     model = vlp.create_model("clip", pretrained=tmp_path / "hf")
-    assert model.cfg.text.eos_id == VOCAB - 1
+    assert model.cfg.text.pooling == "argmax"
     check_against(model, hf)
 
 
@@ -177,3 +177,29 @@ def test_export_refuses_what_transformers_cannot_hold(tmp_path):
     vlp.save_pretrained(model, tmp_path / "rn")
     with pytest.raises(ConversionError, match="only a ViT image tower exports"):
         export_folder(tmp_path / "rn", tmp_path / "out")
+
+
+def test_legacy_eos_with_a_resized_vocabulary_pools_like_transformers(tmp_path):
+    """eos_token_id 2 and three tokens added past <|endoftext|>: transformers pools at argmax(input_ids),
+    which is the end token for ordinary text and an added token wherever one occurs."""
+    config = clip_config(eos=2)
+    config.text_config.vocab_size = VOCAB + 3
+    torch.manual_seed(2)
+    hf = perturb(transformers.CLIPModel(config))
+    hf.save_pretrained(tmp_path / "hf")
+    model = vlp.create_model("clip", pretrained=tmp_path / "hf")
+    assert model.cfg.text.pooling == "argmax"
+    ids, mask, images = inputs()  # ordinary texts: <|endoftext|> (343) is each row's highest id
+    added = ids.clone()
+    added[1, 4] = VOCAB + 1  # an added token: transformers' argmax picks it, so must vlp
+    with torch.no_grad():
+        for rows in (ids, added):
+            ref = hf(input_ids=rows, attention_mask=mask.long(), pixel_values=images)
+            close(model.encode_text(rows, mask), ref.text_embeds)
+    # exported back, the model still pools at argmax: eos_token_id 2 is written again
+    export_folder(vlp.save_pretrained(model, tmp_path / "vlp"), tmp_path / "back")
+    reloaded = transformers.CLIPModel.from_pretrained(tmp_path / "back").eval()
+    assert reloaded.config.text_config.eos_token_id == 2
+    with torch.no_grad():
+        back = reloaded(input_ids=added, attention_mask=mask.long(), pixel_values=images).text_embeds
+        close(back, hf(input_ids=added, attention_mask=mask.long(), pixel_values=images).text_embeds)

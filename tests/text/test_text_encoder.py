@@ -176,7 +176,7 @@ def test_config_builds_from_a_recipe_dict_and_validates():
     assert isinstance(build(cfg), BertTextEncoder)
     with pytest.raises(ConfigError, match=r"text: dim=16 is not divisible by heads=3"):
         from_dict(ModelConfig, {"text": {"type": "bert", **TINY, "heads": 3}})
-    with pytest.raises(ConfigError, match=r"text\.pooling: expected one of \['cls', 'eos', 'mean'\]"):
+    with pytest.raises(ConfigError, match=r"text\.pooling: expected one of \['cls', 'eos', 'argmax', 'mean'\]"):
         from_dict(ModelConfig, {"text": {"type": "bert", "pooling": "max"}})
     with pytest.raises(ConfigError, match="cross_attention_from=4"):
         from_dict(ModelConfig, {"text": {"type": "bert", **TINY, "cross_attention_from": 4}})

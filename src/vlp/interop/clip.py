@@ -10,8 +10,9 @@ Two details differ without changing any output the models share:
 - transformers applies ``post_layernorm`` to the pooled [CLS] only; vlp's ``norm`` applies it to
   every visual token (the [CLS] row, which CLIP projects, is the same).
 - text pooling: configs with the legacy ``eos_token_id: 2`` pool at ``argmax(input_ids)`` (the
-  end-of-text token is the highest id of CLIP's vocabulary); vlp pools at the first
-  ``eos_id = vocab_size - 1``, which is the same position for every tokenized text.
+  end-of-text token is the highest id of CLIP's original vocabulary), and so does vlp
+  (``pooling: argmax``), also when the vocabulary was resized past <|endoftext|>; any other
+  ``eos_token_id`` is pooled at its first occurrence (``pooling: eos``).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def text_section(t: dict[str, Any], where: str = "text_config") -> dict[str, Any
         "act": act_of(t, where, "quick_gelu"),
         "norm_first": True,
         "causal": True,
-        "pooling": "eos",
-        # legacy configs (eos_token_id 2) pool at argmax(input_ids): the highest id, CLIP's <|endoftext|>
-        "eos_id": vocab - 1 if eos == 2 else eos,
+        # legacy configs (eos_token_id 2) pool at argmax(input_ids), whatever the vocabulary size; transformers
+        # keeps that rule for old checkpoints, so pooling at a fixed id would differ once tokens are added
+        "pooling": "argmax" if eos == 2 else "eos",
+        "eos_id": -1 if eos == 2 else eos,
         "final_norm": True,
         "embed_norm": False,
     }
@@ -164,8 +166,14 @@ class ClipConverter(Converter):
             t.norm_first and t.causal and t.final_norm and not t.embed_norm and t.type_vocab_size == 0,
             "model.text is not a CLIP text tower (needs norm_first, causal, final_norm, no embed_norm, no token types)",
         )
-        need(t.pooling == "eos" and t.eos_id >= 0, "model.text.pooling must be eos with an explicit eos_id for CLIP")
-        need(t.eos_id != 2, "model.text.eos_id 2 would be read by transformers as its legacy argmax pooling")
+        need(
+            t.pooling == "argmax" or (t.pooling == "eos" and t.eos_id >= 0),
+            "model.text.pooling must be argmax, or eos with an explicit eos_id, for CLIP",
+        )
+        need(
+            t.pooling == "argmax" or t.eos_id != 2,
+            "model.text.eos_id 2 would be read by transformers as its legacy argmax pooling",
+        )
         need(
             v.pre_norm and v.final_norm and not v.patch_bias and v.cls_token and v.pos == "learned",
             "model.vision is not a CLIP ViT (needs pre_norm, final_norm, no patch bias, [CLS], learned positions)",
@@ -183,7 +191,7 @@ class ClipConverter(Converter):
             hidden_act=ACTS_BACK[t.act],
             layer_norm_eps=t.eps,
             attention_dropout=t.attn_dropout or 0.0,
-            eos_token_id=t.eos_id,
+            eos_token_id=2 if t.pooling == "argmax" else t.eos_id,  # 2: transformers' legacy argmax pooling
             projection_dim=cfg.embed_dim,
         )
         vision = dict(get(base, "vision_config", {}))

@@ -195,15 +195,21 @@ def pool_tokens(
     ``cls``: the first token. ``mean``: mean over kept tokens. ``eos``: the first
     occurrence of ``eos_id`` in ``input_ids`` when ``eos_id >= 0`` (CLIP's
     end-of-text token), else the last kept token of the right-padded
-    ``attention_mask`` (BERT's ``[SEP]``).
+    ``attention_mask`` (BERT's ``[SEP]``). ``argmax``: the first position of the
+    highest id of each row (OpenAI CLIP, and transformers' CLIP with the legacy
+    ``eos_token_id: 2``: there <|endoftext|> is the highest id of ordinary text).
     """
     if mode == "cls":
         return hidden[:, 0]
+    if mode == "argmax":
+        if input_ids is None:
+            raise ValueError("argmax pooling needs input_ids")
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), input_ids.argmax(dim=1)]
     if mode == "mean":
         _check_mask(attention_mask, hidden, "attention_mask")
         return masked_mean(hidden, attention_mask)
     if mode != "eos":
-        raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos' or 'mean'")
+        raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos', 'argmax' or 'mean'")
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if eos_id >= 0:
         if input_ids is None:
@@ -248,7 +254,7 @@ class BertTextConfig(TextConfig):
     act: str = "gelu"
     norm_first: bool = False  # False = BERT post-norm blocks
     causal: bool = False  # default causal masking (CLIP text tower, BLIP decoder)
-    pooling: Literal["cls", "eos", "mean"] = "cls"
+    pooling: Literal["cls", "eos", "argmax", "mean"] = "cls"
     eos_id: int = -1  # eos pooling: token id to pool at; -1 = last kept token
     final_norm: bool = False  # LayerNorm after the last layer (pre-norm towers)
     embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, CLIP no)
@@ -270,8 +276,8 @@ class BertTextConfig(TextConfig):
             raise ValueError(
                 f"cross_attention_from={self.cross_attention_from}: expected -1 or a layer in [0, {self.layers})"
             )
-        if self.pooling not in ("cls", "eos", "mean"):
-            raise ValueError(f"pooling={self.pooling!r}: expected 'cls', 'eos' or 'mean'")
+        if self.pooling not in ("cls", "eos", "argmax", "mean"):
+            raise ValueError(f"pooling={self.pooling!r}: expected 'cls', 'eos', 'argmax' or 'mean'")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
