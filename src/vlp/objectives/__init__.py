@@ -13,11 +13,7 @@ ConfigError naming ``objectives.<name>.<key>``) and fills in the defaults;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from vlp.config import ConfigError, build, from_dict, to_dict
-from vlp.objectives.base import Objective, ObjectiveConfig, ObjectiveOptions, logs_to_floats
+from vlp.objectives.base import Objective, ObjectiveConfig, logs_to_floats
 from vlp.objectives.itc import ITC, ITCConfig
 from vlp.objectives.itm import ITM, ITMConfig
 from vlp.objectives.lm import LM, LMConfig
@@ -25,69 +21,7 @@ from vlp.objectives.mlm import MLM, MLMConfig
 from vlp.objectives.momentum import MomentumModel
 from vlp.objectives.pretraining import Pretraining
 from vlp.objectives.region import MRC, MRFR, MRCConfig, MRFRConfig
-
-
-def objective_config(name: str, options: Mapping[str, Any] | ObjectiveOptions | None) -> ObjectiveOptions:
-    """The validated config object of objective ``name`` from its recipe options."""
-    if name not in ObjectiveConfig.members:
-        allowed = ", ".join(sorted(ObjectiveConfig.members))
-        raise ConfigError(f"objectives.{name}: unknown objective {name!r}; allowed: {allowed}")
-    cls = ObjectiveConfig.members[name]
-    if isinstance(options, cls):
-        return options
-    return from_dict(cls, options or {}, f"objectives.{name}")
-
-
-def validate_objectives(objectives: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Check every objective's name and options; returns name -> options with defaults filled in.
-
-    Plain dicts (not config objects) so that the recipe stays plain data and saves as YAML.
-    """
-    if objectives is None:
-        return {}
-    if not isinstance(objectives, Mapping):
-        raise ConfigError(f"objectives: expected a mapping of objective name -> options, got {objectives!r}")
-    return {str(name): to_dict(objective_config(str(name), options)) for name, options in objectives.items()}
-
-
-def _tokenizer_ids(tokenizer: Any) -> dict[str, Any]:
-    named = [getattr(tokenizer, f"{k}_id", None) for k in ("pad", "cls", "sep", "mask", "unk")]
-    # [UNK] counts as special: predicting it teaches nothing, and it is never a useful random replacement
-    specials = {int(i) for i in [*named, *getattr(tokenizer, "special_ids", ())] if i is not None}
-    return {"mask_id": int(tokenizer.mask_id), "vocab_size": int(tokenizer.vocab_size), "special_ids": sorted(specials)}
-
-
-def build_objectives(objectives: Mapping[str, Any], *, tokenizer: Any = None) -> dict[str, tuple[float, Objective]]:
-    """name -> ``(weight, module)`` from a recipe's ``objectives`` (options dicts or config objects).
-
-    ``tokenizer`` (anything with ``mask_id``, ``vocab_size``, ``pad_id``, ``cls_id``,
-    ``sep_id``) supplies MLM's token ids where the recipe does not set them, and resolves ITM's
-    ``swap_words`` to token ids.
-    """
-    built: dict[str, tuple[float, Objective]] = {}
-    for name, options in (objectives or {}).items():
-        cfg = objective_config(str(name), options)
-        if isinstance(cfg, MLMConfig) and tokenizer is not None:
-            ids = _tokenizer_ids(tokenizer)
-            cfg = MLMConfig(
-                **{
-                    **to_dict(cfg),
-                    "mask_id": cfg.mask_id if cfg.mask_id is not None else ids["mask_id"],
-                    "vocab_size": cfg.vocab_size if cfg.vocab_size is not None else ids["vocab_size"],
-                    "special_ids": cfg.special_ids or ids["special_ids"],
-                }
-            )
-        module = build(cfg)
-        if isinstance(module, ITM) and cfg.swap_words:
-            if tokenizer is None:
-                raise ConfigError(
-                    "objectives.itm.swap_words: resolving the swap words to token ids needs the tokenizer; "
-                    "pass build_objectives(..., tokenizer=tok)"
-                )
-            module.resolve_swaps(tokenizer)
-        built[str(name)] = (cfg.weight, module)
-    return built
-
+from vlp.objectives.registry import build_objectives, objective_config, validate_objectives
 
 __all__ = [
     "ITC",

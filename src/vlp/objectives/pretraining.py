@@ -23,6 +23,7 @@ from torch import nn
 
 from vlp.objectives.base import Objective, logs_to_floats
 from vlp.objectives.momentum import STEP_KEY, MomentumModel
+from vlp.objectives.registry import build_objectives
 
 
 def model_momentum(model: nn.Module) -> float:
@@ -52,8 +53,6 @@ class Pretraining(nn.Module):
     ) -> None:
         super().__init__()
         if objectives and not all(isinstance(v, tuple) for v in objectives.values()):
-            from vlp.objectives import build_objectives
-
             objectives = build_objectives(objectives, tokenizer=tokenizer)
         if not objectives:
             raise ValueError("Pretraining needs at least one objective (the recipe's objectives section is empty)")

@@ -5,6 +5,7 @@ Importing this package registers the ``bert`` member of :class:`vlp.text.config.
 
 from vlp.text.embeddings import TextEmbeddings
 from vlp.text.encoder import BertTextConfig, BertTextEncoder
-from vlp.text.tokenizer import TokenizedText, Tokenizer
+from vlp.text.tokenized import TokenizedText
+from vlp.text.tokenizer import Tokenizer
 
 __all__ = ["BertTextConfig", "BertTextEncoder", "TextEmbeddings", "TokenizedText", "Tokenizer"]

@@ -24,7 +24,7 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
-from vlp.text.tokenizer import TokenizedText, _text_list
+from vlp.text.tokenized import TokenizedText, text_list
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 WORD_END = "</w>"
@@ -247,7 +247,7 @@ class ClipTokenizer:
     ) -> TokenizedText:
         """Tokenize ``texts`` into ``(B, L)`` tensors; ``L`` is ``max_length`` (CLIP's fixed context) or the
         longest row. Rows longer than ``max_length`` are cut, keeping ``<|endoftext|>`` last."""
-        texts = _text_list(texts, "texts")
+        texts = text_list(texts, "texts")
         if pair is not None:
             raise ValueError("CLIP's tokenizer encodes single texts; pair is not supported")
         if padding not in ("longest", "max_length"):

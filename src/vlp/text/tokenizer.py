@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import tokenizers
 import torch
 
+from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
+from vlp.text.tokenized import TokenizedText, text_list
 from vlp.text.tokenizer_files import (
     CLS,
     MASK,
@@ -35,46 +36,9 @@ from vlp.text.tokenizer_files import (
 )
 from vlp.text.wordpiece_training import train_wordpiece
 
-
-@dataclass
-class TokenizedText:
-    """A padded batch of token ids; every field is ``(B, L)``.
-
-    ``input_ids`` long; ``attention_mask`` bool (True = real token, False = padding);
-    ``token_type_ids`` long segment ids; ``word_ids`` long: index of the word each
-    sub-word belongs to within its own sentence (a pair restarts at 0 for the
-    second sentence), -1 for ``[CLS]``, ``[SEP]`` and ``[PAD]``.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    token_type_ids: torch.Tensor
-    word_ids: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def to(self, device: torch.device | str) -> TokenizedText:
-        return TokenizedText(*(t.to(device) for t in self._fields()))
-
-    def _fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.input_ids, self.attention_mask, self.token_type_ids, self.word_ids)
-
-
 # Whole-string clean-up after decoding: the WordPiece decoder only sees one token at a time, so it cannot
 # rejoin "don ' t"; these are the contractions transformers' clean-up rejoins.
 _CLEANUP = ((" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
-
-
-def _text_list(texts: Any, name: str) -> list[str]:
-    """``texts`` as a list of strings; a bare string is refused (it would be split into characters)."""
-    if isinstance(texts, str):
-        raise TypeError(f"{name}: expected a list of strings, got one string; wrap it in a list: [{texts[:30]!r}]")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{i}]: expected a string, got {type(text).__name__} {text!r:.60}")
-    return texts
 
 
 class Tokenizer:
@@ -131,8 +95,6 @@ class Tokenizer:
         expected) for a file of the wrong kind. A CLIP BPE tokenizer (``vocab.json`` + ``merges.txt``, or a BPE
         ``tokenizer.json``) loads as a :class:`vlp.text.bpe.ClipTokenizer`, which has the same call interface.
         """
-        from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
-
         if cls is Tokenizer and is_clip_tokenizer(path):
             return ClipTokenizer.load(path)  # type: ignore[return-value]
         return cls(load_backend(path, lowercase))
@@ -249,7 +211,7 @@ class Tokenizer:
         ``L`` is the longest row (``padding="longest"``) or ``max_length``. Rows
         longer than ``max_length`` are truncated keeping the final ``[SEP]``.
         """
-        texts = _text_list(texts, "texts")
+        texts = text_list(texts, "texts")
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
         specials = 2 if pair is None else 3
@@ -259,7 +221,7 @@ class Tokenizer:
             )
         inputs: list = texts
         if pair is not None:
-            pair = _text_list(pair, "pair")
+            pair = text_list(pair, "pair")
             if len(pair) != len(texts):
                 raise ValueError(f"pair has {len(pair)} texts but texts has {len(texts)}")
             inputs = list(zip(texts, pair))
@@ -288,7 +250,7 @@ class Tokenizer:
             raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
         if max_length < 2:
             raise ValueError(f"max_length={max_length}: must leave room for [SEP] and one word piece")
-        joined = [" ".join(_text_list(tags, f"tag_lists[{i}]")) for i, tags in enumerate(tag_lists)]
+        joined = [" ".join(text_list(tags, f"tag_lists[{i}]")) for i, tags in enumerate(tag_lists)]
         encodings = self._encode(joined, max_length - 1, add_special_tokens=False)
         rows = [
             (e.ids + [self.sep_id], [1] * (len(e.ids) + 1), [-1 if w is None else w for w in e.word_ids] + [-1])
