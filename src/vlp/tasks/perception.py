@@ -332,7 +332,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     model, tokenizer = setup.loaded.model, setup.loaded.tokenizer
     metrics = evaluate(
         model, tokenizer, setup.data, split=args.split, templates=args.templates, threshold=args.threshold,
-        k=args.k, batch_size=args.batch_size, num_workers=args.workers, keep_predictions=True,
+        k=args.threshold_k, batch_size=args.batch_size, num_workers=args.workers, keep_predictions=True,
     )  # fmt: skip
     predictions = metrics.pop("predictions")
     save_predictions(args, "predictions.json", predictions)
@@ -345,7 +345,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             heat = heatmap(model, tokenizer, by_id[p["image_id"]], p["query"], args.templates)
             save_overlay(by_id[p["image_id"]], heat, Path(args.out) / "overlays" / f"{n:03d}.png", p["box"])
     chance = metrics.pop("chance")
-    settings = {"templates": args.templates, "threshold": args.threshold, "k": args.k}
+    settings = {"templates": args.templates, "threshold": args.threshold, "k": args.threshold_k}
     return finish_eval(args, "perception", metrics, setup, chance, settings)
 
 
@@ -361,7 +361,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     add_eval_arguments(parser)
     parser.add_argument("--templates", default="shapes", help="prompt template set or ';'-separated templates")
     parser.add_argument("--threshold", choices=("otsu", "std"), default="otsu", help="mask threshold (default: otsu)")
-    parser.add_argument("--k", type=float, default=1.0, help="std threshold: mean + k * std (default: 1)")
+    parser.add_argument("--threshold-k", type=float, default=1.0, metavar="K",
+                        help="with --threshold std: the mask is the map above mean + K x std (default: 1)")  # fmt: skip
     parser.add_argument("--overlays", type=int, default=0, help="save this many overlay PNGs under OUT/overlays")
     parser.set_defaults(run=_run_eval)
 
