@@ -203,3 +203,18 @@ def test_legacy_eos_with_a_resized_vocabulary_pools_like_transformers(tmp_path):
     with torch.no_grad():
         back = reloaded(input_ids=added, attention_mask=mask.long(), pixel_values=images).text_embeds
         close(back, hf(input_ids=added, attention_mask=mask.long(), pixel_values=images).text_embeds)
+
+
+@pytest.mark.parametrize("size", [56, 24])  # a 7x7 and a 3x3 patch grid for the checkpoint's 4x4
+def test_other_image_sizes_match_transformers_interpolate_pos_encoding(hf_folder, converted, size):
+    reference = transformers.CLIPModel.from_pretrained(hf_folder).eval()
+    model = vlp.load(converted)
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = reference.vision_model(pixel_values=images, interpolate_pos_encoding=True)
+        tokens = model.image_tokens(images).tokens
+        embeds = model.encode_image(images)
+        want = reference.get_image_features(pixel_values=images, interpolate_pos_encoding=True)
+    want = getattr(want, "pooler_output", want)
+    close(tokens, reference.vision_model.post_layernorm(ref.last_hidden_state), 1e-5)
+    close(embeds, torch.nn.functional.normalize(want, dim=-1), 1e-5)

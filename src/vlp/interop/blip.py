@@ -82,6 +82,7 @@ def _vision(v: dict[str, Any]) -> dict[str, Any]:
         "final_norm": True,
         "patch_bias": True,
         "eps": float(get(v, "layer_norm_eps", 1e-5)),
+        "pos_resize": "bicubic_plain",  # transformers' interpolate_pos_encoding: bicubic without antialias
     }
 
 

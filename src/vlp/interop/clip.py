@@ -94,6 +94,8 @@ def vision_section(v: dict[str, Any], where: str = "vision_config") -> dict[str,
         "patch_bias": False,
         "eps": float(get(v, "layer_norm_eps", 1e-5)),
         "attn_dropout": float(get(v, "attention_dropout", 0.0)),
+        # transformers' interpolate_pos_encoding (other image sizes): bicubic without antialias
+        "pos_resize": "bicubic_plain",
     }
 
 

@@ -87,9 +87,14 @@ def resize_grid_embedding(
 
     ``embedding`` is ``(prefix + h*w, D)`` or ``(1, prefix + h*w, D)`` in raster order;
     the result has the same layout with ``new_h * new_w`` grid rows. Prefix tokens are
-    kept unchanged. The grid is reshaped to ``(1, D, h, w)`` and resized with
-    ``F.interpolate(mode, align_corners=False, antialias)`` (what timm and OpenCLIP do;
-    antialiasing only matters when shrinking). Same size returns the input unchanged.
+    kept unchanged. The grid is reshaped to ``(1, D, h, w)`` and resized to the target
+    ``size`` with ``F.interpolate(mode, align_corners=False, antialias)``.
+
+    ``antialias=True`` is what timm's ``resample_abs_pos_embed`` and OpenCLIP do;
+    ``antialias=False`` is transformers' ``interpolate_pos_encoding`` (CLIP, BLIP, ViT). The
+    two differ when growing as well as when shrinking: PyTorch's antialiased bicubic uses
+    another cubic kernel (a = -0.5, PIL's) than the plain one (a = -0.75). Same size
+    returns the input unchanged.
     """
     old_h, old_w = pair(old_grid, "old_grid")
     new_h, new_w = pair(new_grid, "new_grid")

@@ -62,9 +62,11 @@ class PatchConfig(VisionConfig):
     eps: float = 1e-6
     dropout: float = 0.0
     attn_dropout: float = 0.0
-    # how learned positions are resized for another image size: bicubic (timm, OpenCLIP) or ViLT's
+    # how learned positions are resized for another image size: bicubic with antialias (timm, OpenCLIP),
+    # bicubic without it ("bicubic_plain": transformers' interpolate_pos_encoding of CLIP, BLIP, ViT; the
+    # two differ at every new size, as PyTorch's antialiased bicubic uses another kernel), or ViLT's
     # bilinear with align_corners=True ("bilinear_corners")
-    pos_resize: Literal["bicubic", "bilinear_corners"] = "bicubic"
+    pos_resize: Literal["bicubic", "bicubic_plain", "bilinear_corners"] = "bicubic"
     # channels of stride-1 3x3 conv + BN + ReLU layers run before the patchify conv (empty = plain
     # ViT); see vlp.vision.conv_stem. The patchify conv then reads conv_stem[-1] channels.
     conv_stem: list[int] = dataclasses.field(default_factory=list)
@@ -171,7 +173,8 @@ class PatchEncoder(VisualEncoder):
             return table.to(self.pos_embed.device).unsqueeze(0)
         if self.config.pos_resize == "bilinear_corners":
             return self._resize_bilinear_corners(grid)
-        return resize_grid_embedding(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens)
+        antialias = self.config.pos_resize != "bicubic_plain"
+        return resize_grid_embedding(self.pos_embed, self.grid_size, grid, self.num_prefix_tokens, antialias=antialias)
 
     def _resize_bilinear_corners(self, grid: tuple[int, int]) -> torch.Tensor:
         """ViLT's rule: the grid part bilinearly resized with ``align_corners=True``, prefix kept."""
