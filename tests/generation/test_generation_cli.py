@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vlp.cli import build_parser, main
@@ -53,19 +54,19 @@ def test_train_writes_a_model_folder_and_logs(trained):
 
 def test_generate_writes_a_grid_of_the_right_size(trained, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    args = ["generate", "a red circle", "a blue square", "--model", str(trained / "model"), "--out", str(out)]
-    assert main(args + ["--samples", "3", "--steps", "2", "--seed", "1", "--scale", "2"]) == 0
+    args = ["generate", "a red circle", "a blue square", "--model", str(trained / "model"), "--image", str(out)]
+    assert main(args + ["--samples", "3", "--sampling-steps", "2", "--seed", "1", "--scale", "2"]) == 0
     # rows = 2 prompts, columns = 3 samples of 16 px with 2 px gaps, every pixel doubled
     assert Image.open(out).size == ((3 * 18 + 2) * 2, (2 * 18 + 2) * 2)
     again = tmp_path / "again.png"
-    main(args[:-1] + [str(again), "--samples", "3", "--steps", "2", "--seed", "1", "--scale", "2"])
+    main(args[:-1] + [str(again), "--samples", "3", "--sampling-steps", "2", "--seed", "1", "--scale", "2"])
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))  # seeded
     assert "wrote" in capsys.readouterr().out
 
 
 def test_generate_refuses_control_without_a_controlnet(trained, tmp_path, capsys):
     Image.new("RGB", (16, 16)).save(tmp_path / "map.png")
-    args = ["generate", "a red circle", "--model", str(trained / "model"), "--out", str(tmp_path / "x.png")]
+    args = ["generate", "a red circle", "--model", str(trained / "model"), "--image", str(tmp_path / "x.png")]
     assert main(args + ["--control", str(tmp_path / "map.png")]) == 2
     assert "no ControlNet branch" in capsys.readouterr().err
 
@@ -79,8 +80,8 @@ def test_controlnet_training_and_controlled_generation(trained, tmp_path):
     assert 0 < summary["trainable_params"] < summary["total_params"]
     Image.new("RGB", (16, 16), (215, 38, 38)).save(tmp_path / "map.png")
     grid = tmp_path / "c.png"
-    gen = ["generate", "a red circle", "--model", str(out / "model"), "--out", str(grid), "--control"]
-    assert main(gen + [str(tmp_path / "map.png"), "--samples", "2", "--steps", "2", "--scale", "1"]) == 0
+    gen = ["generate", "a red circle", "--model", str(out / "model"), "--image", str(grid), "--control"]
+    assert main(gen + [str(tmp_path / "map.png"), "--samples", "2", "--sampling-steps", "2", "--scale", "1"]) == 0
     assert Image.open(grid).size == (2 * 18 + 2, 18 + 2)
 
 
@@ -133,10 +134,88 @@ def test_eval_generation_command_writes_results(trained, tmp_path, capsys):
     from vlp.generation.classifier import ClassifierConfig, save_classifier, train_classifier
 
     save_classifier(train_classifier(ClassifierConfig(image_size=16, width=4, steps=3, batch_size=4)), tmp_path / "c")
-    out = tmp_path / "results.json"
-    args = ["eval", "generation", "--model", str(trained / "model"), "--samples", "1", "--steps", "2"]
+    out = tmp_path / "results"
+    args = ["eval", "generation", "--model", str(trained / "model"), "--samples", "1", "--sampling-steps", "2"]
     assert main(args + ["--classifier", str(tmp_path / "c"), "--out", str(out), "--grid", str(tmp_path / "g.png")]) == 0
-    results = json.loads(out.read_text())
+    results = json.loads((out / "results.json").read_text())  # --out is a folder, as in every `vlp eval`
     assert results["settings"]["images"] == 42 and "layout_iou" not in results
     assert Image.open(tmp_path / "g.png").size == ((18 + 2) * 2, (42 * 18 + 2) * 2)  # 42 rows x 1 sample, scale 2
     assert "attribute accuracy" in capsys.readouterr().out
+
+
+def _tiny_args(out, *extra):
+    return ["train-generation", "t2i-shapes", "--out", str(out), "--no-progress", *extra] + [
+        a for kv in TINY if kv != "train.steps=3" for a in ("--set", kv)
+    ]
+
+
+def test_train_generation_steps_flag_and_a_readable_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_args(out, "--steps", "2")) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2  # --steps is train.steps
+    assert "train-generation: at most 2 optimizer steps (train.steps) or a 14-minute" in printed  # said up front
+    lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in printed.splitlines()[1:] if line.strip()}
+    assert lines["steps"] == "2 (stopped by steps)" and lines["model"] == str(out / "model")
+    assert lines["summary"] == str(out / "summary.json") and "{" not in printed  # a table, not raw JSON
+
+
+def test_train_generation_budget_is_explained():
+    from vlp.generation.train import budget_text
+
+    cfg = load_generation_recipe("t2i-shapes", ["train.steps=100", "train.time_budget_minutes=14"]).train
+    assert budget_text(cfg) == (
+        "at most 100 optimizer steps (train.steps) or a 14-minute wall-clock budget (train.time_budget_minutes), "
+        "whichever ends first; the learning rate decays to its floor by then"
+    )
+
+
+def test_train_generation_resumes_exactly_from_a_checkpoint(tmp_path):
+    """4 steps with a checkpoint every 2; a copy of the run cut back to its step-2 checkpoint and resumed must
+    log the same losses and end with the same weights as the uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    full = tmp_path / "full"
+    assert main(_tiny_args(full, "--steps", "4", "--set", "train.checkpoint_every=2")) == 0
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_00000004")
+    assert main(_tiny_args(cut, "--steps", "4", "--set", "train.checkpoint_every=2")) == 2  # refuses: not empty
+    assert main(_tiny_args(cut, "--steps", "4", "--set", "train.checkpoint_every=2", "--resume")) == 0
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["start_step"] == 2 and summary["steps"] == 4
+    rows = [json.loads(line) for line in (full / "train_log.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (cut / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    assert [r["loss"] for r in again] == [r["loss"] for r in rows]
+    a, b = load_file(full / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_generation_resume_without_a_checkpoint_fails_clearly(tmp_path, capsys):
+    assert main(_tiny_args(tmp_path / "empty", "--resume")) == 2
+    assert f"--resume: {tmp_path / 'empty' / 'checkpoints'} holds no valid checkpoint" in capsys.readouterr().err
+
+
+def test_train_generation_help_says_what_ends_the_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["train-generation", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "train.time_budget_minutes" in text and "whichever comes first" in text
+    assert "--steps STEPS" in text and "--resume" in text
+
+
+def test_sampling_steps_have_their_own_flag():
+    """--steps means optimizer steps (pretrain, finetune, train-generation); DDIM steps are --sampling-steps."""
+    parser = build_parser()
+    gen = parser.parse_args(["generate", "a", "--model", "m", "--image", "x.png", "--sampling-steps", "7"])
+    ev = parser.parse_args(["eval", "generation", "--model", "m", "--sampling-steps", "7"])
+    assert gen.sampling_steps == ev.sampling_steps == 7
+    for argv in (["generate", "a", "--model", "m", "--image", "x.png", "--steps", "7"],
+                 ["eval", "generation", "--model", "m", "--steps", "7"],
+                 ["generate", "a", "--model", "m", "--out", "x.png"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)

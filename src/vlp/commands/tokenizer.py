@@ -70,6 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     encode = actions.add_parser("encode", help="print the tokens, ids and word ids of some text")
     encode.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json or vocab.txt")
-    encode.add_argument("--max-length", type=int, default=40)
+    encode.add_argument("--max-length", type=int, default=40, help="longest token sequence, specials included")
     encode.add_argument("text", nargs="+", help="text(s) to tokenize")
     encode.set_defaults(run=run_encode)

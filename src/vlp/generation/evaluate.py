@@ -212,7 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate_generation(
         args.model,
         samples=args.samples,
-        steps=args.steps,
+        steps=args.sampling_steps,
         guidance=args.guidance,
         eta=args.eta,
         seed=args.seed,
@@ -224,9 +224,10 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     print(format_results(results))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"wrote {args.out}")
+        path = Path(args.out) / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 
@@ -238,17 +239,18 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="text-to-image model folder (from vlp train-generation)")
     parser.add_argument("--samples", type=int, default=2, help="images per (shape, colour) prompt (42 prompts)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--sampling-steps", type=int, default=50, help="DDIM sampling steps")
     parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument(
         "--classifier", default=None, help="folder of the attribute classifier; trained (and saved there) if absent"
     )
     parser.add_argument("--dual-encoder", default=None, help="vlp dual-encoder model folder for CLIP-score")
     parser.add_argument("--no-control", action="store_true", help="ignore the model's ControlNet branch")
-    parser.add_argument("--grid", default=None, help="write the generated images to this PNG (rows = prompts)")
-    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--grid", default=None, metavar="FILE",
+                        help="PNG file to write the generated images to (rows = prompts)")  # fmt: skip
+    parser.add_argument("--out", default=None, help="folder for results.json (default: print only)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.set_defaults(run=run_eval)
 
