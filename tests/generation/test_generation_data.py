@@ -18,7 +18,8 @@ from vlp.generation.data import (
     to_uint8,
     to_unit,
 )
-from vlp.generation.scoring import box_iou, largest_component, object_box
+from vlp.generation.scoring import box_iou, object_box
+from vlp.metrics import largest_component
 
 BG = Background("light", "solid", (200, 200, 200), (200, 200, 200), 0.0, 0.0, 0)
 

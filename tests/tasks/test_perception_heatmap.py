@@ -17,6 +17,7 @@ from shapes_task_helpers import pretrained
 import vlp
 from vlp.cli import main
 from vlp.config import ConfigError
+from vlp.metrics import largest_component, mask_to_box
 from vlp.tasks import perception
 from vlp.text import Tokenizer
 
@@ -54,9 +55,9 @@ def test_otsu_components_and_boxes_on_designed_maps():
     mask[0, 0:3] = True  # 3 pixels
     mask[2:4, 4:7] = True  # 6 pixels: the largest
     mask[4, 3] = True  # touches the big blob only diagonally: not 4-connected
-    big = perception.largest_component(mask)
+    big = largest_component(mask)
     assert big.sum() == 6 and not big[4, 3]
-    assert perception.mask_to_box(big) == (4.0, 2.0, 7.0, 4.0)
+    assert mask_to_box(big) == (4.0, 2.0, 7.0, 4.0)
     flat = perception.threshold_mask(np.ones((3, 3)))  # nothing exceeds the threshold: the peak is kept
     assert flat.any()
     # center crop: a 2x2 map covers the centred 4x4 square of a 6x4 image; outside it holds the minimum

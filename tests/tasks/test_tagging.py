@@ -18,6 +18,7 @@ from vlp.config import ConfigError
 from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.data.shapesworld import generate
+from vlp.metrics import average_precision
 from vlp.recipe import recipe_dict
 from vlp.tasks import tagging
 from vlp.tasks.common import load_model, preprocess_images
@@ -54,17 +55,17 @@ def task_recipe(world: Path, **task) -> dict:
 
 def test_average_precision_hand_worked_cases():
     # positives at ranks 1, 3, 5: precisions 1/1, 2/3, 3/5
-    assert tagging.average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1]) == pytest.approx(
+    assert average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1]) == pytest.approx(
         (1 + 2 / 3 + 3 / 5) / 3
     )
     # a constant score is one block: precision = prevalence for every positive
-    assert tagging.average_precision([0.3] * 4, [1, 0, 0, 1]) == pytest.approx(0.5)
+    assert average_precision([0.3] * 4, [1, 0, 0, 1]) == pytest.approx(0.5)
     # blocks {0.9}, {0.5, 0.5}, {0.1}: the tied block adds one positive at precision 1/3, the last at 2/4
-    assert tagging.average_precision([0.9, 0.5, 0.5, 0.1], [0, 1, 0, 1]) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert average_precision([0.9, 0.5, 0.5, 0.1], [0, 1, 0, 1]) == pytest.approx((1 / 3 + 2 / 4) / 2)
     with pytest.raises(ValueError, match="no positive"):
-        tagging.average_precision([0.1, 0.2], [0, 0])
+        average_precision([0.1, 0.2], [0, 0])
     with pytest.raises(ValueError, match="expected equal"):
-        tagging.average_precision([0.1, 0.2], [1])
+        average_precision([0.1, 0.2], [1])
 
 
 def test_average_precision_matches_sklearn_on_random_data():
@@ -73,9 +74,9 @@ def test_average_precision_matches_sklearn_on_random_data():
         scores = rng.permutation(n) / n  # distinct: no ties
         targets = rng.random(n) < 0.3
         targets[rng.integers(n)] = True
-        assert tagging.average_precision(scores, targets) == pytest.approx(average_precision_score(targets, scores))
+        assert average_precision(scores, targets) == pytest.approx(average_precision_score(targets, scores))
         coarse = np.round(scores * 4) / 4  # heavy ties: sklearn treats each tie as one block as well
-        assert tagging.average_precision(coarse, targets) == pytest.approx(average_precision_score(targets, coarse))
+        assert average_precision(coarse, targets) == pytest.approx(average_precision_score(targets, coarse))
 
 
 def test_tagging_scores_on_a_hand_worked_case():
@@ -260,7 +261,7 @@ def test_evaluate_equals_a_recomputation_from_the_raw_instances_file(world, trai
     majority = sum(max(int(truth[:, c].sum()), len(paths) - int(truth[:, c].sum())) for c in range(len(names)))
     assert out["chance"]["tag_acc"] == pytest.approx(100 * majority / truth.numel())
     # the constant-score predictor really scores the chance mAP
-    constant = [tagging.average_precision(torch.zeros(len(paths)), truth[:, c]) for c in scored]
+    constant = [average_precision(torch.zeros(len(paths)), truth[:, c]) for c in scored]
     assert out["chance"]["map"] == pytest.approx(100 * sum(constant) / len(constant))
 
 

@@ -14,12 +14,13 @@ averaged over images, for any model with ``encode_image`` / ``encode_text``.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from vlp.metrics.masks import largest_component, mask_to_box
 
 # margin of channel spread over the image's median spread that marks an object pixel: the least
 # saturated palette colour (green, 160 - 40 = 120) clears it on any real background (grey +- 18
@@ -36,39 +37,12 @@ def object_mask(image: np.ndarray, threshold: int = SATURATION_THRESHOLD) -> np.
     return spread - np.median(spread) > threshold
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a bool mask (empty mask -> empty mask); ties keep the first found."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    best: list[tuple[int, int]] = []
-    for r0, c0 in zip(*np.nonzero(mask)):
-        if seen[r0, c0]:
-            continue
-        component, queue = [], deque([(int(r0), int(c0))])
-        seen[r0, c0] = True
-        while queue:
-            r, c = queue.popleft()
-            component.append((r, c))
-            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
-                    seen[rr, cc] = True
-                    queue.append((rr, cc))
-        if len(component) > len(best):
-            best = component
-    out = np.zeros_like(mask, dtype=bool)
-    if best:
-        rows, cols = zip(*best)
-        out[list(rows), list(cols)] = True
-    return out
-
-
 def object_box(image: np.ndarray, threshold: int = SATURATION_THRESHOLD) -> tuple[int, int, int, int] | None:
     """Pixel box ``(c0, r0, c1, r1)`` (end-exclusive) of the largest saturated blob, or None when there is none."""
     blob = largest_component(object_mask(image, threshold))
     if not blob.any():
         return None
-    rows, cols = np.nonzero(blob)
-    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+    return tuple(int(v) for v in mask_to_box(blob))
 
 
 def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> float:
@@ -129,7 +103,6 @@ __all__ = [
     "box_iou",
     "clip_scores",
     "dual_encoder_inputs",
-    "largest_component",
     "object_box",
     "object_mask",
 ]

@@ -22,13 +22,16 @@ from vlp.metrics.boxes import (
 )
 from vlp.metrics.cider import cider_d
 from vlp.metrics.coco_caption import caption_metrics, pycocoevalcap_available, resolve_backend
+from vlp.metrics.masks import largest_component, mask_to_box
 from vlp.metrics.ptb_tokenize import ptb_tokenize, tokenize_captions
+from vlp.metrics.ranking import average_precision
 from vlp.metrics.retrieval import retrieval_metrics
 from vlp.metrics.rouge import rouge_l
 from vlp.metrics.vqa import normalize_answer, soft_score, vqa_accuracy, vqa_score
 
 __all__ = [
     "accuracy_at_iou",
+    "average_precision",
     "box_area",
     "box_convert",
     "box_iou",
@@ -40,6 +43,8 @@ __all__ = [
     "elementwise_generalized_box_iou",
     "generalized_box_iou",
     "giou_loss",
+    "largest_component",
+    "mask_to_box",
     "normalize_answer",
     "ptb_tokenize",
     "pycocoevalcap_available",

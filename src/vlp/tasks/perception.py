@@ -20,7 +20,6 @@ Predict: :func:`heatmap` ``(model, tok, image, text) -> (H, W)`` array, :func:`l
 from __future__ import annotations
 
 import argparse
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.config import ConfigError
+from vlp.metrics.masks import largest_component, mask_to_box
 
 
 def check_dense(model: Any) -> None:
@@ -99,40 +99,6 @@ def threshold_mask(heat: np.ndarray, method: str = "otsu", k: float = 1.0) -> np
     if not mask.any():  # a flat map: keep its peak so there is always a box
         mask = heat >= heat.max()
     return mask
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a boolean ``(H, W)`` mask (first found on ties)."""
-    height, width = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    best: list[tuple[int, int]] = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        queue, component = deque([start]), []
-        while queue:
-            y, x = queue.popleft()
-            component.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    queue.append((ny, nx))
-        if len(component) > len(best):
-            best = component
-    out = np.zeros_like(mask, dtype=bool)
-    if best:
-        ys, xs = zip(*best)
-        out[list(ys), list(xs)] = True
-    return out
-
-
-def mask_to_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """The ``(x1, y1, x2, y2)`` pixel box around a non-empty mask (pixel ``i`` spans ``[i, i + 1)``)."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        raise ValueError("mask_to_box: the mask is empty")
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
 def heat_box(heat: np.ndarray, method: str = "otsu", k: float = 1.0) -> tuple[tuple[float, ...], np.ndarray]:
@@ -374,9 +340,7 @@ __all__ = [
     "heat_box",
     "heat_to_image",
     "heatmap",
-    "largest_component",
     "locate_text",
-    "mask_to_box",
     "otsu_threshold",
     "register_eval",
     "save_overlay",
