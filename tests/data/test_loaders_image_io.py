@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from loaders_helpers import jpeg_bytes, write_png
+from loaders_helpers import jpeg_bytes, patterned, write_png
 from PIL import Image
 
 from vlp.data.image_io import ImageError, decode_image, to_rgb
@@ -131,3 +131,72 @@ def test_bad_images_raise_with_their_reason(tmp_path, content, reason) -> None:
     with pytest.raises(ImageError) as info:
         decode_image(path, max_pixels=10_000)
     assert info.value.reason == reason
+
+
+def _scan_jpeg(**save: object) -> tuple[bytes, int, int]:
+    """A JPEG with real entropy-coded data, and where its scan data starts and ends (the EOI marker)."""
+    buffer = io.BytesIO()
+    patterned((96, 64), 1).save(buffer, "JPEG", quality=95, **save)
+    data = buffer.getvalue()
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    return data, start, data.rindex(b"\xff\xd9")
+
+
+def _damaged(data: bytes, at: int, value: int) -> bytes:
+    bad = bytearray(data)
+    bad[at : at + 6] = bytes([value]) * 6
+    return bytes(bad)
+
+
+@pytest.mark.parametrize("offset", [111, 333, 555])
+def test_damaged_jpeg_scan_data_is_corrupt_not_garbage(tmp_path, offset) -> None:
+    data, start, _ = _scan_jpeg()
+    # six bytes of the scan overwritten: libjpeg's djpeg reports "Corrupt JPEG data: premature end of
+    # data segment" for each of these, yet PIL decodes them without a word, to different pixels
+    bad = _damaged(data, start + offset, 0x00)
+    silent = np.asarray(Image.open(io.BytesIO(bad)).convert("RGB"), dtype=int)
+    assert np.abs(silent - np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)).mean() > 5
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bad)
+    for source, draft in ((path, None), (bad, None), (path, (24, 24))):
+        with pytest.raises(ImageError, match="scan data ended before the last block") as info:
+            decode_image(source, draft_size=draft)
+        assert info.value.reason == "corrupt_image"
+
+
+def test_jpeg_with_leftover_scan_data_is_corrupt() -> None:
+    data, _, end = _scan_jpeg()
+    # bytes between the last block and EOI: djpeg says "Corrupt JPEG data: 36 extraneous bytes before marker 0xd9"
+    bad = data[:end] + b"\x12\x34" * 20 + data[end:]
+    with pytest.raises(ImageError, match="all blocks decoded before the scan data ended") as info:
+        decode_image(bad)
+    assert info.value.reason == "corrupt_image"
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        {},
+        {"subsampling": 0},
+        {"subsampling": 2, "quality": 40},
+        {"optimize": True},
+        {"progressive": True},
+        {"restart_marker_blocks": 3},
+        {"restart_marker_rows": 1},
+        {"icc_profile": b"\x00" * 3000},
+    ],  # fmt: skip
+)
+def test_well_formed_jpegs_decode_exactly_as_pil_does(tmp_path, save) -> None:
+    for mode, size in (("RGB", (96, 64)), ("L", (37, 23)), ("CMYK", (40, 8))):
+        buffer = io.BytesIO()
+        patterned(size, 2).convert(mode).save(buffer, "JPEG", **save)
+        for data in (buffer.getvalue(), buffer.getvalue() + b"trailing bytes after EOI"):
+            expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            assert np.array_equal(np.asarray(decode_image(data)[0]), expected)
+            path = tmp_path / "good.jpg"
+            path.write_bytes(data)
+            drafted = Image.open(io.BytesIO(data))
+            drafted.draft(drafted.mode, (12, 8))
+            assert np.array_equal(np.asarray(decode_image(path, draft_size=(12, 8))[0]),
+                                  np.asarray(drafted.convert("RGB")))  # fmt: skip

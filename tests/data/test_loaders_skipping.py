@@ -7,7 +7,7 @@ import json
 import logging
 
 import pytest
-from loaders_helpers import jpeg_bytes, tiny_tokenizer, webdataset_samples, write_png, write_tar
+from loaders_helpers import jpeg_bytes, patterned, tiny_tokenizer, webdataset_samples, write_png, write_tar
 from PIL import Image
 
 from vlp.config import from_dict
@@ -133,3 +133,24 @@ def test_truncated_and_bad_tar_shards_are_skipped(tmp_path) -> None:
     assert delivered == list(range(11))
     assert loader.skip_counts == {"truncated_shard": 2, "not_an_image": 1, "bad_encoding": 1, "missing_field": 1,
                                   "empty_caption": 1}  # fmt: skip
+
+
+def test_damaged_jpeg_data_is_skipped_and_counted_or_raises_when_strict(tmp_path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    buffer = io.BytesIO()
+    patterned((96, 64), 1).save(buffer, "JPEG", quality=95)
+    good = buffer.getvalue()
+    (images / "good.jpg").write_bytes(good)
+    start = good.index(b"\xff\xda") + 14  # past the SOS segment of this 3-component JPEG
+    damaged = bytearray(good)
+    damaged[start + 333 : start + 339] = bytes(6)  # libjpeg: "Corrupt JPEG data: premature end of data segment"
+    (images / "damaged.jpg").write_bytes(bytes(damaged))
+    lines = [{"image": "good.jpg", "caption": "fine", "image_id": 0}, {"image": "damaged.jpg", "caption": "fine"}]
+    (tmp_path / "manifest_train.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    loader = build_loader(_config(tmp_path), "train", tiny_tokenizer(), batch_size=2, shuffle=False, drop_last=False)
+    assert [m["image_id"] for batch in loader for m in batch.meta] == [0]
+    assert loader.skip_counts == {"corrupt_image": 1}
+    strict = build_loader(_config(tmp_path, strict=True), "train", tiny_tokenizer(), batch_size=2, shuffle=False)
+    with pytest.raises(SampleError, match=r"images/damaged\.jpg: corrupt_image \(corrupt JPEG data"):
+        list(strict)

@@ -19,6 +19,17 @@
   YCbCr, HSV, L and 1 use PIL's conversions.
 - A decompression bomb (width * height above ``max_pixels``) is refused from
   the header, before any pixel is decoded.
+- Damaged JPEG data is refused (``corrupt_image``). A truncated file already
+  fails in PIL (``LOAD_TRUNCATED_IMAGES`` stays False), but damaged
+  entropy-coded data decodes to garbage without an error: libjpeg's "Corrupt
+  JPEG data" warnings never reach Python. What those warnings mostly report is
+  a scan whose compressed data does not end where the last block ends. So a
+  sequential, single-scan JPEG is decoded from a copy with a few filler bytes
+  before its EOI marker and reads that pause twice, shortly before the end of
+  the scan and just after the filler: a good scan finishes between the two; a
+  damaged one finishes early (data left over) or reads past the filler (data
+  missing). It costs no second decode. Progressive and multi-scan JPEGs are
+  not checked this way (libjpeg reads all their scans before the first row).
 Errors are :class:`ImageError` with one of the skip reasons of
 :mod:`vlp.data.skipping`.
 """
@@ -48,13 +59,93 @@ class ImageError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def _open(source: ImageSource) -> Image.Image:
+_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # SOF0 baseline, SOF1 extended sequential
+_OTHER_FRAMES = frozenset(range(0xC2, 0xD0)) - {0xC4, 0xC8, 0xCC}  # progressive, lossless, arithmetic
+_FILLER = 16  # >= libjpeg's bit-buffer look-ahead (57 bits = 8 bytes), so a good scan finishes inside it
+_EARLY = 2  # the first pause: this many bytes before the scan's end
+
+
+def _first_marker(data: bytes, start: int) -> int:
+    """Position of the first marker at or after ``start`` in entropy-coded data, -1 if none: an 0xFF
+    not followed by a stuffed 0x00, a restart marker 0xD0-0xD7, or another 0xFF (fill)."""
+    # numpy: a Python loop over the 0xFF bytes, or bytes.find of a two-byte marker, costs several times more
+    tail = np.frombuffer(data, np.uint8, offset=start)
+    ff = np.flatnonzero(tail[:-1] == 0xFF)
+    after = tail[ff + 1]
+    hits = ff[(after != 0) & (after != 0xFF) & ((after < 0xD0) | (after > 0xD7))]
+    return start + int(hits[0]) if len(hits) else -1
+
+
+def _scan_end(data: bytes) -> int | None:
+    """Where the only scan of a sequential Huffman JPEG ends (its EOI marker); None when not such a file."""
+    i, components = 2, 0
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9 or marker in _OTHER_FRAMES:
+            return None  # no scan, or a frame type that libjpeg reads whole before the first row
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _SEQUENTIAL_HUFFMAN and i + 10 <= len(data):
+            components = data[i + 9]
+        if marker == 0xDA:
+            start = i + 2 + length
+            # a scan with fewer components than the frame: more scans follow, all read before the first row
+            if not components or i + 4 >= len(data) or data[i + 4] != components or start >= len(data):
+                return None
+            end = _first_marker(data, start)
+            if end < 0 or data[end + 1] != 0xD9 or end - _EARLY <= start:
+                return None  # truncated inside the scan (PIL reports that itself) or an unusual marker
+            return end
+        i += 2 + length
+    return None
+
+
+class _ScanProbe(io.BytesIO):
+    """A JPEG with ``_FILLER`` zero bytes inserted before its EOI, whose reads pause at
+    ``end - _EARLY`` and at ``end + _FILLER``; where PIL stopped reading tells whether the
+    decoder finished its blocks exactly where the compressed data ends (see the module docstring)."""
+
+    def __init__(self, data: bytes, end: int) -> None:
+        super().__init__(data[:end] + bytes(_FILLER) + data[end:])
+        self.end = end
+        self.pauses = (end - _EARLY, end + _FILLER)
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self.tell()
+        for pause in self.pauses:
+            if position < pause:
+                size = pause - position if size is None or size < 0 else min(size, pause - position)
+                break
+        return super().read(size)
+
+    def check(self) -> None:
+        """Raise ``corrupt_image`` unless decoding finished between the two pauses."""
+        stopped = self.tell()
+        if stopped <= self.pauses[0]:
+            raise ImageError("corrupt_image", "corrupt JPEG data: all blocks decoded before the scan data ended")
+        if stopped > self.pauses[1]:
+            raise ImageError("corrupt_image", "corrupt JPEG data: the scan data ended before the last block")
+
+
+def _open_bytes(data: bytes) -> tuple[Image.Image, _ScanProbe | None]:
+    end = _scan_end(data) if data[:3] == b"\xff\xd8\xff" else None
+    if end is None:
+        return Image.open(io.BytesIO(data)), None
+    probe = _ScanProbe(data, end)
+    return Image.open(probe), probe
+
+
+def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None]:
     if isinstance(source, Image.Image):
-        return source
+        return source, None
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError("empty_file", "zero bytes")
-        return Image.open(io.BytesIO(bytes(source)))
+        return _open_bytes(bytes(source))
     path = Path(source)
     try:
         size = path.stat().st_size
@@ -62,7 +153,10 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError("missing_file", f"{path} does not exist") from err
     if size == 0:
         raise ImageError("empty_file", "zero bytes")
-    return Image.open(path)
+    with path.open("rb") as handle:
+        is_jpeg = handle.read(3) == b"\xff\xd8\xff"
+    # a JPEG is read whole for the scan check; other formats stream from disk as before
+    return _open_bytes(path.read_bytes()) if is_jpeg else (Image.open(path), None)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -131,7 +225,7 @@ def decode_image(
         with warnings.catch_warnings():
             # our own pixel limit replaces PIL's warning; its hard error (2x its limit) still applies
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = _open(source)
+            image, probe = _open(source)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError("decompression_bomb", f"{width}x{height} exceeds max_image_pixels={max_pixels}")
@@ -144,6 +238,8 @@ def decode_image(
                 # draft picks the largest 1/2^k reduction that keeps both sides >= want
                 image.draft("RGB" if image.mode in ("RGB", "YCbCr") else image.mode, want)
             image.load()
+            if probe is not None:
+                probe.check()
             if orientation is None:
                 orientation = _orientation(image)
             full_size = (height, width) if orientation in _SWAPS_AXES else (width, height)
