@@ -5,6 +5,7 @@ fails at once with the key's dotted name and what was allowed."""
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,26 @@ class Recipe:
 
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def task_recipe_names() -> list[str]:
+    """Built-in task recipes (``vlp finetune NAME``), e.g. ``vqa-albef-tiny``."""
+    return sorted(p.stem for p in TASK_RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_description(name_or_path: str | Path) -> str:
+    """One line on what a recipe is: the first sentence of its leading comment (up to a ``:``, ``;`` or ``.``)."""
+    text = []
+    for line in recipe_path(name_or_path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words = line.lstrip("#").strip()
+        if words.startswith("vlp ") or not words:  # the usage lines that follow the description
+            break
+        text.append(words)
+    joined = " ".join(text)
+    match = re.search(r"[:;]\s|\.\s|\.$", joined)
+    return (joined[: match.start()] if match else joined).rstrip(",")
 
 
 def recipe_path(name_or_path: str | Path) -> Path:

@@ -57,3 +57,47 @@ def test_generate_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "DDIM sampling steps (default: 50)" in text and "images per prompt (default: 4)" in text
     assert "(default: 3.0)" in text  # --guidance
+
+
+def _task_recipes() -> dict[str, str]:
+    """name -> the first line of the recipe's leading comment, read here from the files."""
+    from pathlib import Path
+
+    import vlp.tasks
+
+    folder = Path(vlp.tasks.__file__).parent / "recipes"
+    return {p.stem: p.read_text().splitlines()[0].lstrip("# ") for p in sorted(folder.glob("*.yaml"))}
+
+
+def _check_listing(text: str) -> None:
+    recipes = _task_recipes()
+    assert "vqa-albef-tiny" in recipes and len(recipes) >= 10
+    for name, first_line in recipes.items():
+        line = next((ln for ln in text.splitlines() if ln.split()[:1] == [name]), None)
+        assert line is not None, f"{name} is not listed"
+        words = " ".join(first_line.split()[:5])  # the description starts with the comment's first words
+        assert line.split(maxsplit=1)[1].startswith(words), (name, line)
+
+
+def test_info_lists_every_task_recipe_with_a_description(capsys):
+    assert main(["info"]) == 0
+    _check_listing(capsys.readouterr().out)
+
+
+def test_finetune_help_lists_every_task_recipe(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    _check_listing(capsys.readouterr().out)
+
+
+def test_one_flag_one_meaning():
+    """--k is retrieval's shortlist length; perception's threshold multiplier is --threshold-k."""
+    parser = build_parser()
+    assert parser.parse_args(["eval", "retrieval", "--model", "m", "--k", "8"]).k == 8
+    assert parser.parse_args(["eval", "perception", "--model", "m", "--threshold-k", "1.5"]).threshold_k == 1.5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "perception", "--model", "m", "--k", "1.5"])
+    args = parser.parse_args(["plot", "run", "--image", "x.png"])
+    assert args.image == "x.png"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["plot", "run", "--out", "x.png"])

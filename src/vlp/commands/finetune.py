@@ -29,6 +29,15 @@ def run(args: argparse.Namespace) -> int:
     return run_job(args, train.device, train.seed, build, where)
 
 
+def task_recipes_help() -> str:
+    """The built-in task recipes, one line each (name and the first sentence of its comment)."""
+    from vlp.recipe import recipe_description, task_recipe_names
+
+    names = task_recipe_names()
+    width = max(len(n) for n in names)
+    return "\n".join(f"  {name:<{width}}  {recipe_description(name)}" for name in names)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from vlp.train.launch import MULTI_NODE_HELP, add_run_arguments
 
@@ -38,10 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune on a task recipe: a recipe with a `task` section and `init` (pretrained weights: a "
         "run folder, a checkpoint folder, a save_pretrained folder or a .safetensors file). Use optim.module_lr "
         "for a lower rate on pretrained towers and optim.freeze to lock them.",
-        epilog=MULTI_NODE_HELP.replace("pretrain RECIPE", "finetune TASK_RECIPE"),
+        epilog="built-in task recipes (src/vlp/tasks/recipes/NAME.yaml; the comment at the top of each says how to "
+        "run and evaluate it):\n"
+        + task_recipes_help()
+        + "\n\n"
+        + MULTI_NODE_HELP.replace("pretrain RECIPE", "finetune TASK_RECIPE"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("task_recipe", help="task recipe YAML")
-    parser.add_argument("--init", default=None, help="pretrained weights (overrides the recipe's init)")
+    parser.add_argument("task_recipe", help="a built-in task recipe name (listed below) or a task recipe YAML file")
+    parser.add_argument(
+        "--init", default=None, help="pretrained weights (overrides the recipe's init); the run prints how many "
+        "tensors of each part load from them and how many start fresh",
+    )  # fmt: skip
     add_run_arguments(parser)
     parser.set_defaults(run=run)

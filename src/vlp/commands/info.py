@@ -1,4 +1,4 @@
-"""``vlp info``: versions, device, threads and the available recipes."""
+"""``vlp info``: versions, device, threads, the model recipes and the task recipes (one line each)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"bf16       {'yes' if (cuda and torch.cuda.is_bf16_supported()) or not cuda else 'no'}")
     models = vlp.list_models()
     print(f"recipes    {len(models)}: {', '.join(models) if models else '(none yet)'}")
+    from vlp.commands.finetune import task_recipes_help
+    from vlp.recipe import task_recipe_names
+
+    print(f"task recipes {len(task_recipe_names())} (vlp finetune NAME):")
+    print(task_recipes_help())
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="print versions, device, threads and available recipes")
+    parser = subparsers.add_parser("info", help="print versions, device, threads, model recipes and task recipes")
     parser.set_defaults(run=run)

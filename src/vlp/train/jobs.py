@@ -59,7 +59,8 @@ def build_pretraining_job(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(recipe)
     model = create_model(recipe)
     if recipe.train.init:
-        load_init_weights(model, recipe.train.init, recipe.train.init_parts)
+        missing, unexpected = load_init_weights(model, recipe.train.init, recipe.train.init_parts)
+        print(init_report(model, recipe.train.init, missing, unexpected))
     module = Pretraining(model, recipe.objectives, tokenizer=tokenizer)
     loader = build_loader(
         recipe.data,
@@ -129,6 +130,33 @@ def load_init_weights(
     return sorted(result.missing_keys), sorted(result.unexpected_keys)
 
 
+def _part(key: str) -> str:
+    """The top-level part a weight belongs to: ``text``, ``vision``, ``fusion``, ... and ``heads.NAME`` per head."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "heads" and len(parts) > 2 else parts[0]
+
+
+def init_report(model: nn.Module, path: str | Path, missing: list[str], unexpected: list[str]) -> str:
+    """What ``--init`` transferred: per top-level part, how many tensors came from ``path`` and how many start
+    fresh, and how many of the file's tensors the model has no place for."""
+    counts: dict[str, list[int]] = {}
+    fresh = set(missing)
+    for key in model.state_dict():
+        counts.setdefault(_part(key), [0, 0])[key in fresh] += 1
+    width = max(len("part"), *(len(p) for p in counts))
+    lines = [f"init: weights from {path}", f"  {'part':<{width}}  loaded  fresh"]
+    lines += [f"  {part:<{width}}  {n_loaded:>6}  {n_fresh:>5}" for part, (n_loaded, n_fresh) in counts.items()]
+    loaded, total = sum(c[0] for c in counts.values()), sum(sum(c) for c in counts.values())
+    lines.append(f"  {'total':<{width}}  {loaded:>6}  {total - loaded:>5}")
+    whole = [part for part, (n_loaded, _) in counts.items() if n_loaded == 0]
+    if whole:
+        lines.append(f"  starting wholly fresh: {', '.join(whole)} (new task heads, or parts the weights lack)")
+    if unexpected:
+        unused = sorted({_part(k) for k in unexpected})
+        lines.append(f"  not used: {len(unexpected)} tensor(s) of the weights under {', '.join(unused)}")
+    return "\n".join(lines)
+
+
 def build_finetuning_job(
     data: dict[str, Any],
     *,
@@ -161,8 +189,7 @@ def build_finetuning_job(
     model = create_model(recipe)
     if init:
         missing, unexpected = load_init_weights(model, init)
-        if missing:
-            print(f"init: {len(missing)} weight(s) start fresh (new heads?): {', '.join(missing[:8])}")
+        print(init_report(model, init, missing, unexpected))
     module, loader = builder(task, recipe, model, tokenizer, rank=rank, world_size=world_size)
     plain = to_dict(recipe)
     plain.update(task=task, init=str(init) if init else None)
@@ -177,4 +204,4 @@ def build_finetuning_job(
     )
 
 
-__all__ = ["Job", "build_finetuning_job", "build_pretraining_job", "load_init_weights"]
+__all__ = ["Job", "build_finetuning_job", "build_pretraining_job", "init_report", "load_init_weights"]
