@@ -99,8 +99,19 @@ def test_metrics_table_and_results_json(tmp_path):
     lines = table.splitlines()
     assert lines[0] == "vqa on x" and lines[1].split() == ["metric", "value", "chance"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
+    # number's 0.9 is a VQA accuracy in percent like the others, so it gets 2 decimals too (it printed 0.9000)
     assert rows == {"overall": ["62.50", "43.00"], "per_answer_type/yes/no": ["80.00", "50.00"],
-                    "per_answer_type/number": ["0.9000"], "n": ["4"]}  # fmt: skip
+                    "per_answer_type/number": ["0.90"], "n": ["4"]}  # fmt: skip
     path = common.write_results(tmp_path / "out", {"metrics": metrics, "tensor": torch.tensor([1.5])})
     assert json.loads(path.read_text()) == {"metrics": metrics, "tensor": [1.5]}
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_metrics_table_prints_percentages_alike_and_caption_scores_on_their_scale():
+    """Tagging's exact match 0.5 (%) beside mAP 77.25 (%): both with 2 decimals, not 0.5000 like a fraction."""
+    table = common.metrics_table(
+        {"map": 77.25, "exact_match": 0.5, "Bleu_4": 0.1234, "CIDEr": 1.5, "C": 0.01}, {"exact_match": 12.0}
+    )
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert rows == {"map": ["77.25"], "exact_match": ["0.50", "12.00"], "Bleu_4": ["0.1234"], "CIDEr": ["1.50"],
+                    "C": ["0.0100"]}  # fmt: skip

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,23 +17,33 @@ from typing import Any
 
 from vlp.config import to_dict
 
+# metrics on their own scale, not percentages: the COCO-caption scores as pycocoevalcap reports them (BLEU,
+# METEOR, ROUGE-L in [0, 1], CIDEr in [0, 10]) and settings such as a probe's regularization C
+_OWN_SCALE = re.compile(r"^(bleu(_\d)?|meteor|rouge(_l)?|cider(-d)?|spice|c)$", re.IGNORECASE)
 
-def _fmt(value: Any) -> str:
+
+def _fmt(value: Any, key: str = "") -> str:
     if isinstance(value, float):
-        # percentages (recall, VQA accuracy) read well with 2 decimals, [0, 1] scores (BLEU, ...) need 4
-        return "nan" if math.isnan(value) else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+        if math.isnan(value):
+            return "nan"
+        if _OWN_SCALE.match(key.rsplit("/", 1)[-1]):
+            return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"  # small [0, 1] scores need 4 decimals
+        # every other score of vlp's tasks is a percentage (recall, accuracy, mAP, exact match, ...): always 2
+        # decimals, so that 0.90% does not read as the fraction 0.9000 beside 80.00
+        return f"{value:.2f}"
     return str(value)
 
 
 def metrics_table(metrics: Mapping[str, Any], chance: Mapping[str, Any] | None = None, title: str = "") -> str:
     """A plain-text table: one row per scalar metric (nested dicts are flattened as ``a/b``), with
-    its chance level when ``chance`` has the same key."""
+    its chance level when ``chance`` has the same key. Float scores are percentages (2 decimals) except
+    the caption metrics and settings that have their own scale (``_OWN_SCALE``)."""
     rows: list[tuple[str, str, str]] = []
     chance = flatten(chance or {})
     for key, value in flatten(metrics).items():
         if isinstance(value, (list, tuple)):
             continue
-        rows.append((key, _fmt(value), _fmt(chance[key]) if key in chance else ""))
+        rows.append((key, _fmt(value, key), _fmt(chance[key], key) if key in chance else ""))
     show_chance = any(r[2] for r in rows)
     header = ("metric", "value", "chance") if show_chance else ("metric", "value")
     rows = [r if show_chance else r[:2] for r in rows]
