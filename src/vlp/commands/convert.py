@@ -20,7 +20,10 @@ def _summary(folder: Path) -> None:
     if record.is_file():
         import json
 
-        for name, why in json.loads(record.read_text(encoding="utf-8")).get("vlp_only", {}).items():
+        data = json.loads(record.read_text(encoding="utf-8"))
+        if data.get("data"):
+            print(f"data       {data['data']}")
+        for name, why in data.get("vlp_only", {}).items():
             print(f"vlp only   {name}: {why}")
 
 

@@ -25,7 +25,15 @@ import torch
 
 from vlp.config import ConfigError, read_yaml, set_dotted
 from vlp.interop.common import ConversionError, Converter, export_state, import_state, listing, read_json, read_weights
-from vlp.interop.preprocess import HF_NAME, PREPROCESS_NAME, Preprocess, from_hf, from_recipe
+from vlp.interop.preprocess import (
+    HF_NAME,
+    PREPROCESS_NAME,
+    Preprocess,
+    describe_data,
+    fit_data_section,
+    from_hf,
+    from_recipe,
+)
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -88,11 +96,7 @@ def _recipe_data(conv: Converter, config: dict[str, Any], arch: str, name: str, 
 
     data = recipe_dict(conv.recipe)
     data["model"] = {"name": name, **conv.model_section(config, arch)}
-    if pre is not None:
-        settings = pre.transform_config()
-        section = data.setdefault("data", {})
-        section["image_size"] = settings["image_size"]
-        section["transform"] = {**section.get("transform", {}), **settings["transform"]}
+    fit_data_section(data.setdefault("data", {}), data["model"], pre)  # sizes from the checkpoint, not the recipe
     return data
 
 
@@ -167,6 +171,7 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
     # what the report lists: parameters the source model has no counterpart for (kept at their
     # deterministic initial values), so that nothing is silently invented
     record = {"family": conv.family, "architecture": arch, "source": src.name, "vlp_only": mapping.vlp_only}
+    record["data"] = describe_data(src, model.recipe)  # where the data settings came from, defaults named
     files = {
         HF_CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True) + "\n",
         INTEROP_NAME: json.dumps(record, indent=2) + "\n",

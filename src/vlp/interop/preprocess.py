@@ -1,6 +1,8 @@
 """Image preprocessing settings of imported checkpoints: read, store, and apply exactly.
 
-A transformers folder describes its image pipeline in ``preprocessor_config.json``. vlp keeps
+A transformers folder describes its image pipeline in ``preprocessor_config.json``, or (as
+transformers 5 saves a processor) in the ``image_processor`` section of ``processor_config.json``,
+which transformers reads first. vlp keeps
 the settings that matter (resize rule and size, crop, interpolation, rescale, mean, std) in
 ``preprocess.json`` beside the converted weights, and :func:`load_preprocess` turns them into a
 callable ``PIL image -> (3, H, W) float tensor`` that reproduces transformers' PIL backend:
@@ -34,6 +36,7 @@ from vlp.interop.common import ConversionError, read_json
 
 PREPROCESS_NAME = "preprocess.json"
 HF_NAME = "preprocessor_config.json"
+HF_PROCESSOR_NAME = "processor_config.json"  # transformers 5: a processor's settings, images in "image_processor"
 
 # PIL resample codes as transformers stores them
 _TO_PIL = {
@@ -190,7 +193,7 @@ class Preprocess:
         return out
 
 
-def _pair(value: Any, key: str, path: Path) -> tuple[int, int] | None:
+def _pair(value: Any, key: str, path: Path | str) -> tuple[int, int] | None:
     if value is None:
         return None
     if isinstance(value, int):
@@ -203,12 +206,33 @@ def _pair(value: Any, key: str, path: Path) -> tuple[int, int] | None:
     raise ConversionError(f"{path}: {key}={value!r}: expected an int or {{height, width}} or {{shortest_edge}}")
 
 
+def hf_image_settings(folder: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """``(where, settings)`` of a transformers folder's image processor, None when it has none.
+
+    Like transformers, the ``image_processor`` section of ``processor_config.json`` comes first, then
+    ``preprocessor_config.json``; ``where`` names the file (and section) for messages.
+    """
+    folder = Path(folder)
+    processor = folder / HF_PROCESSOR_NAME
+    if processor.is_file():
+        section = read_json(processor, "a transformers processor config").get("image_processor")
+        if section is not None:
+            if not isinstance(section, dict):
+                raise ConversionError(f"{processor}: image_processor must be a JSON object, got {section!r}")
+            return f"{processor} (image_processor)", section
+    path = folder / HF_NAME
+    if path.is_file():
+        return str(path), read_json(path, "a transformers image processor config")
+    return None
+
+
 def from_hf(folder: str | Path) -> Preprocess | None:
-    """The :class:`Preprocess` of a transformers folder's ``preprocessor_config.json`` (None if absent)."""
-    path = Path(folder) / HF_NAME
-    if not path.is_file():
+    """The :class:`Preprocess` of a transformers folder's image processor settings (``processor_config.json``
+    or ``preprocessor_config.json``, see :func:`hf_image_settings`); None if it has neither."""
+    found = hf_image_settings(folder)
+    if found is None:
         return None
-    data = read_json(path, "a transformers image processor config")
+    path, data = found
     kind = str(data.get("image_processor_type", data.get("feature_extractor_type", "")))
     size_value = data.get("size")
     size = _pair(size_value, "size", path)
@@ -246,6 +270,46 @@ def from_hf(folder: str | Path) -> Preprocess | None:
         size_divisor=int(data.get("size_divisor", 32)),
         extra=extra,
     )
+
+
+def fit_data_section(section: dict[str, Any], model: dict[str, Any], pre: Preprocess | None) -> None:
+    """Set an imported recipe's ``data`` section from the checkpoint rather than the recipe's defaults.
+
+    ``model``: the recipe's model section (plain data). The image size and transform come from ``pre``
+    (the checkpoint's image processor) when there is one, else the image size is the vision tower's;
+    ``max_text_len`` never exceeds the text tower's positions (a longer text would not fit it).
+    """
+    if pre is not None:
+        settings = pre.transform_config()
+        section["image_size"] = settings["image_size"]
+        section["transform"] = {**section.get("transform", {}), **settings["transform"]}
+    else:
+        size = (model.get("vision") or {}).get("image_size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            section["image_size"] = size
+    tower = model.get("text") or model.get("decoder") or {}
+    positions = tower.get("max_positions")
+    if isinstance(positions, int) and int(section.get("max_text_len", positions)) > positions:
+        section["max_text_len"] = positions
+
+
+def describe_data(folder: str | Path, recipe: Any) -> str:
+    """One line for the conversion report: where an imported model's data settings came from."""
+    data, model = recipe.data, recipe.model
+    found = hf_image_settings(folder)
+    parts = []
+    pixels = f"image_size {data.image_size}, mean {list(data.transform.mean)}, std {list(data.transform.std)}"
+    if found is not None:
+        parts.append(f"from {Path(found[0]).name}: {pixels}")
+    elif model.vision is not None:
+        parts.append(
+            f"no {HF_NAME} or {HF_PROCESSOR_NAME} in {folder}; defaults used: {pixels} "
+            "(image_size from the model config, the rest the recipe's)"
+        )
+    tower = model.text if model.text is not None else model.decoder
+    if tower is not None:
+        parts.append(f"max_text_len {data.max_text_len} (the text tower has {tower.max_positions} positions)")
+    return "; ".join(parts)
 
 
 def from_recipe(recipe: Any) -> Preprocess:
