@@ -82,3 +82,26 @@ def test_truncated_and_empty_pickles_name_the_file(tmp_path) -> None:
     path.write_bytes(b"")
     with pytest.raises(pickle.UnpicklingError, match="empty file"):
         safe_load(path)
+
+
+@pytest.mark.parametrize("protocol", [3, 4])  # what numpy 1's and numpy 2's np.save write
+def test_array_unpickler_reads_numpy_arrays_of_either_numpy_and_refuses_the_rest(tmp_path, protocol) -> None:
+    import numpy as np
+
+    from vlp.data.safe_pickle import safe_loads_arrays
+
+    value = np.array({"ids": np.array([3, 1], np.int64), "conf": np.float32(0.5), "n": 2}, dtype=object)
+    data = pickle.dumps(value, protocol=protocol)
+    with pytest.raises(UnsafePickleError, match="numpy"):
+        safe_loads(data)  # plain data only: arrays are not
+    variants = [data]
+    if protocol == 3:  # numpy 1 wrote these, naming numpy.core (GLOBAL opcodes are text: the rename is exact)
+        variants.append(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    for variant in variants:
+        loaded = safe_loads_arrays(variant).item()
+        assert loaded["ids"].tolist() == [3, 1] and loaded["ids"].dtype == np.int64
+        assert loaded["conf"] == np.float32(0.5) and loaded["n"] == 2
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafePickleError, match="refused to load"):
+        safe_loads_arrays(pickle.dumps(np.array([_OpensAFile(str(marker))], dtype=object), protocol=protocol))
+    assert not marker.exists()
