@@ -49,6 +49,29 @@ def test_hard_sampling_follows_the_softmax() -> None:
     assert (picks == favoured).float().mean().item() == pytest.approx(torch.e / (torch.e + 1), abs=0.04)
 
 
+def test_non_finite_similarities_draw_uniformly_instead_of_raising() -> None:
+    # a diverging run: NaN / inf similarities made softmax NaN and multinomial raised, which killed the run
+    # before the non-finite guard could skip the step
+    ids = torch.tensor([0, 0, 1, 2])
+    positive = positive_mask(4, ids, torch.device("cpu"))
+    scores = torch.randn(4, 4)
+    scores[0] = float("nan")
+    scores[1, 2] = float("inf")
+    scores[2, :] = float("-inf")
+    finite_row = scores[3].clone()
+    picks = []
+    for seed in range(300):
+        index, valid = sample_negatives(scores, positive, torch.Generator().manual_seed(seed))
+        assert valid.all() and (ids[index] != ids).all()
+        picks.append(index)
+    picks = torch.stack(picks)
+    assert set(picks[:, 0].tolist()) == {2, 3}  # the broken row: every non-positive is drawn
+    assert set(picks[:, 2].tolist()) == {0, 1, 3}
+    # a finite row still follows its softmax over the non-positives {0, 1, 2}
+    expected = F.softmax(finite_row[:3], 0)[0].item()
+    assert (picks[:, 3] == 0).float().mean().item() == pytest.approx(expected, abs=0.08)
+
+
 def test_rows_without_a_negative_are_not_valid() -> None:
     ids = torch.tensor([7, 7, 7])
     _, valid = sample_negatives(None, positive_mask(3, ids, torch.device("cpu")))

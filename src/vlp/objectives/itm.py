@@ -75,6 +75,11 @@ def sample_negatives(
         # a softmax over the allowed entries only: positives get probability exactly 0
         weights = F.softmax(scores.float().masked_fill(positive, float("-inf")), dim=1)
         weights = torch.nan_to_num(weights, nan=0.0) * allowed
+        # Non-finite similarities (a diverging run) make whole rows NaN, hence all zero here, and
+        # multinomial would raise. Draw such rows uniformly instead: the embeddings are broken anyway,
+        # so the loss comes out non-finite and the engine's guard skips the step, as for any objective.
+        broken = ~(weights.sum(1) > 0)
+        weights = torch.where(broken[:, None], allowed.float(), weights)
     valid = allowed.any(1)
     weights = torch.where(valid[:, None], weights, torch.ones_like(weights))  # multinomial rejects all-zero rows
     index = torch.multinomial(weights, 1, generator=generator).squeeze(1)
