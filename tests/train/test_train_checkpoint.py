@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -87,6 +88,30 @@ def test_resume_skips_a_corrupt_checkpoint_and_continues_exactly(tmp_path):
     b = read_metrics(broken / "metrics.jsonl")
     assert [r["step"] for r in b] == list(range(1, 9))  # steps 7-8 of the lost part were dropped and redone
     assert [r["loss"] for r in b] == [r["loss"] for r in a]
+
+
+@pytest.mark.parametrize("broken", ["state.pt", "model.safetensors"])
+def test_resume_falls_back_when_a_checkpoint_matches_its_manifest_but_cannot_be_loaded(tmp_path, capsys, broken):
+    full, bad = tmp_path / "full", tmp_path / "bad"
+    run_toy(full, steps=8, dropout=0.1, train={"checkpoint_every": 2})
+    shutil.copytree(full, bad)
+    newest = bad / "checkpoints" / "step_00000008"
+    data = b"not a torch file" if broken == "state.pt" else (newest / broken).read_bytes()[:-64]  # truncated
+    (newest / broken).write_bytes(data)
+    manifest = json.loads((newest / "manifest.json").read_text())
+    manifest["files"][broken] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    assert CheckpointManager(bad / "checkpoints").validate(newest) is None  # it matches its manifest
+    capsys.readouterr()
+
+    result, _ = run_toy(bad, steps=8, dropout=0.1, resume=True, train={"checkpoint_every": 2})
+    assert result.start_step == 6  # the one before
+    err = capsys.readouterr().err
+    reason = "cannot be read as a weights-only state file" if broken == "state.pt" else "truncated"
+    assert f"warning: checkpoint {newest} cannot be loaded ({newest / broken}: " in err and reason in err
+    assert [r["loss"] for r in read_metrics(bad / "metrics.jsonl")] == [
+        r["loss"] for r in read_metrics(full / "metrics.jsonl")
+    ]
 
 
 def test_loader_without_state_dict_is_resumed_by_replay(tmp_path):

@@ -1,5 +1,5 @@
-"""``vlp pretrain`` end to end on a real recipe (clip-tiny) and ShapesWorld, and
-pretrained weights into a fresh model (the fine-tuning start)."""
+"""``vlp pretrain`` end to end on a real recipe (clip-tiny) and ShapesWorld (the ``shapes`` fixture of
+conftest.py), and pretrained weights into a fresh model (the fine-tuning start)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,6 @@ from vlp.cli import main
 from vlp.train.checkpoint import load_safetensors
 from vlp.train.jobs import load_init_weights
 from vlp.train.logging import read_metrics
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from vlp.data.shapesworld.generate import generate
-    from vlp.text import Tokenizer
-
-    root = tmp_path_factory.mktemp("shapes")
-    generate(root / "data", images=40, size=32, seed=0, workers=1, formats=["albef"])
-    captions = json.loads((root / "data" / "annotations" / "captions_train.json").read_text())
-    tokenizer = Tokenizer.train([c["caption"] for c in captions], vocab_size=120)
-    tokenizer.save(root / "tok")
-    return root
 
 
 def _pretrain(shapes, out, *extra: str) -> int:

@@ -37,6 +37,17 @@ def test_metrics_log_every_step_with_lr_from_the_schedule(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_00000006" / "manifest.json").is_file()
 
 
+def test_warmup_longer_than_the_run_is_warned_with_both_numbers(tmp_path, capsys):
+    run_toy(tmp_path / "short", steps=3, lr=1e-2, schedule={"warmup_steps": 50})
+    err = capsys.readouterr().err
+    assert "warning: schedule.warmup_steps=50 is more than train.steps=3: the run ends during warm-up" in err
+    assert "never reaches the peak lr optim.lr=0.01 (at most 6% of it)" in err
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "short" / "metrics.jsonl")]
+    assert lrs == pytest.approx([1e-2 * k / 50 for k in (1, 2, 3)])  # what the warning says: 3/50 at most
+    run_toy(tmp_path / "full", steps=3, lr=1e-2, schedule={"warmup_steps": 3})  # the peak at the last step
+    assert "warmup_steps" not in capsys.readouterr().err
+
+
 def test_grad_accumulation_equals_one_big_batch(tmp_path):
     run_toy(tmp_path / "big", steps=4, batch_size=8, grad_accum=1)
     run_toy(tmp_path / "acc", steps=4, batch_size=4, grad_accum=2)

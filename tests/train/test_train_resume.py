@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,5 +90,44 @@ def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
     assert '"stopped_by": "SIGTERM"' in out
 
     run_toy(run, steps=STEPS, dropout=0.1, resume=True, train={"checkpoint_every": 0})
+    resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
+    assert resumed == pytest.approx(_uninterrupted(tmp_path / "straight", checkpoint_every=0), rel=0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_twice_as_schedulers_send_it_still_writes_the_checkpoint(tmp_path):
+    """Slurm and Kubernetes send SIGTERM to every process of a job, torchrun forwards its own copy, and
+    SIGKILL follows after a grace period: the second SIGTERM arrives while the first one's checkpoint is
+    pending and must not cancel it (only Ctrl-C twice stops at once)."""
+    run = tmp_path / "stopped"
+    # long steps, so that the second signal surely lands before the step and its checkpoint are done
+    proc = _start(run, "--delay", "0.5", "--checkpoint-every", "0")
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    seen = []
+    try:
+        _wait_for(lambda: _logged(run) >= 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        while not any("SIGTERM: checkpointing after this step" in line for line in seen):  # the first is handled
+            seen.append(lines.get(timeout=60))
+        proc.send_signal(signal.SIGTERM)
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.1)  # the reader thread drains the pipe after the process ended
+    while not lines.empty():
+        seen.append(lines.get())
+    err = "".join(seen)
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM again: still checkpointing after this step" in err
+    stopped_at = _logged(run)
+    assert 2 <= stopped_at < STEPS
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step_{stopped_at:08d}"]
+    assert '"stopped_by": "SIGTERM"' in out
+
+    result, _ = run_toy(run, steps=STEPS, dropout=0.1, resume=True, train={"checkpoint_every": 0})
+    assert result.start_step == stopped_at
     resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
     assert resumed == pytest.approx(_uninterrupted(tmp_path / "straight", checkpoint_every=0), rel=0, abs=1e-6)

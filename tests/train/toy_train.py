@@ -134,7 +134,7 @@ def run_toy(
         optim=optim_cfg,
         schedule=schedule_cfg,
         run_dir=run_dir,
-        recipe={"name": "toy", "steps": steps},
+        recipe={"name": "toy", "train": {"steps": steps}},  # a resumed run may change train.steps
         resume=resume,
         overwrite=overwrite,
         dist=info,

@@ -27,8 +27,11 @@ WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
 
 
-class CheckpointError(ValueError):
-    """A weights file that is missing, truncated, or does not fit the model."""
+class CheckpointError(ConfigError):
+    """A weights file that is missing, truncated, or does not fit the model.
+
+    A ConfigError (hence a ValueError): bad input that the ``vlp`` command reports as one line naming
+    the file, with exit code 2, like any other bad path or value."""
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:
@@ -115,8 +118,10 @@ def save_pretrained(
     return folder
 
 
-def _check_file(path: Path) -> None:
-    """Read the safetensors header ourselves so that truncation gets a message that says so."""
+def check_weights_file(path: str | Path) -> None:
+    """Read the safetensors header ourselves so that truncation gets a message that says so
+    (raises :class:`CheckpointError` naming ``path``)."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     size = path.stat().st_size
@@ -136,7 +141,10 @@ def _check_file(path: Path) -> None:
             raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {err})") from err
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
-    data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a safetensors file (a header entry has no data_offsets: {err})") from err
     if 8 + header_len + data_end > size:
         raise CheckpointError(
             f"{path}: truncated: the header describes {data_end} bytes of tensor data, "
@@ -155,7 +163,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     from safetensors.torch import load_file
 
     path = Path(path)
-    _check_file(path)
+    check_weights_file(path)
     try:
         loaded = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
@@ -240,6 +248,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "CheckpointError",
     "canonical_state",
+    "check_weights_file",
     "load",
     "load_config",
     "load_preprocess",

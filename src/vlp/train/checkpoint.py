@@ -29,6 +29,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from vlp.config import ConfigError
+from vlp.models.saving import CheckpointError as ModelWeightsError
+from vlp.models.saving import check_weights_file
+
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -83,6 +87,10 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     try:
+        check_weights_file(path)  # a truncated file gets a message that says so, naming the file
+    except ModelWeightsError as err:
+        raise CheckpointError(f"{err}") from err
+    try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -93,8 +101,8 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read."""
+class CheckpointError(ConfigError):
+    """A checkpoint or weights file that cannot be read; the ``vlp`` command reports it as bad input (exit 2)."""
 
 
 class CheckpointManager:
@@ -178,10 +186,19 @@ class CheckpointManager:
                 return f"{name} does not match its sha256 in manifest.json"
         return None
 
-    def latest_valid(self, warn=print) -> Path | None:
-        """The newest checkpoint whose files match its manifest; corrupt ones are
-        reported through ``warn`` and skipped."""
-        for _, path in self.list():
+    def step_of(self, path: Path) -> int:
+        """The step of checkpoint folder ``path`` (``step_00001000`` -> 1000)."""
+        match = _STEP_DIR.match(Path(path).name)
+        if match is None:
+            raise CheckpointError(f"{path}: not a checkpoint folder (expected step_NNNNNNNN)")
+        return int(match.group(1))
+
+    def latest_valid(self, warn=print, before: int | None = None) -> Path | None:
+        """The newest checkpoint (of a step below ``before``, if given) whose files match its
+        manifest; corrupt ones are reported through ``warn`` and skipped."""
+        for step, path in self.list():
+            if before is not None and step >= before:
+                continue
             reason = self.validate(path)
             if reason is None:
                 return path
@@ -197,8 +214,9 @@ class CheckpointManager:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError...
             raise CheckpointError(f"{path / 'state.pt'}: cannot be read as a weights-only state file: {err}") from err
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path / 'state.pt'}: format {state.get('format')!r}, expected {FORMAT}")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{path / 'state.pt'}: format {found!r}, expected {FORMAT}")
         return model, state, ema
 
     def prune(self) -> None:

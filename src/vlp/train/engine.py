@@ -32,7 +32,7 @@ from torch import nn
 
 from vlp.config import ConfigError
 from vlp.train import distributed as dist_utils
-from vlp.train.checkpoint import CheckpointManager
+from vlp.train.checkpoint import CheckpointError, CheckpointManager
 from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train.ema import ModelEMA
 from vlp.train.guards import (
@@ -47,10 +47,12 @@ from vlp.train.loader import batch_len
 from vlp.train.logging import MetricsLog, Progress, summary_text
 from vlp.train.optim import build_optimizer, freeze
 from vlp.train.rng import capture_rng, restore_rng, seed_everything
-from vlp.train.run_dir import prepare_run_dir
+from vlp.train.run_dir import check_resume_recipe, check_run_dir, prepare_run_dir
 from vlp.train.schedule import LRSchedule
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# what _restore reads from a checkpoint's state.pt (see _save)
+_STATE_KEYS = ("step", "epoch", "batches_in_epoch", "optimizer", "schedule", "scaler", "guard", "ranks")
 
 
 @dataclass
@@ -134,16 +136,23 @@ class Trainer:
         self.batches_in_epoch = 0  # batches this rank took from the current epoch
         self._iter = None
         self._replay = 0  # batches to skip on the first iteration (loaders without state_dict)
+        self._pending: Any = None  # the first batch, drawn in _setup to check the data before any file is written
 
     # ----------------------------------------------------------------- set-up
     def _setup(self) -> None:
         info, train = self.info, self.train
         if train.precision == "fp16" and info.device.type != "cuda":
             raise ConfigError("train.precision: fp16 needs a CUDA device (with a grad scaler); use bf16 on CPU")
-        resuming = _on_main(info, lambda: prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite))
-        if self.recipe is not None and info.is_main:
-            text = yaml.safe_dump(self.recipe, sort_keys=False)
-            (self.run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
+        if self.schedule_cfg.warmup_steps > train.steps:
+            dist_utils.main_print(
+                f"warning: schedule.warmup_steps={self.schedule_cfg.warmup_steps} is more than "
+                f"train.steps={train.steps}: the run ends during warm-up and never reaches the peak lr "
+                f"optim.lr={self.optim_cfg.lr:g} (at most {train.steps / self.schedule_cfg.warmup_steps:.0%} of it)"
+            )
+        # Everything is checked (the folder, the recipe against the checkpoint's, the checkpoint, the first
+        # batch) before anything is written into the run folder: a refused or failing start leaves it as it was.
+        run_args = {"resume": self.resume, "overwrite": self.overwrite}
+        resuming = _on_main(info, lambda: check_run_dir(self.run_dir, **run_args))
         module = self.module
         self.frozen = freeze(module, self.optim_cfg.freeze)
         if train.grad_checkpointing and enable_grad_checkpointing(module) == 0:
@@ -165,28 +174,71 @@ class Trainer:
         if self.step == 0:
             seed_everything(train.seed + info.rank)  # ranks differ in dropout/masking, not in data order
             set_epoch(self.loader, self.epoch)
+        if rng_state is not None:
+            restore_rng(rng_state)
+        if self.step < train.steps:
+            # the batch the first step would draw next anyway, so the random stream is the same
+            self._pending = self._first_batch()
+        stream = capture_rng()
+        _on_main(info, lambda: prepare_run_dir(self.run_dir, **run_args))
+        if self.recipe is not None and info.is_main:
+            text = yaml.safe_dump(self.recipe, sort_keys=False)
+            (self.run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
         self.metrics = MetricsLog(
             self.run_dir, enabled=info.is_main, resume_step=self.step, tensorboard=train.tensorboard
         )
         self.progress = Progress(train.steps, self.step, is_main=info.is_main, show_bar=train.progress)
-        if rng_state is not None:
-            restore_rng(rng_state)  # last: nothing above may draw from the restored stream
+        restore_rng(stream)  # nothing in the writes above may draw from the training stream
+
+    def _first_batch(self) -> Any:
+        """Draw the first batch on every rank; a data error on any rank stops every rank (nothing written yet)."""
+        batch, error = None, None
+        try:
+            batch = self._next_batch()
+        except (ConfigError, OSError) as err:
+            error = f"{err}"
+        errors = [e for e in dist_utils.all_gather_objects(error) if e]
+        if errors:
+            raise ConfigError(errors[0])
+        return batch
 
     def _restore(self) -> dict[str, Any] | None:
         """Load the newest valid checkpoint; returns this rank's RNG state to restore last."""
         info = self.info
 
-        def find() -> str | None:
-            path = self.checkpoints.latest_valid(warn=lambda msg: dist_utils.main_print(f"warning: {msg}"))
+        def find(before: int | None) -> str | None:
+            warn = lambda msg: dist_utils.main_print(f"warning: {msg}")  # noqa: E731
+            path = self.checkpoints.latest_valid(warn=warn, before=before)
             if path is None and self.checkpoints.list():
-                raise ConfigError(f"{self.checkpoints.root}: every checkpoint is corrupt; start with --overwrite")
+                raise ConfigError(
+                    f"{self.checkpoints.root}: every checkpoint is corrupt or unreadable; start with --overwrite"
+                )
             return str(path) if path else None
 
-        path = _on_main(info, find)
-        if path is None:
-            dist_utils.main_print(f"{self.run_dir}: no checkpoint yet; starting from step 0")
-            return None
-        weights, state, ema_state = self.checkpoints.load(Path(path))
+        before = None
+        while True:
+            path = _on_main(info, find, before)
+            if path is None:
+                dist_utils.main_print(f"{self.run_dir}: no checkpoint yet; starting from step 0")
+                return None
+            # A checkpoint can match its manifest and still not load (written by another version, or a
+            # disk that lied before the manifest was hashed): fall back to the one before, as for a corrupt one.
+            loaded, error = None, None
+            try:
+                loaded = self.checkpoints.load(Path(path))
+                missing = [key for key in _STATE_KEYS if key not in loaded[1]]
+                if missing:
+                    error = f"{Path(path) / 'state.pt'} lacks {', '.join(missing)}"
+            except CheckpointError as err:
+                error = f"{err}"
+            errors = [e for e in dist_utils.all_gather_objects(error) if e]
+            if not errors:
+                break
+            dist_utils.main_print(f"warning: checkpoint {path} cannot be loaded ({errors[0]}); trying the one before")
+            before = self.checkpoints.step_of(Path(path))
+        weights, state, ema_state = loaded
+        if self.recipe is not None and state.get("recipe"):
+            check_resume_recipe(self.run_dir, state["recipe"], self.recipe)
         dist_utils.load_model_state(self.model, weights)
         dist_utils.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -220,6 +272,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> Any:
+        if self._pending is not None:
+            batch, self._pending = self._pending, None
+            return batch
         while True:
             fresh = self._iter is None
             try:

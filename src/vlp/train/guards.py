@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -96,31 +96,48 @@ def out_of_memory_message(step: int, batch_size: int, grad_accum: int, err: Base
     )
 
 
+def _say(text: str) -> None:
+    """Write to file descriptor 2 directly: a signal handler that prints while the interrupted code is
+    printing gets "reentrant call" from the buffered stream."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
+
+
 class StopSignals:
     """Turns the first SIGINT / SIGTERM into a request to checkpoint and stop.
 
     The loop polls :attr:`requested` at each optimizer step (the engine agrees on
-    it across ranks). A second signal gives the default behaviour back, so a run
-    stuck in I/O can still be stopped at once. Only the main thread may install
-    handlers; elsewhere this is a no-op.
+    it across ranks). A second SIGINT (a person pressing Ctrl-C twice) gives the
+    default behaviour back, so a run stuck in I/O can still be stopped at once.
+    A repeated SIGTERM is ignored: cluster schedulers (Slurm, Kubernetes) send
+    SIGTERM to every process of a job and torchrun forwards its own copy, all
+    within the grace period before SIGKILL, and none of them means "skip the
+    checkpoint". Only the main thread may install handlers; elsewhere this is a no-op.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested: int | None = None
+        self.sigints = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self.sigints += 1
         if self.requested is not None:
-            self.restore()
-            if signum == signal.SIGINT:
+            if signum == signal.SIGINT and self.sigints >= 2:
+                self.restore()
                 raise KeyboardInterrupt
-            signal.raise_signal(signum)
+            name = signal.Signals(signum).name
+            _say(f"\n{name} again: still checkpointing after this step (Ctrl-C twice stops at once)\n")
             return
         self.requested = signum
         name = signal.Signals(signum).name
-        print(f"\n{name}: checkpointing after this step, then stopping (again to stop at once)", file=sys.stderr)
+        again = "Ctrl-C again" if signum == signal.SIGINT else "Ctrl-C twice"
+        _say(f"\n{name}: checkpointing after this step, then stopping ({again} to stop at once)\n")
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

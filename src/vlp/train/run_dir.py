@@ -1,9 +1,12 @@
-"""The run directory: never overwrite a run by accident."""
+"""The run directory: never overwrite a run by accident, never resume it with another recipe."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from vlp.config import ConfigError
 
@@ -24,12 +27,8 @@ def holds_run(path: str | Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_ARTIFACTS)
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> bool:
-    """Create ``path`` for a run. Returns True when an existing run should be resumed.
-
-    An existing run is only touched with ``resume`` (continue it) or ``overwrite``
-    (delete its artefacts and start again).
-    """
+def check_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> bool:
+    """The checks of :func:`prepare_run_dir` without touching anything; True when a run is to be resumed."""
     path = Path(path)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
@@ -41,6 +40,18 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
             f"{path}: already holds a run; pass --resume to continue it, --overwrite to start it again, "
             "or choose another --out"
         )
+    return existing and resume
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> bool:
+    """Create ``path`` for a run. Returns True when an existing run should be resumed.
+
+    An existing run is only touched with ``resume`` (continue it) or ``overwrite``
+    (delete its artefacts and start again).
+    """
+    path = Path(path)
+    existing = holds_run(path)
+    resuming = check_run_dir(path, resume=resume, overwrite=overwrite)
     if existing and overwrite:
         for name in RUN_ARTIFACTS:
             target = path / name
@@ -49,4 +60,66 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
             elif target.exists():
                 target.unlink()
     path.mkdir(parents=True, exist_ok=True)
-    return existing and resume
+    return resuming
+
+
+# Recipe keys a resumed run may change: how long it runs, how it logs and checkpoints, where and how
+# fast it runs, and the learning rates (the schedule is a pure function of the step, and LRSchedule
+# reads the peak lrs from the current recipe). The weights it started from no longer matter once a
+# checkpoint exists. Everything else (model, objectives, data, task, batch size and accumulation,
+# seed, frozen parts) defines what the checkpoint holds and must stay as the run has it.
+RESUME_MAY_CHANGE = (
+    *(f"train.{key}" for key in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress")),
+    *(f"train.{key}" for key in ("tensorboard", "num_workers", "max_bad_steps", "device", "compile")),
+    *(f"train.{key}" for key in ("grad_checkpointing", "distributed", "find_unused_parameters", "precision")),
+    *(f"train.{key}" for key in ("ema_decay", "init", "init_parts")),
+    *(f"optim.{key}" for key in ("lr", "weight_decay", "betas", "eps", "grad_clip")),
+    "schedule",
+    "init",
+)
+_ABSENT = object()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def _may_change(key: str, in_both: bool) -> bool:
+    if any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE):
+        return True
+    # a module's lr may change, but not which modules have their own lr (that changes the optimizer's groups)
+    return in_both and key.startswith("optim.module_lr.")
+
+
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: A in the run, B now"`` for every dotted key that differs and a resumed run may not change."""
+    # compare as YAML sees them (tuples are lists, as in the saved recipe.yaml)
+    old = _flatten(yaml.safe_load(yaml.safe_dump(saved)) or {})
+    new = _flatten(yaml.safe_load(yaml.safe_dump(current)) or {})
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a == b or _may_change(key, a is not _ABSENT and b is not _ABSENT):
+            continue
+        shown = ["(absent)" if v is _ABSENT else yaml.safe_dump(v, default_flow_style=True).strip() for v in (a, b)]
+        shown = [v[: -len("...")].strip() if v.endswith("...") else v for v in shown]  # YAML's end-of-document
+        found.append(f"{key}: {shown[0]} in the run, {shown[1]} now")
+    return found
+
+
+def check_resume_recipe(run_dir: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume the run in ``run_dir`` (trained with ``saved``) with a recipe that differs in what
+    its checkpoint holds; the error names each differing key and both values."""
+    found = recipe_differences(saved, current)
+    if found:
+        shown = "; ".join(found[:12]) + (f"; ... ({len(found)} in all)" if len(found) > 12 else "")
+        raise ConfigError(
+            f"{run_dir}: --resume with another recipe than the run's: {shown}. Resume with the run's settings "
+            f"(they are in {Path(run_dir) / 'recipe.yaml'}), or start a new run in another --out "
+            f"(train.init or --init {run_dir} starts from its weights)"
+        )
