@@ -20,3 +20,18 @@ def test_sample_prompts_are_distinct_and_in_order() -> None:
                {"color": "blue", "shape": "star"}]  # fmt: skip
     assert sample_prompts(objects) == ["a red circle", "a blue star"]
     assert sample_prompts(objects, count=1) == ["a red circle"]
+
+
+def test_quick_training_runs_exactly_two_steps_however_busy_the_machine(tmp_path: Path, monkeypatch) -> None:
+    # `vlp demo --quick` used a 1 s CPU budget besides its 2 steps, so a busy machine trained 1 step and the
+    # demo test failed; a clock that jumps 100 s per reading stands for the busiest machine
+    import time
+
+    from vlp.demo.generation import train_generator
+
+    ticks = iter(range(0, 10**9, 100))
+    monkeypatch.setattr(time, "process_time", lambda: float(next(ticks)))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    model, summary = train_generator(tmp_path / "generation", seconds=1.0, quick=True)
+    assert summary["steps"] == 2 and summary["stopped_by"] == "steps"
+    assert (model / "model.safetensors").is_file()
