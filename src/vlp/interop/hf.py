@@ -25,6 +25,7 @@ import torch
 
 from vlp.config import ConfigError, read_yaml, set_dotted
 from vlp.interop.common import ConversionError, Converter, export_state, import_state, listing, read_json, read_weights
+from vlp.interop.hub import model_name
 from vlp.interop.preprocess import (
     HF_NAME,
     PREPROCESS_NAME,
@@ -119,7 +120,7 @@ def load_hf(folder: str | Path, overrides: dict[str, Any] | None = None) -> tupl
     config = read_json(folder / "config.json", "a transformers config.json")
     conv, arch = converter_for(config, str(folder / "config.json"))
     pre = from_hf(folder)
-    model = _build(_recipe_data(conv, config, arch, folder.name, pre), overrides, str(folder))
+    model = _build(_recipe_data(conv, config, arch, model_name(folder), pre), overrides, str(folder))
     state = conv.prepare(read_weights(folder), config)
     import_state(model, state, conv.mapping(model, arch), str(folder))
     _check_tokenizer(folder, model)
@@ -182,17 +183,20 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
 
 
 def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any) -> Any:
-    """A vlp model from a vlp folder, a transformers folder or an OpenCLIP state dict file
-    (``vlp.create_model(name, pretrained=path)``).
+    """A vlp model from a vlp folder, a transformers folder, an OpenCLIP state dict file or hub folder, or a
+    hub model id (``org/name``, see :func:`vlp.interop.hub.resolve`) (``vlp.create_model(name, pretrained=path)``).
 
     ``name``, when given, is the recipe the caller expects (``"clip"``, ``"vilt-tiny"``, ...): a
     checkpoint of another model family is refused. ``overrides`` are dotted recipe keys; any that
     changes a weight's shape makes the strict load fail with the names.
     """
+    from vlp.interop.hub import resolve
+    from vlp.interop.openclip_config import is_openclip_folder
     from vlp.models.saving import load_weights
 
-    folder = Path(path)
-    if folder.is_file():  # an OpenCLIP / OpenAI CLIP state dict file
+    folder = resolve(path)  # a local path, or a hub model id (org/name) from the Hugging Face cache
+    openclip_folder = is_openclip_folder(folder) and not is_vlp_folder(folder) and not is_hf_folder(folder)
+    if folder.is_file() or openclip_folder:  # an OpenCLIP / OpenAI CLIP state dict file or OpenCLIP hub folder
         from vlp.interop.openclip import load_openclip
 
         model = load_openclip(folder, overrides=overrides)

@@ -44,12 +44,25 @@ class MLP(nn.Module):
         return self.dropout(self.fc2(self.act(self.fc1(x))))
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale ``x * gamma`` on a residual branch (CaiT; OpenCLIP's ``ls_init_value``)."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention, then a feed-forward layer.
 
     ``norm_first=True`` is the pre-norm block of ViT/CLIP; ``False`` the post-norm
     block of BERT. ``mlp`` may be replaced by any module (VLMo swaps in modality
-    experts) as long as it maps ``(B, N, D) -> (B, N, D)``.
+    experts) as long as it maps ``(B, N, D) -> (B, N, D)``. ``layer_scale`` (an initial
+    value, None = off) scales the self-attention and feed-forward branches by learned
+    per-channel ``ls1`` / ``ls2`` before they are added to the residual stream.
     """
 
     def __init__(
@@ -65,6 +78,7 @@ class TransformerBlock(nn.Module):
         eps: float = 1e-6,
         cross_attention: bool = False,
         context_dim: int | None = None,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
@@ -79,11 +93,16 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(dim, mlp_dim or 4 * dim, act, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(dropout)
+        # absent (not identity modules) without layer scale, so existing checkpoints keep their names
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else None
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else None
 
-    def _residual(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
+    def _residual(self, x: torch.Tensor, norm: nn.Module, fn, scale: nn.Module | None = None) -> torch.Tensor:
         if self.norm_first:
-            return x + self.dropout(fn(norm(x)))
-        return norm(x + self.dropout(fn(x)))
+            branch = fn(norm(x))
+            return x + self.dropout(scale(branch) if scale is not None else branch)
+        branch = fn(x)
+        return norm(x + self.dropout(scale(branch) if scale is not None else branch))
 
     def forward(
         self,
@@ -93,12 +112,14 @@ class TransformerBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
         causal: bool = False,
     ) -> torch.Tensor:
-        x = self._residual(x, self.norm1, lambda h: self.attn(h, keep_mask=keep_mask, causal=causal))
+        x = self._residual(x, self.norm1, lambda h: self.attn(h, keep_mask=keep_mask, causal=causal), self.ls1)
         if self.cross_attn is not None and context is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context, keep_mask=context_mask))
         if self.norm_first:
-            return x + self.mlp(self.norm2(x))
-        return self.norm2(x + self.mlp(x))
+            branch = self.mlp(self.norm2(x))
+            return x + (self.ls2(branch) if self.ls2 is not None else branch)
+        branch = self.mlp(x)
+        return self.norm2(x + (self.ls2(branch) if self.ls2 is not None else branch))
 
 
 class Transformer(nn.Module):
@@ -142,4 +163,4 @@ def masked_mean(x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-__all__ = ["MLP", "QuickGELU", "Transformer", "TransformerBlock", "activation", "masked_mean"]
+__all__ = ["MLP", "LayerScale", "QuickGELU", "Transformer", "TransformerBlock", "activation", "masked_mean"]

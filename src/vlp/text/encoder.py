@@ -58,6 +58,7 @@ class BertTextEncoder(nn.Module):
                 eps=cfg.eps,
                 cross_attention=0 <= cfg.cross_attention_from <= i,
                 context_dim=cfg.context_dim,
+                layer_scale=cfg.layer_scale,
             )
             for i in range(cfg.layers)
         )
@@ -261,6 +262,7 @@ class BertTextConfig(TextConfig):
     cross_attention_from: int = -1  # layers >= this index cross-attend to image tokens; -1 = none
     context_dim: int | None = None  # width of the image tokens; None = dim
     init_std: float = 0.02
+    layer_scale: float | None = None  # initial per-channel scale of each residual branch (OpenCLIP's ls_init_value)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "heads", "mlp_dim", "max_positions"):

@@ -74,6 +74,8 @@ class PatchConfig(VisionConfig):
     # "tokens" themselves (for models whose image embedding is the max over tokens, model.image_pool: max:
     # each token then lives in the space the embedding is picked from, as in CAM)
     dense: Literal["values", "tokens"] = "values"
+    # initial per-channel scale of each block's residual branches (OpenCLIP's ls_init_value); None = off
+    layer_scale: float | None = None
 
     def __post_init__(self) -> None:
         height, width = pair(self.image_size, "image_size")
@@ -140,6 +142,7 @@ class PatchEncoder(VisualEncoder):
                 dropout=config.dropout,
                 attn_dropout=config.attn_dropout,
                 eps=config.eps,
+                layer_scale=config.layer_scale,
             )
             if config.layers
             else None
@@ -258,7 +261,8 @@ class PatchEncoder(VisualEncoder):
         for layer in body:
             x = layer(x)
         value = last.attn.qkv(last.norm1(x)).chunk(3, dim=-1)[2]  # heads concatenated = the unsplit v
-        x = self.norm(last.attn.out(value))
+        value = last.attn.out(value)
+        x = self.norm(last.ls1(value) if last.ls1 is not None else value)
         return x[:, self.num_prefix_tokens :], grid
 
 
