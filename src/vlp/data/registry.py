@@ -36,10 +36,11 @@ from vlp.data.sources.vqav2 import (
     COCO_TEMPLATE,
     build_answer_vocab,
     default_answer_normalizer,
-    load_answer_vocab,
     read_annotations,
+    read_answer_vocab,
     read_vqav2,
     save_answer_vocab,
+    vocab_key,
 )
 
 logger = logging.getLogger("vlp.data")
@@ -68,8 +69,11 @@ class KarpathyOptions(CaptionOptions):
 
 @dataclass
 class VQAOptions(CommonOptions):
-    answer_vocab: str = "answer_vocab.json"  # read if it exists, else built from training annotations and saved
+    # built from the training annotations and cached here (rebuilt when top_k, min_count or those files change);
+    # a file vlp did not build (no "built_from") is used as given
+    answer_vocab: str = "answer_vocab.json"
     top_k: int = 3129
+    min_count: int = 1  # answers given fewer times (as multiple_choice_answer) stay out of the vocabulary
     soft_score: Literal["official", "min3"] = "official"
     image_template: str = COCO_TEMPLATE
 
@@ -138,6 +142,11 @@ def register_loader(
 
 
 def loader_spec(name: str) -> LoaderSpec:
+    if not name:
+        raise ConfigError(
+            "data.type: no data named; pass --data FOLDER (its format is recognised) or set data.type to one of "
+            f"{', '.join(sorted(LOADERS))} and data.root"
+        )
     if name not in LOADERS:
         raise ConfigError(f"data.type: unknown loader {name!r}; allowed: {', '.join(sorted(LOADERS))}")
     return LOADERS[name]
@@ -241,20 +250,36 @@ def _albef(ctx: Context) -> SourceIndex:
 
 def _answer_vocab(ctx: Context) -> list[str]:
     options = ctx.options
+    if options.top_k < 1 or options.min_count < 1:
+        raise ConfigError(f"data.options: top_k and min_count must be >= 1, got {options.top_k}, {options.min_count}")
     normalize = ctx.normalize_answer or default_answer_normalizer()
     path = ctx.root / options.answer_vocab if options.answer_vocab else None
-    if path is not None and path.is_file():
-        return load_answer_vocab(path)
     source = ctx.paths.get("train_annotations") or (ctx.paths.get("annotations") if ctx.train else None)
+    key = vocab_key([source], options.top_k, options.min_count, normalize) if source and source.is_file() else None
+    if path is not None and path.is_file():
+        cached, built_from = read_answer_vocab(path)
+        if built_from is None:  # the user's own file: used as given, never overwritten
+            if len(cached) != options.top_k:
+                logger.warning("answer vocabulary: %d answers from %s, a file vlp did not build; data.options.top_k="
+                               "%d does not apply (delete it, or name another data.options.answer_vocab, to build "
+                               "one from the training annotations)", len(cached), path, options.top_k)  # fmt: skip
+            return cached
+        if key is None or built_from == key:  # nothing to check it against (an eval split), or up to date
+            if built_from.get("top_k") != options.top_k:
+                logger.warning("answer vocabulary %s was built with top_k=%s, not %d, and no training annotations "
+                               "are named to rebuild it", path, built_from.get("top_k"), options.top_k)  # fmt: skip
+            return cached
+        changed = sorted(k for k in key if built_from.get(k) != key[k])
+        logger.info("answer vocabulary %s is stale (%s changed): rebuilding it", path, ", ".join(changed))
     if source is None:
         raise ConfigError(
             f"vqav2 split {ctx.split!r}: no answer vocabulary; set data.options.answer_vocab to an existing file "
             "or data.paths.train_annotations (the vocabulary comes from the training answers)"
         )
-    vocab = build_answer_vocab(read_annotations(source), options.top_k, normalize)
+    vocab = build_answer_vocab(read_annotations(source), options.top_k, normalize, options.min_count)
     if path is not None:
         try:
-            save_answer_vocab(path, vocab)
+            save_answer_vocab(path, vocab, key)
             logger.info("answer vocabulary of %d answers built from %s and saved to %s", len(vocab), source, path)
         except OSError as err:
             logger.warning("could not save the answer vocabulary to %s (%s); it is kept in memory", path, err)
@@ -319,6 +344,7 @@ class ShapesOptions:
     per: Literal["sentence", "ref"] = "sentence"
     soft_score: Literal["official", "min3"] = "official"
     top_k: int = 3129
+    min_count: int = 1
     epoch_samples: int = 0
     split: Literal["auto", "shards", "samples"] = "auto"
 

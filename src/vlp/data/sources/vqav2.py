@@ -8,8 +8,13 @@ Questions: ``{"data_subtype": "train2014", "questions": [{"image_id",
 ``COCO_{data_subtype}_{image_id:012d}.jpg`` inside the images folder.
 
 Answer vocabulary: the ``top_k`` most frequent ``multiple_choice_answer`` of the
-*training* annotations (ties broken alphabetically so it is reproducible),
-saved as JSON ``{"answers": [...]}``.
+*training* annotations (ties broken alphabetically so it is reproducible; answers
+seen fewer than ``min_count`` times left out), saved as JSON ``{"answers": [...],
+"built_from": {...}}``: ``built_from`` records what it was built from (top_k,
+min_count, the normalizer, each annotation file's path, size and mtime), so a
+cached vocabulary is rebuilt when any of them changes. A vocabulary file without
+``built_from`` (``{"answers": [...]}`` or a bare list) is a user's own and is
+used as given, never overwritten.
 
 Soft targets (``soft_score``):
 - ``official`` (default): the expected official VQA accuracy of predicting the
@@ -67,27 +72,43 @@ def soft_score(count: int, num_answers: int = 10, method: SoftScore = "official"
 
 
 def build_answer_vocab(
-    annotations: Iterable[dict[str, Any]], top_k: int = 3129, normalize: Callable[[str], str] = basic_normalize
+    annotations: Iterable[dict[str, Any]],
+    top_k: int = 3129,
+    normalize: Callable[[str], str] = basic_normalize,
+    min_count: int = 1,
 ) -> list[str]:
-    """The ``top_k`` most frequent (normalized) ``multiple_choice_answer``s, most frequent first."""
+    """The ``top_k`` most frequent (normalized) ``multiple_choice_answer``s seen at least ``min_count``
+    times, most frequent first."""
     counts = Counter(
         normalize(a["multiple_choice_answer"])
         for a in annotations
         if isinstance(a, dict) and isinstance(a.get("multiple_choice_answer"), str)
     )
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(((a, c) for a, c in counts.items() if c >= min_count), key=lambda kv: (-kv[1], kv[0]))
     return [answer for answer, _ in ranked[:top_k] if answer]
 
 
-def save_answer_vocab(path: Path, answers: list[str]) -> None:
+def vocab_key(sources: list[Path], top_k: int, min_count: int, normalize: Callable[[str], str]) -> dict[str, Any]:
+    """What a vocabulary is built from: a cached one with another key is stale."""
+    files = []
+    for source in sources:
+        stat = source.stat()
+        files.append({"path": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    name = f"{getattr(normalize, '__module__', '?')}.{getattr(normalize, '__qualname__', type(normalize).__name__)}"
+    return {"top_k": top_k, "min_count": min_count, "normalizer": name, "annotations": files}
+
+
+def save_answer_vocab(path: Path, answers: list[str], built_from: dict[str, Any] | None = None) -> None:
+    """Write ``{"answers": [...]}`` (plus ``built_from`` for a cache vlp may rebuild) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=0), encoding="utf-8")
+    data: dict[str, Any] = {"answers": answers} | ({"built_from": built_from} if built_from is not None else {})
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=0), encoding="utf-8")
     tmp.replace(path)  # atomic: several ranks may build the same vocabulary at once
 
 
-def load_answer_vocab(path: Path) -> list[str]:
-    """Read ``{"answers": [...]}`` or a bare JSON list of answers."""
+def read_answer_vocab(path: Path) -> tuple[list[str], dict[str, Any] | None]:
+    """The answers of a vocabulary file and its ``built_from`` key (None: a file vlp did not build)."""
     data = read_json(path, "answer_vocab")
     answers = data.get("answers") if isinstance(data, dict) else data
     expect(
@@ -95,7 +116,13 @@ def load_answer_vocab(path: Path) -> list[str]:
         path,
         'expected an answer vocabulary: {"answers": [str, ...]} or a JSON list of strings',
     )
-    return answers
+    built_from = data.get("built_from") if isinstance(data, dict) else None
+    return answers, built_from if isinstance(built_from, dict) else None
+
+
+def load_answer_vocab(path: Path) -> list[str]:
+    """Read ``{"answers": [...]}`` or a bare JSON list of answers."""
+    return read_answer_vocab(path)[0]
 
 
 def read_annotations(path: Path) -> list[dict[str, Any]]:
