@@ -66,9 +66,12 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def _grid(n: int, cols: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """``n`` panels, ``cols`` per row, each ``cell`` inches; unused panels hidden."""
     plt = _pyplot()
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    # constrained layout makes room for every title, label and the figure title; tight_layout let a row's
+    # titles run into the images above and left texts placed below a panel out of its reckoning
+    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False, layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.axis("off")
@@ -76,9 +79,8 @@ def _grid(n: int, cols: int, cell: tuple[float, float]) -> tuple[Any, list[Any]]
 
 
 def _title(fig: Any, text: str) -> None:
-    """A figure title above the panels (the layout leaves it a strip of its own)."""
+    """A figure title above the panels (constrained layout leaves it a strip of its own)."""
     fig.suptitle(text, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
 
 
 def _wrap(text: str, width: int = 26) -> str:
@@ -94,9 +96,9 @@ def loss_curves(runs: Mapping[str, str | Path], path: str | Path, smoothing: flo
     from vlp.train.logging import METRICS_FILE, read_metrics
     from vlp.train.plot import curves, smooth
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
-    for ax, (name, run_dir) in zip(axes[0], runs.items()):
+    # a grid of three panels per row: one row of six was a 2298 x 340 strip, unreadable in the report
+    fig, axes = _grid(len(runs), min(3, len(runs)), (4.2, 3.2))
+    for ax, (name, run_dir) in zip(axes, runs.items()):
         series = curves(read_metrics(Path(run_dir) / METRICS_FILE))
         names = [k for k in series if k == "loss" or k.startswith("loss_")]
         for key in names:
@@ -106,11 +108,10 @@ def loss_curves(runs: Mapping[str, str | Path], path: str | Path, smoothing: flo
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         if len(names) > 1:
             ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("loss")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -122,7 +123,8 @@ def retrieval_grid(examples: Sequence[Mapping[str, Any]], path: str | Path) -> P
     holds what the query names, red = it does not."""
     plt = _pyplot()
     cols = max(len(e["images"]) for e in examples)
-    fig, axes = plt.subplots(len(examples), cols, figsize=(1.5 * cols, 1.75 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(1.5 * cols + 1.5, 1.75 * len(examples)), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for row, example in zip(axes, examples):
         for k, ax in enumerate(row):
             if k >= len(example["images"]):
@@ -147,31 +149,27 @@ def box_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int 
 
 
 def caption_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int = 4) -> Path:
-    """Generated captions (bold) under their images, one human-style reference in grey below."""
-    fig, axes = _grid(len(examples), cols, (2.4, 3.0))
+    """Generated captions (bold) above their images, one human-style reference in grey below.
+
+    Both are the panel's title and x label, which the layout makes room for (a free text placed under the
+    panel was not: the first row's references hid behind the second row and the last row's sat far below)."""
+    fig, axes = _grid(len(examples), cols, (2.4, 3.2))
     for ax, example in zip(axes, examples):
         _show(ax, _image(example["image"]))
-        ax.set_xlabel(_wrap(example["generated"]), fontsize=8, fontweight="bold")
-        ax.text(0.5, -0.42, _wrap("ref: " + example["reference"], 30), transform=ax.transAxes, fontsize=6.5,
-                color="#666666", ha="center", va="top")  # fmt: skip
-    _title(fig, "generated captions (bold) and one reference (grey)")
+        ax.set_title(_wrap(example["generated"]), fontsize=8, fontweight="bold")
+        ax.set_xlabel(_wrap("ref: " + example["reference"], 30), fontsize=7, color="#666666")
+    _title(fig, "generated captions (bold, above) and one reference (grey, below)")
     return _save(fig, path)
 
 
 def heatmap_grid(examples: Sequence[Mapping[str, Any]], path: str | Path, cols: int = 4) -> Path:
     """Per query: the image, and the patch-text similarity heat map over it with the box it gives
     (white) and the true box (green)."""
-    plt = _pyplot()
-    n = len(examples)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(1.6 * 2 * cols, 1.9 * rows), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[2 * n :]:
-        ax.axis("off")
+    fig, flat = _grid(2 * len(examples), 2 * cols, (1.6, 2.0))
     for k, example in enumerate(examples):
         image = _image(example["image"])
         left, right = flat[2 * k], flat[2 * k + 1]
-        _show(left, image, f"“{example['query']}”")
+        _show(left, image, _wrap(f"“{example['query']}”", 18))
         _show(right, image, "heat map")
         h, w = image.shape[:2]
         right.imshow(example["heat"], cmap="inferno", alpha=0.6, extent=(0, w, h, 0), interpolation="bilinear")
@@ -199,7 +197,6 @@ def image_grid(images: Sequence[Any], titles: Sequence[str], path: str | Path, c
     fig, axes = _grid(len(images), min(cols, len(images)), (1.8, 2.0))
     for ax, image, title in zip(axes, images, titles):
         _show(ax, image if isinstance(image, np.ndarray) else _image(image), _wrap(title, 22), fontsize=7)
-    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -26,7 +26,9 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("vqa", "Visual question answering", "Test questions, the fine-tuned classifier's answer and the true one."),
     ("refexp", "Referring expressions",
      "Each expression's true box (green) and the candidate object the fine-tuned model chose (red, dashed)."),
-    ("captions", "Captions", "Beam-search captions of test images, with one of their reference captions."),
+    ("captions", "Captions",
+     "Beam-search captions of test images (bold, above each image), with one of their reference captions (grey, "
+     "below)."),
     ("generation", "Text-to-image", "Images generated from captions."),
 )  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from vlp.config import ConfigError
 from vlp.train.logging import METRICS_FILE, read_metrics
@@ -46,24 +47,17 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     return out
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None, smoothing: float = 0.6) -> Path:
-    """Draw the curves of ``RUN_DIR/metrics.jsonl`` into ``out`` (default ``RUN_DIR/curves.png``)."""
+def curves_figure(series: dict[str, tuple[list[int], list[float]]], title: str, smoothing: float = 0.6) -> Any:
+    """A matplotlib figure of :func:`curves` output: one panel per curve, three per row, ``title`` above."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    metrics = run_dir / METRICS_FILE
-    if not metrics.is_file():
-        raise ConfigError(f"{metrics}: not found; is {run_dir} a run folder written by vlp pretrain/finetune?")
-    records = [r for r in read_metrics(metrics) if "step" in r]
-    if not records:
-        raise ConfigError(f"{metrics}: holds no logged steps yet")
-    series = curves(records)
     cols = min(3, len(series))
     rows = math.ceil(len(series) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    # constrained layout gives the figure title a strip of its own (tight_layout let it overlap a panel's title)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows + 0.4), squeeze=False, layout="constrained")
     for ax, (name, (steps, values)) in zip(axes.flat, series.items()):
         if smoothing > 0 and name != "lr" and len(values) > 1:
             ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=1)
@@ -75,8 +69,22 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smoothing: floa
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
-    fig.suptitle(run_dir.name)
-    fig.tight_layout()
+    fig.suptitle(title)
+    return fig
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None, smoothing: float = 0.6) -> Path:
+    """Draw the curves of ``RUN_DIR/metrics.jsonl`` into ``out`` (default ``RUN_DIR/curves.png``)."""
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / METRICS_FILE
+    if not metrics.is_file():
+        raise ConfigError(f"{metrics}: not found; is {run_dir} a run folder written by vlp pretrain/finetune?")
+    records = [r for r in read_metrics(metrics) if "step" in r]
+    if not records:
+        raise ConfigError(f"{metrics}: holds no logged steps yet")
+    fig = curves_figure(curves(records), run_dir.name, smoothing)
     target = Path(out) if out else run_dir / "curves.png"
     fig.savefig(target, dpi=100)
     plt.close(fig)
