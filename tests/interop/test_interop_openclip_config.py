@@ -86,7 +86,7 @@ def make_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     norm("ln_final", tw)
     if text.get("proj_bias"):
         linear("text_projection", embed, tw)
-    else:
+    elif text.get("proj_type") != "none":
         out["text_projection"] = rand(tw, embed, scale=0.2)
     out["logit_scale"] = torch.tensor(math.log(1 / 0.07))
     vw, patch = vision["width"], vision["patch_size"]
@@ -229,8 +229,9 @@ def test_quick_gelu_and_gelu_each_match_their_reference(tmp_path):
         {"text_cfg__pool_type": "first"},
         {"text_cfg__pool_type": "eos", "text_cfg__eos_id": EOT},
         {"text_cfg__proj_bias": True, "text_cfg__final_ln_after_pool": True, "vision_cfg__final_ln_after_pool": True},
+        {"text_cfg__proj_type": "none", "embed_dim": 64},
     ],
-    ids=["first", "eos", "proj-bias"],
+    ids=["first", "eos", "proj-bias", "text-proj-none"],
 )
 def test_pooling_and_projection_variants(tmp_path, changes):
     cfg = config(**changes)
@@ -304,3 +305,18 @@ def test_custom_text_state_dict_with_text_prefix(tmp_path):
     visual = {k: v for k, v in state.items() if k.startswith("visual.") or k == "logit_scale"}
     prefixed = {**visual, **{f"text.{k}": v for k, v in state.items() if k not in visual}}
     check_matches(load_openclip(write_hub(tmp_path / "hub", cfg, prefixed)), state, cfg)
+
+
+def test_modified_resnet_heads_follow_head_width(tmp_path):
+    from test_interop_openclip import reference_resnet, resnet_state
+
+    layers, width = [1, 1, 1, 1], 4  # 128 channels at the pool: head_width 32 -> 4 heads (OpenAI's rule: 2)
+    cfg = config(vision_cfg={"layers": layers, "width": width, "head_width": 32, "image_size": 64})
+    text = {k: v for k, v in make_state(config(), seed=9).items() if not k.startswith("visual.")}
+    state = {**text, **resnet_state(layers, width, cfg["embed_dim"], image=64)}
+    model = load_openclip(write_hub(tmp_path / "hub", cfg, state))
+    assert model.cfg.vision.heads == 4
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        close(model.encode_image(images), F.normalize(reference_resnet(state, images, layers, heads=4), dim=-1))
+        close(model.encode_text(IDS, MASK), F.normalize(reference_text(state, IDS, cfg), dim=-1))
