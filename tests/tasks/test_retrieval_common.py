@@ -115,3 +115,23 @@ def test_metrics_table_prints_percentages_alike_and_caption_scores_on_their_scal
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
     assert rows == {"map": ["77.25"], "exact_match": ["0.50", "12.00"], "Bleu_4": ["0.1234"], "CIDEr": ["1.50"],
                     "C": ["0.0100"]}  # fmt: skip
+
+
+def test_eval_data_is_recognised_from_the_folder(tmp_path, capsys):
+    from vlp.config import ConfigError
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "dataset_flickr30k.json").write_text('{"images": []}')
+    base = DataConfig(type="albef", image_size=16, options={"mode": "images"})
+    found = common.eval_data_config(base, tmp_path, None, "captions")
+    assert (found.type, found.root, found.paths) == (
+        "karpathy",
+        str(tmp_path),
+        {"annotations": "annotations/dataset_flickr30k.json"},
+    )
+    assert found.image_size == 16 and found.options == {}  # another type starts from its own options
+    assert "read as karpathy (annotations/dataset_flickr30k.json)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"found nothing of the kinds this command reads \(vqav2\)"):
+        common.eval_data_config(base, tmp_path, None, "vqa")
+    named = common.eval_data_config(base, tmp_path, "albef", "captions", ["paths.annotations=x.json"])
+    assert (named.type, named.paths) == ("albef", {"annotations": "x.json"})

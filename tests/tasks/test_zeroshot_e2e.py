@@ -41,7 +41,7 @@ def test_zero_shot_accuracy_equals_a_recomputation_from_the_raw_files(world, tmp
     world, _, init = world
     out = tmp_path / "eval"
     rc = main(["eval", "zeroshot", "--model", str(init), "--data", str(world), "--split", "val", "--by", "color",
-               "--out", str(out), "--batch-size", "4"])  # fmt: skip
+               "--templates", "shapes", "--out", str(out), "--batch-size", "4"])  # fmt: skip
     assert rc == 0
     results = read_json(out / "results.json")
     metrics = results["metrics"]

@@ -50,7 +50,7 @@ class TransformConfig:
 
 @dataclass
 class DataConfig:
-    type: str = "shapesworld"  # a loader name registered in vlp.data.loader
+    type: str = ""  # a loader name registered in vlp.data.registry; "" = not named yet (training asks for data)
     root: str = ""  # dataset folder; paths below are relative to it
     paths: dict[str, str] = field(default_factory=dict)
     image_size: int = 224

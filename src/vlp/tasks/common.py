@@ -9,8 +9,9 @@ A model to evaluate (``vlp eval TASK --model PATH``) may be
   (``model.``) is stripped; its ``task`` section (answer vocabulary, prompt, ...) comes along;
 - one checkpoint folder ``RUN/checkpoints/step_N`` (the recipe is read from ``RUN``).
 
-Eval data: ``--data`` is a dataset folder (``data.root``) read with ``--format`` (``shapesworld``
-or any loader type of :mod:`vlp.data.registry`), or a YAML file holding a ``data:`` section.
+Eval data: ``--data`` is a dataset folder (``data.root``) whose format is recognised from its files
+(:mod:`vlp.data.detect`; ``--format`` names a loader type of :mod:`vlp.data.registry` instead), or
+a YAML file holding a ``data:`` section.
 Without ``--data`` the model's own recipe ``data`` section is used. Image size, text length and
 pixel statistics always come from the model's recipe, so evaluation sees what training saw.
 """
@@ -26,9 +27,18 @@ from typing import Any
 
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
+from vlp.data.detect import detect_data
 
 # the table and JSON writers live in their own module; re-exported for the tasks and callers of ``common``
 from vlp.tasks.reporting import flatten, metrics_table, write_json, write_results
+
+# the loader types each kind of evaluation reads (keyed by the ShapesWorld format it reads)
+READABLE = {
+    "captions": ("karpathy", "albef", "manifest", "webdataset"),
+    "vqa": ("vqav2",),
+    "refcoco": ("refcoco",),
+    "instances": ("coco_instances",),
+}
 
 # Recipe keys a fine-tuning run adds on top of a model recipe (see vlp.train.jobs.build_finetuning_job).
 RUN_ONLY_KEYS = ("task", "init")
@@ -181,7 +191,7 @@ def model_data_config(model: Any) -> DataConfig:
 def eval_data_config(
     base: DataConfig,
     data: str | Path | None,
-    fmt: str,
+    fmt: str | None,
     shapes_format: str,
     overrides: Sequence[str] = (),
 ) -> DataConfig:
@@ -190,8 +200,9 @@ def eval_data_config(
     ``base``: the model's data section (image size, text length, transform are kept from it).
     ``data``: a dataset folder, a YAML file with a ``data:`` section (or a bare data section), or
     None = ``base`` itself. ``fmt``: ``shapesworld`` or a loader type (``karpathy``, ``albef``,
-    ``vqav2``, ``manifest``, ...). ``shapes_format``: the ShapesWorld format the task reads
-    (``captions``, ``vqa``, ...). ``overrides``: ``data.KEY=VALUE`` strings (``data.`` optional).
+    ``vqav2``, ``manifest``, ...); None = recognised from the folder's files (said on stdout).
+    ``shapes_format``: the ShapesWorld format the task reads (``captions``, ``vqa``, ...), which
+    also says which loader types the task can read. ``overrides``: ``data.KEY=VALUE`` strings (``data.`` optional).
     """
     plain = to_dict(base)
     if data is not None:
@@ -204,9 +215,14 @@ def eval_data_config(
             kept = {k: plain[k] for k in ("image_size", "max_text_len", "transform")}
             plain = {**section, **{k: v for k, v in kept.items() if k not in section}}
         elif path.is_dir():
+            paths: dict[str, str] = {}
+            if fmt is None:
+                found = detect_data(path, READABLE.get(shapes_format))
+                print(f"--data {path}: read as {found.describe()}")
+                fmt, paths = found.type, found.paths
             # the model's loader options (e.g. ShapesWorld regions for a region model) carry over to
             # data of the same type; another type starts from its own defaults
-            plain.update(root=str(path), paths={}, options=plain["options"] if fmt == base.type else {})
+            plain.update(root=str(path), paths=paths, options=plain["options"] if fmt == base.type else {})
             plain["type"] = fmt
         else:
             raise ConfigError(f"--data: {path} is neither a dataset folder nor a YAML file")
@@ -329,12 +345,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "te
     parser.add_argument("--model", required=True, help="save_pretrained folder, run folder or checkpoint folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: saved with the model)")
     parser.add_argument(
-        "--data", default=None, help="dataset folder (read with --format) or YAML with a data: section "
-        "(default: the model recipe's data section)",
+        "--data", default=None, help="dataset folder (its format is recognised from its files) or YAML with a "
+        "data: section (default: the model recipe's data section)",
     )  # fmt: skip
     parser.add_argument(
-        "--format", default="shapesworld", help="how --data is read: shapesworld (default) or a loader type "
-        "(karpathy, albef, manifest, vqav2, ...)",
+        "--format", default=None, help="read --data as this loader type instead of recognising it: shapesworld, "
+        "karpathy, albef, manifest, vqav2, refcoco, coco_instances, webdataset (default: recognised)",
     )  # fmt: skip
     parser.add_argument("--split", default=default_split, help=f"split to evaluate (default: {default_split})")
     parser.add_argument("--out", default=None, help="folder for results.json and predictions (default: print only)")

@@ -210,7 +210,7 @@ def evaluate(
     data: Any,
     *,
     split: str = "test",
-    templates: Any = "shapes",
+    templates: Any = "photo",
     threshold: str = "otsu",
     k: float = 1.0,
     batch_size: int = 64,
@@ -325,7 +325,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
         "map; accuracy at IoU >= 0.5, mean IoU and pointing-game accuracy.",
     )  # fmt: skip
     add_eval_arguments(parser)
-    parser.add_argument("--templates", default="shapes", help="prompt template set or ';'-separated templates")
+    parser.add_argument("--templates", default="photo", help="prompt template set or ';'-separated templates")
     parser.add_argument("--threshold", choices=("otsu", "std"), default="otsu", help="mask threshold (default: otsu)")
     parser.add_argument("--threshold-k", type=float, default=1.0, metavar="K",
                         help="with --threshold std: the mask is the map above mean + K x std (default: 1)")  # fmt: skip

@@ -273,7 +273,7 @@ def evaluate(
     *,
     split: str = "test",
     by: str = "shape",
-    templates: str | Sequence[str] = "shapes",
+    templates: str | Sequence[str] = "photo",
     objects: str = "largest",
     class_names: Sequence[str] | None = None,
     batch_size: int = 64,
@@ -339,7 +339,7 @@ class ZeroShotTask:
 
     type: str = "zeroshot"
     by: Literal["shape", "color", "color_shape"] = "shape"
-    templates: list[str] | str = "shapes"
+    templates: list[str] | str = "photo"
     objects: Literal["largest", "single"] = "largest"
     # written by build_finetuning: the classes the prompts name, in label order
     class_names: list[str] = field(default_factory=list)
@@ -426,7 +426,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     setup = prepare_eval(args, "instances")
     task = setup.loaded.task
     by = args.by or task.get("by", "shape")
-    templates = args.templates or task.get("templates") or "shapes"
+    templates = args.templates or task.get("templates") or "photo"
     objects = args.objects or task.get("objects", "largest")
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     if names is None and task.get("by", "shape") == by:
