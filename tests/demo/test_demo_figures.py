@@ -61,3 +61,44 @@ def test_generated_images_from_a_generator_folder(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 1000
     with pytest.raises(FileNotFoundError):
         generated_images(tmp_path / "missing", ["a red circle"], tmp_path / "x.png")
+
+
+def test_report_prints_row_notes_under_the_table(tmp_path):
+    note = "equals acc@IoU0.5: the candidates are the image's object boxes, which never overlap"
+    rows = [ResultRow("referring expressions (fine-tuned)", "acc@IoU0.5", 40.0, 20.0),
+            ResultRow("referring expressions (fine-tuned)", "mean IoU", 40.0, 20.0, note)]  # fmt: skip
+    text = write_report(tmp_path, rows, [{"step": "a", "wall_s": 1.0, "cpu_s": 1.0}], {}, {}).read_text()
+    lines = text.splitlines()
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("| referring"))
+    assert (
+        lines[last_row + 1] == "" and lines[last_row + 2] == f"- referring expressions (fine-tuned), mean IoU: {note}"
+    )
+
+
+def test_progress_lines_every_tenth_of_a_run(monkeypatch):
+    """The demo's pretraining reports to its log from the records the run writes every log_every steps."""
+    from types import SimpleNamespace
+
+    from vlp.demo import training
+
+    lines, written = [], []
+
+    class Trainer:  # stands in for vlp.train.engine.Trainer: logs a record every 25 of 200 steps
+        def __init__(self, *args, **kwargs):
+            self.metrics = SimpleNamespace(write=written.append)
+
+        def fit(self):
+            for step in range(25, 201, 25):
+                self.metrics.write({"step": step, "loss": 1.0 / step, "loss_itc": 0.5, "samples_per_s": 80.0,
+                                    "elapsed_s": step / 10})  # fmt: skip
+            return "done"
+
+    import vlp.train.engine
+
+    job = SimpleNamespace(module=None, loader=None, train=SimpleNamespace(steps=200), optim=None, schedule=None,
+                          recipe={})  # fmt: skip
+    monkeypatch.setattr(vlp.train.engine, "Trainer", Trainer)
+    assert training._fit(job, "unused", progress=lines.append, lines=4) == "done"
+    assert len(written) == 8  # every record still reaches metrics.jsonl
+    assert [line.split()[1] for line in lines] == ["50/200", "100/200", "150/200", "200/200"]
+    assert lines[0] == "    step 50/200  loss 0.020 (itc 0.500)  80 samples/s  5 s"

@@ -87,7 +87,10 @@ def run_demo(
     from vlp.data.shapesworld import generate
     from vlp.demo import steps
 
-    log = log or (lambda line: print(line, flush=True))
+    # bound to the stream of the moment: the training runs capture sys.stdout, and their progress lines must not
+    # vanish into that capture
+    stream = sys.stdout
+    log = log or (lambda line: print(line, file=stream, flush=True))
     cfg = config or (DemoConfig.quick() if quick else DemoConfig())
     out = Path(out_dir)
     _prepare(out)
@@ -126,7 +129,7 @@ def run_demo(
                 recipe["train"].update(init=str(output.run_dir), init_parts=["vision"])
                 finetune_runs["tagging"] = output.run_dir
         with timer.step(f"pretrain ALBEF-tiny with ITC + ITM + MLM for {cfg.pretrain_steps} steps", log):
-            model, result = pretrain(recipe, tokenizer, runs / "pretrain")
+            model, result = pretrain(recipe, tokenizer, runs / "pretrain", progress=log)
             vlp.save_pretrained(model, out / "model", tokenizer=tokenizer, overwrite=True)
             log(f"    final loss {result.loss:.3f}, {result.samples_per_s:.0f} samples/s; saved {out / 'model'}")
         pretrained = runs / "pretrain"
@@ -166,6 +169,10 @@ def run_demo(
     result.report = _write(result, cfg, quick, captions)
     log("")
     log(result.table())
+    from vlp.demo.report import table_notes
+
+    for note in table_notes(rows):
+        log(f"  {note}")
     total = timer.total()
     log(f"\n{total['wall_s']:.0f} s wall, {total['cpu_s']:.0f} s CPU. Report: {result.report}")
     return result

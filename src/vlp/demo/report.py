@@ -33,6 +33,11 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
 )  # fmt: skip
 
 
+def table_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """``task, metric: note`` for every row that carries a note (printed under the results table)."""
+    return [f"{r.task}, {r.metric}: {r.note}" for r in rows if r.note]
+
+
 def _timing_table(timings: Sequence[Mapping[str, Any]]) -> str:
     rows = [[t["step"], fmt_number(t["wall_s"]), fmt_number(t["cpu_s"])] for t in timings]
     rows.append(["total", fmt_number(sum(t["wall_s"] for t in timings)), fmt_number(sum(t["cpu_s"] for t in timings))])
@@ -85,6 +90,8 @@ def write_report(
         results_table(rows),
         "",
     ]
+    if table_notes(rows):
+        lines += [*(f"- {n}" for n in table_notes(rows)), ""]
     for key, title, text in SECTIONS:
         if key in figures:
             rel = os.path.relpath(Path(figures[key]), out_dir)
@@ -98,4 +105,4 @@ def write_report(
     return path
 
 
-__all__ = ["SECTIONS", "write_report"]
+__all__ = ["SECTIONS", "table_notes", "write_report"]

@@ -134,20 +134,49 @@ def captured(run_dir: str | Path) -> Iterator[None]:
         (Path(run_dir) / "output.txt").write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def _fit(job: Any, run_dir: str | Path) -> Any:
+def progress_line(record: dict[str, Any], total: int) -> str:
+    """One progress line of a quiet run from a ``metrics.jsonl`` record: step, losses, speed, time so far."""
+    terms = ", ".join(
+        f"{key[len('loss_') :]} {value:.3f}"
+        for key, value in record.items()
+        if key.startswith("loss_") and isinstance(value, (int, float))
+    )
+    loss = f"loss {record['loss']:.3f}" + (f" ({terms})" if terms else "") if record.get("loss") is not None else ""
+    rate = f"{record['samples_per_s']:.0f} samples/s" if record.get("samples_per_s") else ""
+    elapsed = f"{record['elapsed_s']:.0f} s" if record.get("elapsed_s") is not None else ""
+    return "    " + "  ".join(part for part in (f"step {record['step']}/{total}", loss, rate, elapsed) if part)
+
+
+def _fit(job: Any, run_dir: str | Path, progress: Any = None, lines: int = 10) -> Any:
+    """Train ``job``; ``progress`` (a callable taking a line) gets about ``lines`` progress lines, taken from the
+    records the run logs to ``metrics.jsonl`` (the run's own bar is off, and its output is captured)."""
     from vlp.train.engine import Trainer
 
     trainer = Trainer(
         job.module, job.loader, train=job.train, optim=job.optim, schedule=job.schedule, run_dir=run_dir,
         recipe=job.recipe, overwrite=True,
     )  # fmt: skip
+    if progress is not None:
+        total, write = job.train.steps, trainer.metrics.write
+        every = max(1, total // lines)
+        due = [every]
+
+        def write_and_report(record: dict[str, Any]) -> None:
+            write(record)
+            step = int(record.get("step", 0))
+            if step >= due[0] or step == total:  # records come every log_every steps: the first at or past due
+                progress(progress_line(record, total))
+                due[0] = (step // every + 1) * every
+
+        trainer.metrics.write = write_and_report
     return trainer.fit()
 
 
-def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tuple[Any, Any]:
+def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path, progress: Any = None) -> tuple[Any, Any]:
     """Pretrain ``recipe`` (a recipe mapping) into ``run_dir``; returns ``(model, TrainResult)``.
 
-    The model comes back in eval mode with its recipe attached (``model.recipe``).
+    The model comes back in eval mode with its recipe attached (``model.recipe``). ``progress``: a callable
+    that gets a line every tenth of the run (step, losses, samples/s, seconds so far).
     """
     from vlp.recipe import parse_recipe
     from vlp.train.jobs import build_pretraining_job
@@ -157,7 +186,7 @@ def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path) -> tup
     seed_everything(parsed.train.seed)  # the initial weights, as `vlp pretrain` seeds them
     with captured(run_dir):
         job = build_pretraining_job(parsed, tokenizer=tokenizer)
-        result = _fit(job, run_dir)
+        result = _fit(job, run_dir, progress)
     model = job.module.model
     model.eval()
     return model, result
@@ -223,6 +252,7 @@ __all__ = [
     "finetune",
     "model_recipe",
     "pretrain",
+    "progress_line",
     "run_recipe",
     "shapes_data",
     "shapes_texts",
