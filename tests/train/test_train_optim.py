@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, from_dict
-from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train.optim import build_optimizer, freeze, param_groups
 from vlp.train.schedule import LRSchedule, lr_multiplier
 

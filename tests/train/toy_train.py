@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlp.data.batch import Batch
 from vlp.layers import Transformer, masked_mean
-from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train.distributed import DistInfo, init_distributed
 from vlp.train.engine import Trainer, TrainResult
 from vlp.train.loader import ResumableLoader

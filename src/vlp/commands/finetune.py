@@ -10,7 +10,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vlp.config import apply_overrides, from_dict
     from vlp.recipe import recipe_dict
-    from vlp.train.config import TrainConfig
+    from vlp.recipe.run import TrainConfig
     from vlp.train.jobs import build_finetuning_job, load_tokenizer_for
     from vlp.train.launch import overrides_of, run_job
 

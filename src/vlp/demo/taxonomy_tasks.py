@@ -113,7 +113,7 @@ def _fusion_recipe(recipe: dict[str, Any]) -> bool:
 
 def _train_module(module: Any, loader: Any, cfg: Any, run_dir: Path) -> None:
     """Fine-tune a late-fusion module with the training engine (same schedule as the fusion models)."""
-    from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+    from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
     from vlp.train.engine import Trainer
 
     steps = cfg.finetune_steps

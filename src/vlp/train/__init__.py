@@ -3,7 +3,7 @@
 ``Trainer(module, loader, train=, optim=, schedule=, run_dir=).fit()`` trains any
 module whose ``forward(batch)`` returns ``(loss, logs)``; ``vlp pretrain`` and
 ``vlp finetune`` build that module and loader from a recipe (:mod:`vlp.train.jobs`).
-Names are imported lazily: ``vlp.train.config`` is read by every recipe and must
+Names are imported lazily: ``vlp.recipe.run`` is read by every recipe and must
 not pull in torch.
 """
 
@@ -28,9 +28,9 @@ _LAZY = {
     "LRSchedule": "vlp.train.schedule",
     "lr_multiplier": "vlp.train.schedule",
     "plot_run": "vlp.train.plot",
-    "OptimConfig": "vlp.train.config",
-    "ScheduleConfig": "vlp.train.config",
-    "TrainConfig": "vlp.train.config",
+    "OptimConfig": "vlp.recipe.run",
+    "ScheduleConfig": "vlp.recipe.run",
+    "TrainConfig": "vlp.recipe.run",
 }
 
 __all__ = sorted(_LAZY)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, to_dict
+from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train.checkpoint import CheckpointManager, load_safetensors
-from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
 
 
 @dataclass

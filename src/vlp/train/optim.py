@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError
-from vlp.train.config import OptimConfig
+from vlp.recipe.run import OptimConfig
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _NO_DECAY_NAMES = ("logit_scale", "temperature", "pos_embed", "position_embedding", "cls_token", "mask_token")

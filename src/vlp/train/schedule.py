@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vlp.train.config import ScheduleConfig
+from vlp.recipe.run import ScheduleConfig
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: ScheduleConfig) -> float:

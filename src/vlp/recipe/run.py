@@ -1,6 +1,7 @@
-"""Optimizer, schedule and run settings of a recipe (its ``optim``, ``schedule``
-and ``train`` sections). Values are checked when the recipe is read, so that a
-bad setting fails before any model is built, naming the dotted key."""
+"""The run sections of a recipe: ``optim``, ``schedule`` and ``train``. Values are checked when the
+recipe is read, so that a bad setting fails before any model is built, naming the dotted key.
+They live with the recipe (not in :mod:`vlp.train`) because every layer that reads a recipe
+needs them, and the training engine sits above those layers."""
 
 from __future__ import annotations
 

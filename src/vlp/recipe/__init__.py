@@ -15,10 +15,10 @@ import yaml
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
 from vlp.models.config import ModelConfig
-from vlp.train.config import OptimConfig, ScheduleConfig, TrainConfig
+from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 
-RECIPE_DIR = Path(__file__).parent / "models" / "recipes"
-TASK_RECIPE_DIR = Path(__file__).parent / "tasks" / "recipes"
+RECIPE_DIR = Path(__file__).parent.parent / "models" / "recipes"
+TASK_RECIPE_DIR = Path(__file__).parent.parent / "tasks" / "recipes"
 
 
 @dataclass
