@@ -161,11 +161,11 @@ def evaluate_generation(
         }
     if dual_encoder is not None:
         if isinstance(dual_encoder, (str, Path)):
-            import vlp
+            from vlp.models.saving import load, load_tokenizer
 
             folder = dual_encoder
-            dual_encoder = vlp.load(folder)
-            dual_tokenizer = dual_tokenizer or vlp.load_tokenizer(folder)
+            dual_encoder = load(folder)
+            dual_tokenizer = dual_tokenizer or load_tokenizer(folder)
         if dual_tokenizer is None:
             raise ValueError("dual_encoder given as a model: pass dual_tokenizer too")
         mismatched = _other_prompt(prompts, samples)  # wrong shape and wrong colour

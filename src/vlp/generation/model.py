@@ -271,12 +271,12 @@ def load_text_tower(folder: str | Path) -> tuple[nn.Module, Any]:
     """``(text encoder, tokenizer)`` from a vlp model folder (``recipe.yaml``) or a transformers BERT folder."""
     folder = Path(folder)
     if (folder / "recipe.yaml").is_file():
-        import vlp
+        from vlp.models.saving import load, load_tokenizer
 
-        source = vlp.load(folder)
+        source = load(folder)
         if getattr(source, "text", None) is None:
             raise ConfigError(f"{folder}: this vlp model has no text encoder to condition on")
-        return source.text, vlp.load_tokenizer(folder)
+        return source.text, load_tokenizer(folder)
     if (folder / "config.json").is_file():
         from vlp.interop.bert import text_encoder_from_pretrained
 
