@@ -50,7 +50,7 @@ def _bad_dataset(root) -> dict[str, str]:
         json.dumps({"image": "bomb.png", "caption": "fine", "image_id": 200}).encode(),
         json.dumps({"image": "missing.png", "caption": "fine", "image_id": 201}).encode(),
         json.dumps({"image": "good0.png", "caption": "   ", "image_id": 202}).encode(),
-        json.dumps({"image": "good0.png", "caption": "word " * 100, "image_id": 203}).encode(),
+        json.dumps({"image": "good0.png", "caption": "word " * 14000, "image_id": 203}).encode(),  # 70,000 bytes
         b'{"image": "good0.png", "caption": "caf\xe9 latin-1 bytes", "image_id": 204}',
         b'{"image": "good0.png", "caption": "a lone surrogate \\udce9 escape", "image_id": 205}',
         b'{"image": "good0.png", "caption": "unterminated',

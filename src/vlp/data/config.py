@@ -61,7 +61,9 @@ class DataConfig:
     seed: int = 0  # the sample order depends only on (seed, epoch)
     shuffle_buffer: int = 1000  # samples held by the streaming (WebDataset) shuffle buffer; 0 = no shuffle
     max_image_pixels: int = 89_478_485  # decompression-bomb limit (width * height), PIL's default
-    max_caption_chars: int = 2000  # longer captions are skipped as garbage, not truncated
+    # longer captions are cut to this many characters (whole words), then to max_text_len tokens by the
+    # tokenizer; only a caption above 64 KiB of UTF-8 is skipped (overlong_caption)
+    max_caption_chars: int = 2000
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:

@@ -30,7 +30,7 @@ from vlp.data.sources.albef import read_albef
 from vlp.data.sources.coco_instances import read_coco_instances
 from vlp.data.sources.common import SourceIndex, read_json
 from vlp.data.sources.karpathy import read_karpathy
-from vlp.data.sources.manifest import read_manifest
+from vlp.data.sources.manifest import CsvFormat, read_manifest
 from vlp.data.sources.refcoco import read_refcoco
 from vlp.data.sources.vqav2 import (
     COCO_TEMPLATE,
@@ -223,11 +223,23 @@ def attach_regions(ctx: Context, index: SourceIndex) -> None:
 # ----------------------------------------------------------------------------- the map-style types
 
 
-@register_loader("manifest", CaptionOptions, {"manifest": "manifest_{split}.jsonl", "images": ""},
+@dataclass
+class ManifestOptions(CaptionOptions):
+    # OpenCLIP's --csv-separator / --csv-img-key / --csv-caption-key; empty = sniffed from the header / the
+    # usual names (image, filepath, path, file_name / caption, text, title)
+    csv_separator: str = ""
+    csv_img_key: str = ""
+    csv_caption_key: str = ""
+
+
+@register_loader("manifest", ManifestOptions, {"manifest": "manifest_{split}.jsonl", "images": ""},
                  "an image folder + a JSONL or CSV manifest")  # fmt: skip
 def _manifest(ctx: Context) -> SourceIndex:
-    cfg = ctx.config
-    return read_manifest(ctx.paths["manifest"], ctx.paths["images"], ctx.mode(), cfg.max_caption_chars, cfg.strict)
+    cfg, options = ctx.config, ctx.options
+    csv_format = CsvFormat(options.csv_separator, options.csv_img_key, options.csv_caption_key)
+    template = cfg.paths.get("manifest", LOADERS["manifest"].paths["manifest"]) or ""
+    return read_manifest(ctx.paths["manifest"], ctx.paths["images"], ctx.mode(), cfg.max_caption_chars, cfg.strict,
+                         ctx.split, csv_format, template, ctx.root)  # fmt: skip
 
 
 @register_loader("karpathy", KarpathyOptions, {"annotations": None, "images": ""},

@@ -59,8 +59,18 @@ def expect(condition: bool, path: Path, message: str) -> None:
         raise ConfigError(f"{path}: {message}")
 
 
+# Past this a "caption" is garbage (a whole web page in an alt-text field), not a long description: skipped.
+MAX_CAPTION_BYTES = 65_536
+
+
 def check_text(value: Any, source: str, max_chars: int, strict: bool, field_name: str = "caption") -> str | Skipped:
-    """A clean caption/question string, or the :class:`Skipped` record saying why not."""
+    """A clean caption/question string, or the :class:`Skipped` record saying why not.
+
+    Whitespace runs become one space. A text longer than ``max_chars`` characters is cut at the
+    last space before the limit, not skipped: web alt-text (LAION, CC12M) is often long, and the
+    tokenizer keeps only the first ``max_text_len`` tokens anyway. Only a text above
+    :data:`MAX_CAPTION_BYTES` UTF-8 bytes is skipped (``overlong_caption``).
+    """
     if value is None:
         return reject("missing_field", source, f"no {field_name}", strict)
     if isinstance(value, bytes):
@@ -74,11 +84,15 @@ def check_text(value: Any, source: str, max_chars: int, strict: bool, field_name
         value.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: undecodable bytes in the file, or a broken \\ud800 escape
         return reject("bad_encoding", source, f"{field_name} is not valid UTF-8", strict)
+    size = len(value.encode("utf-8"))
+    if size > MAX_CAPTION_BYTES:
+        return reject("overlong_caption", source, f"{field_name} has {size} bytes > {MAX_CAPTION_BYTES}", strict)
     text = " ".join(value.split())
     if not text:
         return reject("empty_caption", source, f"empty {field_name}", strict)
     if len(text) > max_chars:
-        return reject("overlong_caption", source, f"{field_name} has {len(text)} characters > {max_chars}", strict)
+        cut = text[: max_chars + 1]
+        text = cut[: cut.rfind(" ")] if " " in cut[1:] else text[:max_chars]  # whole words when there are any
     return text
 
 

@@ -2,12 +2,23 @@
 
 JSONL (``.jsonl``/``.json`` lines): one object per line with ``image`` (path
 relative to the images folder) and ``captions`` (a list) or ``caption``
-(a string or a list; ``text`` is accepted too), optionally ``image_id`` and
-``tags`` (object tags, for OSCAR-style models). Other keys are ignored.
+(a string or a list; ``text`` is accepted too), optionally ``image_id``,
+``tags`` (object tags, for OSCAR-style models) and ``split``. Other keys are
+ignored.
 
-CSV / TSV (``.csv``/``.tsv``, with a header row): columns ``image`` (or
-``filepath``/``path``/``file_name``) and ``caption`` (or ``text``/``title``),
-optional ``image_id``; one caption per row, rows of the same image are merged.
+CSV / TSV (with a header row): columns ``image`` (or ``filepath``/``path``/
+``file_name``) and ``caption`` (or ``text``/``title``), optional ``image_id``
+and ``split``; one caption per row, rows of the same image are merged. The
+separator is sniffed from the header (tab, comma, ``;`` or ``|``), so
+OpenCLIP's tab-separated ``.csv`` files read as they are. :class:`CsvFormat`
+takes OpenCLIP's three settings as data options: ``csv_separator``,
+``csv_img_key`` and ``csv_caption_key``.
+
+Splits: one file per split (``manifest_{split}.jsonl``, the default path), or
+one file whose records carry a ``split`` field, filtered by it. A file with
+neither holds training data only: asking it for another split is an error,
+never the training images under another name; split ``all`` takes every record
+(of every ``manifest_*`` file, for a per-split path).
 
 A line that is not valid JSON, not UTF-8, or lacks ``image`` is skipped and
 counted (``malformed_json``, ``bad_encoding``, ``missing_field``); the rest of
@@ -19,6 +30,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +43,46 @@ _IMAGE_KEYS = ("image", "filepath", "path", "file_name")
 _CAPTION_KEYS = ("captions", "caption", "text", "title")
 
 
-def _first(record: dict[str, Any], keys: tuple[str, ...]) -> Any:
+ALL_SPLITS = "all"  # the split name that takes every record
+
+
+@dataclass
+class CsvFormat:
+    """How a CSV manifest is laid out; empty = sniffed / the usual column names (OpenCLIP's
+    ``--csv-separator``, ``--csv-img-key``, ``--csv-caption-key``)."""
+
+    separator: str = ""
+    image_key: str = ""
+    caption_key: str = ""
+
+
+def _first(record: dict[str, Any], keys: tuple[str, ...], keep_empty: bool = False) -> Any:
     for key in keys:
-        if key in record and record[key] not in (None, ""):
+        if key in record and record[key] is not None and (keep_empty or record[key] != ""):
             return record[key]
     return None
 
 
-def _entry(record: Any, images_dir: Path, source: str, strict: bool) -> ImageCaptions | Skipped:
+def _entry(
+    record: Any, images_dir: Path, source: str, strict: bool, image_keys: tuple[str, ...] = _IMAGE_KEYS,
+    caption_keys: tuple[str, ...] = _CAPTION_KEYS,
+) -> ImageCaptions | Skipped:  # fmt: skip
     if not isinstance(record, dict):
         return reject("bad_record", source, f"expected a JSON object, got {type(record).__name__}", strict)
-    image = _first(record, _IMAGE_KEYS)
+    image = _first(record, image_keys)
     if not isinstance(image, str):
-        return reject("missing_field", source, "no 'image' path", strict)
-    captions = _first(record, _CAPTION_KEYS)
+        return reject("missing_field", source, f"no '{image_keys[0]}' path", strict)
+    # an empty caption is there but empty (empty_caption), not missing
+    captions = _first(record, caption_keys, keep_empty=True)
     if captions is None:
-        return reject("missing_field", source, "no 'captions'/'caption'", strict)
+        return reject("missing_field", source, "no " + "/".join(f"'{k}'" for k in caption_keys[:2]), strict)
     if not isinstance(captions, list):
         captions = [captions]
-    extra = {}
+    extra: dict[str, Any] = {}
     if isinstance(record.get("tags"), list):
         extra["tags"] = [str(t) for t in record["tags"]]
+    if record.get("split") not in (None, ""):
+        extra["split"] = str(record["split"])
     image_id = record.get("image_id", Path(image).stem)
     return ImageCaptions(str(resolve(images_dir, image)), image_id, captions, source, extra)
 
@@ -77,34 +109,115 @@ def _jsonl_entries(path: Path, images_dir: Path, strict: bool, skips: list[Skipp
     return entries
 
 
-def _csv_entries(path: Path, images_dir: Path, strict: bool, skips: list[Skipped]) -> list[ImageCaptions]:
+def _separator(path: Path, header: str, fmt: CsvFormat) -> str:
+    if fmt.separator:
+        return "\t" if fmt.separator in ("\\t", "tab") else fmt.separator
+    # the header names columns, which hold no tabs: the first separator found in it is the one
+    found = [sep for sep in ("\t", ",", ";", "|") if sep in header]
+    return found[0] if found else ("\t" if path.suffix == ".tsv" else ",")
+
+
+def _csv_entries(
+    path: Path, images_dir: Path, strict: bool, skips: list[Skipped], fmt: CsvFormat
+) -> list[ImageCaptions]:
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+    separator = _separator(path, text.split("\n", 1)[0], fmt)
+    if len(separator) != 1:
+        raise ConfigError(f"data.options.csv_separator: {fmt.separator!r} must be one character (or \\t)")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
     header = reader.fieldnames or []
-    if not any(k in header for k in _IMAGE_KEYS) or not any(k in header for k in _CAPTION_KEYS):
+    image_keys = (fmt.image_key,) if fmt.image_key else _IMAGE_KEYS
+    caption_keys = (fmt.caption_key,) if fmt.caption_key else _CAPTION_KEYS
+    if not any(k in header for k in image_keys) or not any(k in header for k in caption_keys):
         raise ConfigError(
-            f"{path}: CSV header {header} needs an image column ({'/'.join(_IMAGE_KEYS)}) "
-            f"and a caption column ({'/'.join(_CAPTION_KEYS)})"
+            f"{path}: CSV header {header} (separator {separator!r}) needs an image column ({'/'.join(image_keys)}) "
+            f"and a caption column ({'/'.join(caption_keys)}); set data.options.csv_img_key / csv_caption_key "
+            "/ csv_separator"
         )
     entries = []
     for number, row in enumerate(reader, start=2):
         if None in row:  # more cells than header columns: a broken row
             skips.append(reject("bad_record", f"{path}:{number}", "more cells than header columns", strict))
             continue
-        entry = _entry(dict(row), images_dir, f"{path}:{number}", strict)
+        entry = _entry(dict(row), images_dir, f"{path}:{number}", strict, image_keys, caption_keys)
         (skips if isinstance(entry, Skipped) else entries).append(entry)
     return entries
 
 
+def _read_entries(
+    path: Path, images_dir: Path, strict: bool, skips: list[Skipped], fmt: CsvFormat
+) -> list[ImageCaptions]:
+    if path.suffix in (".csv", ".tsv"):
+        return _csv_entries(path, images_dir, strict, skips, fmt)
+    return _jsonl_entries(path, images_dir, strict, skips)
+
+
+def _by_split(entries: list[ImageCaptions], split: str, source: str, strict: bool, skips: list[Skipped],
+              file_per_split: bool) -> list[ImageCaptions]:  # fmt: skip
+    """The entries of ``split`` by their ``split`` field. A file without that field is the split
+    when its name came from a ``{split}`` template, and training data only otherwise."""
+    found = Counter(entry.extra.get("split") for entry in entries)
+    if set(found) == {None}:
+        if file_per_split or split in ("train", ALL_SPLITS):
+            return entries
+        raise ConfigError(
+            f"{source}: no split {split!r}: the file has no 'split' field and its name no {{split}}, so it holds "
+            f"training data only ({len(entries)} records). Add a 'split' field to each record, use one file per "
+            f"split (manifest_{{split}}.jsonl), or ask for split '{ALL_SPLITS}' to use every record"
+        )
+    if split == ALL_SPLITS:
+        return entries
+    kept = []
+    for entry in entries:
+        if entry.extra.get("split") is None:  # the file has splits, this record names none
+            skips.append(reject("missing_field", entry.source, "no 'split' (other records have one)", strict))
+        elif entry.extra["split"] == split:
+            kept.append(entry)
+    if not kept:
+        counts = ", ".join(f"{name} ({n})" for name, n in sorted(found.items(), key=lambda kv: str(kv[0])) if name)
+        raise ConfigError(f"{source}: no record has split {split!r}; the file's splits: {counts}")
+    return kept
+
+
+def manifest_files(template: str, root: Path) -> list[Path]:
+    """The files a ``{split}`` manifest path names, one per split found."""
+    pattern = Path(template.replace("{split}", "*"))
+    folder = pattern.parent if pattern.is_absolute() else root / pattern.parent
+    return sorted(folder.glob(pattern.name)) if folder.is_dir() else []
+
+
 def read_manifest(
-    manifest: Path, images_dir: Path, mode: CaptionMode = "pairs", max_chars: int = 2000, strict: bool = False
+    manifest: Path,
+    images_dir: Path,
+    mode: CaptionMode = "pairs",
+    max_chars: int = 2000,
+    strict: bool = False,
+    split: str | None = None,
+    csv_format: CsvFormat | None = None,
+    template: str = "",
+    root: Path = Path("."),
 ) -> SourceIndex:
-    """Index a JSONL or CSV manifest; image paths are relative to ``images_dir``."""
-    if not manifest.is_file():
-        raise ConfigError(f"data.paths.manifest: {manifest}: file not found")
+    """Index a JSONL or CSV manifest; image paths are relative to ``images_dir``.
+
+    ``split``: keep the records of this split (see the module docstring); None keeps every record.
+    ``template``: the path as the recipe gives it, with ``{split}`` (relative to ``root``).
+    """
+    fmt = csv_format or CsvFormat()
     skips: list[Skipped] = []
-    if manifest.suffix in (".csv", ".tsv"):
-        entries = _csv_entries(manifest, images_dir, strict, skips)
-    else:
-        entries = _jsonl_entries(manifest, images_dir, strict, skips)
+    per_split = "{split}" in template
+    if per_split and split == ALL_SPLITS and not manifest.is_file():
+        files = manifest_files(template, root)
+        if not files:
+            raise ConfigError(f"data.paths.manifest: no file matches {template} under {root}")
+        entries = [e for path in files for e in _read_entries(path, images_dir, strict, skips, fmt)]
+        return group_captions(entries, mode, max_chars, strict, skips)
+    if not manifest.is_file():
+        found = [p.name for p in manifest_files(template, root)] if per_split else []
+        raise ConfigError(
+            f"data.paths.manifest: {manifest}: file not found"
+            + (f" (split {split!r}; manifests found: {', '.join(found) or 'none'})" if per_split else "")
+        )
+    entries = _read_entries(manifest, images_dir, strict, skips, fmt)
+    if split is not None:
+        entries = _by_split(entries, split, str(manifest), strict, skips, per_split)
     return group_captions(entries, mode, max_chars, strict, skips)
