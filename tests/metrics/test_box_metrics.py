@@ -86,6 +86,14 @@ def test_accuracy_at_iou():
         accuracy_at_iou(pred, gt[:2])
 
 
+def test_accuracy_at_iou_of_exactly_one_half_in_large_pixel_boxes():
+    # half of the target's width, same height: inter = 3658 * 5761 = 21,073,738 and
+    # union = 7316 * 5761 = 42,147,476, so IoU = 0.5 exactly; float32 areas above 2**24 round to 0.49999994
+    pred = torch.tensor([[2094.0, 1990.0, 5752.0, 7751.0]])
+    target = torch.tensor([[2094.0, 1990.0, 9410.0, 7751.0]])
+    assert accuracy_at_iou(pred, target) == 1.0
+
+
 def test_empty_boxes_do_not_give_nan():
     empty = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
     assert box_iou(empty, empty).item() == 0.0

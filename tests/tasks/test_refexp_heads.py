@@ -13,6 +13,7 @@ from torch import nn
 import vlp
 from vlp.config import ConfigError
 from vlp.data.batch import Batch
+from vlp.metrics import elementwise_box_iou
 from vlp.tasks import refexp
 from vlp.tasks.common import preprocess_images
 from vlp.text import Tokenizer
@@ -119,6 +120,35 @@ def test_evaluate_reports_iou_accuracy_of_designed_boxes(tok, monkeypatch):
     assert out["chance"]["accuracy"] == pytest.approx(100 * sum(v >= 0.5 for v in centre_ious) / 4)
     assert [p["ref_id"] for p in out["predictions"]] == [10, 11, 12, 13]
     assert [p["iou"] for p in out["predictions"]] == pytest.approx(ious)
+
+
+class _Indexed(list):
+    """Samples plus the index records they came from, as a VLDataset offers them to evaluate."""
+
+    def __init__(self, samples: list, records: list) -> None:
+        super().__init__(samples)
+        self.index = type("Index", (), {"records": records})()
+
+
+def test_evaluate_counts_a_pixel_iou_of_exactly_one_half_as_a_hit(tok, monkeypatch):
+    # a 333 x 217 image; target 80 x 30 px, the picked candidate its left half: IoU = 1200 / 2400 = 0.5
+    # exactly, as RefCOCO's evaluation computes it in pixels; through float32 normalized boxes it is 0.49999994
+    width, height, target, half = 333, 217, [3.0, 5.0, 83.0, 35.0], [3.0, 5.0, 43.0, 35.0]
+    assert iou(half, target) == 0.5
+
+    def normalized(box):
+        return torch.tensor([box[0] / width, box[1] / height, box[2] / width, box[3] / height])
+
+    assert elementwise_box_iou(normalized(half), normalized(target)).item() < 0.5
+    records = [{"width": width, "height": height, "target_box": target, "boxes": [target, half]}]
+    samples = [{"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": normalized(target),
+                "meta": {"index": 0, "ref_id": 1}}]  # fmt: skip
+    monkeypatch.setattr(refexp, "predict_normalized", lambda model, batch, mode: normalized(half)[None])
+    model = vlp.create_model("vilt-tiny")
+    refexp.ensure_refexp_head(model, "box")
+    out = refexp.evaluate(model, tok, _Indexed(samples, records), keep_predictions=True)
+    assert out["accuracy"] == 100.0 and out["predictions"][0]["iou"] == 0.5
+    assert out["predictions"][0]["box"] == half
 
 
 def test_view_box_to_pixels_follows_the_eval_transform():

@@ -140,14 +140,16 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
 def accuracy_at_iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> float:
     """Fraction of matched pairs whose IoU is >= ``threshold`` (RefCOCO "Acc@0.5").
 
-    pred, target: (N, 4) xyxy boxes, one predicted box per referring expression.
+    pred, target: (N, 4) xyxy boxes, one predicted box per referring expression, best in pixels
+    of the original image (as RefCOCO's evaluation compares them). Computed in float64: float32
+    areas of a large image's boxes round, and an IoU of exactly 0.5 could then score as a miss.
     """
     pred, target = _check(pred, "pred"), _check(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     if pred.numel() == 0:
         raise ValueError("accuracy_at_iou needs at least one box pair")
-    return (elementwise_box_iou(pred, target) >= threshold).double().mean().item()
+    return (elementwise_box_iou(pred.double(), target.double()) >= threshold).double().mean().item()
 
 
 __all__ = [

@@ -17,8 +17,9 @@ Three heads, chosen by the model's visual representation (``mode: auto``):
 
 Evaluation follows the RefCOCO protocol: one prediction per expression (sentence), accuracy =
 fraction with IoU >= 0.5 against the ground-truth box; mean IoU is reported too. IoU is computed
-in the model's normalized view of the image, which equals IoU in pixels for the default
-``transform.eval_crop: resize`` (IoU is invariant to scaling each axis). ``chance``: picking a
+as the official evaluation does, in float64 pixels of the original image (:func:`pixel_ious`): a
+pixel IoU of exactly 0.5 is a hit, which float32 on normalized coordinates would round either way.
+Samples without a record giving the image size fall back to float64 in the model's view. ``chance``: picking a
 region or candidate uniformly at random (regions, proposals) or a box of the mean target size at
 the image centre (box).
 
@@ -331,7 +332,7 @@ def evaluate(
     dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
     config = data if isinstance(data, DataConfig) else model_data_config(model)
     records = getattr(getattr(dataset, "index", None), "records", None)
-    ious, chance_acc, chance_iou, targets, metas, boxes, skipped = [], [], [], [], [], [], []
+    chance_acc, chance_iou, targets, metas, boxes, skipped = [], [], [], [], [], []
     was_training = model.training
     model.eval()
     try:
@@ -342,7 +343,6 @@ def evaluate(
             with torch.no_grad():
                 pred = predict_normalized(model, batch, mode)
             target = batch.target_boxes.float()
-            ious.append(elementwise_box_iou(pred, target).cpu())
             if mode in ("regions", "proposals"):  # a uniformly random candidate: expected hit rate and IoU
                 keep = batch.region_mask
                 every = elementwise_box_iou(batch.region_boxes.float(), target[:, None]) * keep
@@ -356,7 +356,7 @@ def evaluate(
         model.train(was_training)
     if not metas:
         raise ConfigError("refexp: the evaluation data yielded no expressions")
-    iou = torch.cat(ious)
+    iou = pixel_ious(torch.cat(boxes), torch.cat(targets), metas, records, config.transform.eval_crop)
     if mode in ("regions", "proposals"):
         chance = {
             "accuracy": 100 * torch.cat(chance_acc).double().mean().item(),
@@ -375,6 +375,31 @@ def evaluate(
     if keep_predictions:
         metrics["predictions"] = _predictions(torch.cat(boxes), iou, metas, records, config.transform.eval_crop)
     return metrics
+
+
+def pixel_ious(pred: torch.Tensor, target: torch.Tensor, metas: list[dict[str, Any]], records: Any,
+               eval_crop: str = "resize") -> torch.Tensor:  # fmt: skip
+    """``(N,)`` float64 IoU of predicted and target boxes (``(N, 4)`` normalized xyxy in the model's view).
+
+    Where a sample's record (``records[meta["index"]]``) gives the image size and the pixel
+    ``target_box``, both boxes are compared in float64 pixels of the original image, as RefCOCO's
+    evaluation does; a prediction within 1e-3 pixel of one of the record's candidate ``boxes`` (the
+    proposals it was picked from, normalized through float32) is that candidate exactly. Otherwise
+    the view boxes are compared in float64.
+    """
+    from vlp.metrics import elementwise_box_iou
+
+    pred_px, target_px = pred.double().tolist(), target.double().tolist()
+    for k, meta in enumerate(metas):
+        record = records[meta["index"]] if records is not None and "index" in meta else {}
+        width, height, box = record.get("width"), record.get("height"), record.get("target_box")
+        if not (width and height and box is not None):
+            continue
+        guess = view_box_to_pixels(pred_px[k], width, height, eval_crop)
+        exact = [c for c in record.get("boxes") or [] if max(abs(a - b) for a, b in zip(c, guess)) < 1e-3]
+        pred_px[k] = [float(v) for v in (exact[0] if exact else guess)]
+        target_px[k] = [float(v) for v in box]
+    return elementwise_box_iou(torch.tensor(pred_px, dtype=torch.float64), torch.tensor(target_px, dtype=torch.float64))
 
 
 def centre_box_chance(targets: torch.Tensor) -> dict[str, float]:
@@ -456,6 +481,7 @@ __all__ = [
     "ensure_refexp_head",
     "evaluate",
     "locate",
+    "pixel_ious",
     "predict",
     "predict_normalized",
     "region_scores",
