@@ -112,7 +112,7 @@ def test_openclip_vit_matches_the_same_weights_in_transformers(hf_clip, tmp_path
     loaded = vlp.load(tmp_path / "vlp")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
-    assert (tmp_path / "vlp" / "merges.txt").is_file() and vlp.models.load_preprocess(tmp_path / "vlp").crop == (32, 32)
+    assert (tmp_path / "vlp" / "merges.txt").is_file() and vlp.load_preprocess(tmp_path / "vlp").crop == (32, 32)
 
 
 # ----------------------------------------------------------------------------- ModifiedResNet reference

@@ -280,7 +280,7 @@ def test_hub_folder_converts_with_its_preprocess_and_a_bare_config_file(tmp_path
     assert "(openclip)" in capsys.readouterr().out
     loaded = vlp.load(tmp_path / "vlp")
     check_matches(loaded, state, cfg)
-    stored = vlp.models.load_preprocess(tmp_path / "vlp")
+    stored = vlp.load_preprocess(tmp_path / "vlp")
     assert stored.mean == tuple(mean) and stored.std == tuple(std) and stored.resize == "exact"
     assert stored.size == (32, 32) and stored.interpolation == "bilinear"
     assert loaded.recipe.data.image_size == 32 and loaded.recipe.data.max_text_len <= CONTEXT

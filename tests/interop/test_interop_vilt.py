@@ -83,7 +83,7 @@ def test_vilt_folder_brings_tokenizer_and_preprocessing(folders):
     theirs = transformers.BertTokenizerFast.from_pretrained(root / "hf")
     text = ["a photo of two blue squares, left of the green triangle!"]
     assert ours(text).input_ids.tolist() == theirs(text)["input_ids"]
-    pre = vlp.models.load_preprocess(root / "vlp")
+    pre = vlp.load_preprocess(root / "vlp")
     assert pre.resize == "vilt" and pre.size_divisor == 8 and pre.mean == (0.5, 0.5, 0.5)
 
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import vlp
 from vlp import Batch
-from vlp.models.saving import RECIPE_NAME, WEIGHTS_NAME, CheckpointError, load_weights
+from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, CheckpointError, load_weights
 from vlp.recipe import load_recipe
 from vlp.text import Tokenizer
 

@@ -12,9 +12,9 @@ import vlp.objectives.itc as itc_module
 from vlp.config import ConfigError
 from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
+from vlp.io.checkpoints import CheckpointManager
 from vlp.objectives import Pretraining, build_objectives, validate_objectives
 from vlp.objectives.momentum import STEP_KEY, distill_weight
-from vlp.train.checkpoint import CheckpointManager
 from vlp.train.distributed import full_model_state, load_model_state
 
 

@@ -13,7 +13,7 @@ import torch
 from toy_train import ToyDataset, collate, run_toy
 
 from vlp.config import ConfigError
-from vlp.train.checkpoint import CheckpointManager, load_safetensors, tensors_to_safetensors
+from vlp.io.checkpoints import CheckpointManager, load_safetensors, tensors_to_safetensors
 from vlp.train.loader import ResumableLoader
 from vlp.train.logging import read_metrics
 from vlp.train.rng import capture_rng, restore_rng, seed_everything

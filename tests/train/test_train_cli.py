@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from vlp.cli import main
-from vlp.train.checkpoint import load_safetensors
+from vlp.io.checkpoints import load_safetensors
 from vlp.train.jobs import load_init_weights
 from vlp.train.logging import read_metrics
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vlp.cli import main
-from vlp.train.checkpoint import tensors_to_safetensors
+from vlp.io.checkpoints import tensors_to_safetensors
 from vlp.train.logging import read_metrics
 from vlp.train.run_dir import RUN_ARTIFACTS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _summary(folder: Path) -> None:
-    from vlp.models.saving import load_config
+    from vlp.io.saving import load_config
 
     cfg, _ = load_config(folder)
     parts = [

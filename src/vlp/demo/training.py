@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError, read_yaml, set_dotted
-
-# recipe keys a fine-tuning run adds on top of the model recipe (vlp.train.jobs.build_finetuning_job)
-RUN_ONLY_KEYS = ("task", "init")
+from vlp.io.folders import RUN_ONLY_KEYS
 
 
 def cpu_seconds() -> float:

@@ -176,7 +176,7 @@ def save_classifier(model: AttributeClassifier, folder: str | Path) -> Path:
 
 def load_classifier(folder: str | Path) -> AttributeClassifier:
     """The classifier saved by :func:`save_classifier` in ``folder`` (strict weights, eval mode)."""
-    from vlp.models.saving import load_weights
+    from vlp.io.saving import load_weights
 
     folder = Path(folder)
     path = folder / CONFIG_FILE

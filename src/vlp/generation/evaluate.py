@@ -161,7 +161,7 @@ def evaluate_generation(
         }
     if dual_encoder is not None:
         if isinstance(dual_encoder, (str, Path)):
-            from vlp.models.saving import load, load_tokenizer
+            from vlp.io.saving import load, load_tokenizer
 
             folder = dual_encoder
             dual_encoder = load(folder)

@@ -242,14 +242,14 @@ class TextToImageModel(nn.Module):
 
 def save_generator(model: TextToImageModel, folder: str | Path, recipe: Any = None, overwrite: bool = False) -> Path:
     """Write ``model.safetensors``, ``recipe.yaml`` (with ``model`` = the model's config) and the tokenizer."""
-    from vlp.models.saving import save_pretrained
+    from vlp.io.saving import save_pretrained
 
     return save_pretrained(model, folder, recipe=recipe, tokenizer=model.tokenizer, overwrite=overwrite)
 
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> TextToImageModel:
     """The model saved by :func:`save_generator` (weights loaded strictly, tokenizer attached, eval mode)."""
-    from vlp.models.saving import RECIPE_NAME, WEIGHTS_NAME, load_tokenizer, load_weights
+    from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, load_tokenizer, load_weights
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -271,7 +271,7 @@ def load_text_tower(folder: str | Path) -> tuple[nn.Module, Any]:
     """``(text encoder, tokenizer)`` from a vlp model folder (``recipe.yaml``) or a transformers BERT folder."""
     folder = Path(folder)
     if (folder / "recipe.yaml").is_file():
-        from vlp.models.saving import load, load_tokenizer
+        from vlp.io.saving import load, load_tokenizer
 
         source = load(folder)
         if getattr(source, "text", None) is None:

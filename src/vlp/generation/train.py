@@ -10,7 +10,7 @@ The run folder gets ``model/`` (weights + resolved recipe + tokenizer),
 ``train_log.jsonl`` (one line per ``log_every`` steps), ``summary.json``,
 ``samples.png``, ``tokenizer/`` (the tokenizer trained for the run) and
 ``checkpoints/step_N/`` (every ``checkpoint_every`` steps and at the end; written
-with :class:`vlp.train.checkpoint.CheckpointManager`).
+with :class:`vlp.io.checkpoints.CheckpointManager`).
 
 The loop is vlp's own few lines rather than :mod:`vlp.train.engine`: the data is an
 endless rendered stream (no epochs), and the recipe needs a wall-clock budget
@@ -39,7 +39,7 @@ import yaml
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.generation.data import ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
 from vlp.generation.model import TextToImageConfig, TextToImageModel, load_generator, load_text_tower, save_generator
-from vlp.train.checkpoint import CheckpointManager
+from vlp.io.checkpoints import CheckpointManager
 from vlp.train.distributed import pick_device
 
 RECIPE_DIR = Path(__file__).parent / "recipes"

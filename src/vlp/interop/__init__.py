@@ -6,7 +6,6 @@
 - :func:`export_folder` / ``vlp convert --to transformers SRC DST``: back again;
 - :func:`import_openclip` / ``vlp convert --from openclip``: an OpenCLIP (or OpenAI CLIP) state
   dict, ViT or ModifiedResNet image tower -> the ``clip`` / ``clip-resnet`` recipe;
-- :func:`from_pretrained`: what ``vlp.create_model(name, pretrained=PATH)`` calls;
 - :func:`load_preprocess`: the image transform stored with a model.
 
 Loading is strict: a missing or unexpected weight is a :class:`ConversionError` listing the names.
@@ -20,7 +19,6 @@ _LAZY = {
     "ConversionError": "vlp.interop.common",
     "import_folder": "vlp.interop.hf",
     "export_folder": "vlp.interop.hf",
-    "from_pretrained": "vlp.interop.hf",
     "import_openclip": "vlp.interop.openclip",
     "load_preprocess": "vlp.interop.preprocess",
     "Preprocess": "vlp.interop.preprocess",

@@ -9,12 +9,11 @@ so that an export restores its extra fields) + ``interop.json`` (family and arch
 
 ``export_folder(SRC, DST)`` does the reverse: a vlp folder (imported or trained in vlp) becomes a
 folder that ``transformers.<Architecture>.from_pretrained`` loads with no missing or unexpected
-keys. ``from_pretrained(PATH)`` is the in-memory import used by ``vlp.create_model(pretrained=)``.
+keys. :func:`load_hf` is the in-memory import that :func:`vlp.io.folders.from_pretrained` uses.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from dataclasses import asdict
@@ -23,9 +22,12 @@ from typing import Any
 
 import torch
 
-from vlp.config import ConfigError, read_yaml, set_dotted
+from vlp.config import ConfigError
+from vlp.interop.blip import BlipConverter
+from vlp.interop.clip import ClipConverter
 from vlp.interop.common import ConversionError, Converter, export_state, import_state, listing, read_json, read_weights
 from vlp.interop.hub import model_name
+from vlp.interop.lxmert import LxmertConverter
 from vlp.interop.preprocess import (
     HF_NAME,
     PREPROCESS_NAME,
@@ -35,6 +37,12 @@ from vlp.interop.preprocess import (
     from_hf,
     from_recipe,
 )
+from vlp.interop.vilt import ViltConverter
+from vlp.interop.visualbert import VisualBertConverter
+from vlp.io.factory import build_model
+from vlp.io.saving import load, load_tokenizer, save_pretrained
+from vlp.models.config import ModelConfig
+from vlp.recipe import parse_recipe, recipe_dict
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -52,13 +60,7 @@ PROCESSORS = {"clip": "CLIPImageProcessor", "vilt": "ViltImageProcessor", "blip"
 
 
 def converters() -> list[Converter]:
-    """Every registered converter (imported lazily: each module is small but there is no need to load them all)."""
-    from vlp.interop.blip import BlipConverter
-    from vlp.interop.clip import ClipConverter
-    from vlp.interop.lxmert import LxmertConverter
-    from vlp.interop.vilt import ViltConverter
-    from vlp.interop.visualbert import VisualBertConverter
-
+    """Every converter, one per model family."""
     return [ClipConverter(), ViltConverter(), BlipConverter(), LxmertConverter(), VisualBertConverter()]
 
 
@@ -83,35 +85,16 @@ def converter_for(config: dict[str, Any], where: str) -> tuple[Converter, str]:
     )
 
 
-def is_vlp_folder(folder: Path) -> bool:
-    return (folder / "recipe.yaml").is_file() and (folder / "model.safetensors").is_file()
-
-
 def is_hf_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- import
 def _recipe_data(conv: Converter, config: dict[str, Any], arch: str, name: str, pre: Preprocess | None) -> dict:
-    from vlp.recipe import recipe_dict
-
     data = recipe_dict(conv.recipe)
     data["model"] = {"name": name, **conv.model_section(config, arch)}
     fit_data_section(data.setdefault("data", {}), data["model"], pre)  # sizes from the checkpoint, not the recipe
     return data
-
-
-def _build(data: dict, overrides: dict[str, Any] | None, where: str) -> Any:
-    from vlp.models.model import RECIPE_SECTIONS, VisionLanguageModel
-    from vlp.recipe import parse_recipe
-
-    data = copy.deepcopy(data)
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key if key.split(".")[0] in RECIPE_SECTIONS else f"model.{key}", value)
-    recipe = parse_recipe(data, where=where)
-    model = VisionLanguageModel(recipe.model)
-    model.recipe = recipe
-    return model
 
 
 def load_hf(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Converter, str, dict]:
@@ -120,7 +103,7 @@ def load_hf(folder: str | Path, overrides: dict[str, Any] | None = None) -> tupl
     config = read_json(folder / "config.json", "a transformers config.json")
     conv, arch = converter_for(config, str(folder / "config.json"))
     pre = from_hf(folder)
-    model = _build(_recipe_data(conv, config, arch, model_name(folder), pre), overrides, str(folder))
+    model = build_model(_recipe_data(conv, config, arch, model_name(folder), pre), overrides, str(folder))
     state = conv.prepare(read_weights(folder), config)
     import_state(model, state, conv.mapping(model, arch), str(folder))
     _check_tokenizer(folder, model)
@@ -131,8 +114,6 @@ def _check_tokenizer(folder: Path, model: Any) -> None:
     """A tokenizer shipped with the weights must not produce ids the embedding table lacks."""
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         return
-    from vlp.models.saving import load_tokenizer
-
     tokenizer = load_tokenizer(folder)
     text = model.text if model.text is not None else model.decoder
     if text is not None and tokenizer.vocab_size > text.cfg.vocab_size:
@@ -161,8 +142,6 @@ class _Extras:
 
 def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
     """Convert the transformers folder ``src`` into the vlp folder ``dst``; returns ``dst``."""
-    from vlp.models.saving import save_pretrained
-
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: checkpoint folder not found")
@@ -182,51 +161,7 @@ def import_folder(src: str | Path, dst: str | Path, overwrite: bool = False) -> 
     return save_pretrained(model, dst, tokenizer=_Extras(src, files), overwrite=overwrite)
 
 
-def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any) -> Any:
-    """A vlp model from a vlp folder, a transformers folder, an OpenCLIP state dict file or hub folder, or a
-    hub model id (``org/name``, see :func:`vlp.interop.hub.resolve`) (``vlp.create_model(name, pretrained=path)``).
-
-    ``name``, when given, is the recipe the caller expects (``"clip"``, ``"vilt-tiny"``, ...): a
-    checkpoint of another model family is refused. ``overrides`` are dotted recipe keys; any that
-    changes a weight's shape makes the strict load fail with the names.
-    """
-    from vlp.interop.hub import resolve
-    from vlp.interop.openclip_config import is_openclip_folder
-    from vlp.models.saving import load_weights
-
-    folder = resolve(path)  # a local path, or a hub model id (org/name) from the Hugging Face cache
-    openclip_folder = is_openclip_folder(folder) and not is_vlp_folder(folder) and not is_hf_folder(folder)
-    if folder.is_file() or openclip_folder:  # an OpenCLIP / OpenAI CLIP state dict file or OpenCLIP hub folder
-        from vlp.interop.openclip import load_openclip
-
-        model = load_openclip(folder, overrides=overrides)
-        if name is not None:
-            _check_family(name, detect(model.cfg), folder)
-        return model
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: pretrained folder or OpenCLIP file not found")
-    if is_vlp_folder(folder):
-        data = read_yaml(folder / "recipe.yaml")
-        model = _build(data, overrides, str(folder / "recipe.yaml"))
-        load_weights(model, folder / "model.safetensors")
-        conv = detect(model.cfg, folder)
-        model.eval()
-    elif is_hf_folder(folder):
-        model, conv, _, _ = load_hf(folder, overrides)
-    else:
-        raise FileNotFoundError(
-            f"{folder}: neither a vlp model folder (recipe.yaml + model.safetensors) nor a transformers folder "
-            "(config.json + weights)"
-        )
-    if name is not None:
-        _check_family(name, conv, folder)
-    return model
-
-
-def _check_family(name: Any, conv: Converter | None, folder: Path) -> None:
-    from vlp.models.config import ModelConfig
-    from vlp.recipe import parse_recipe, recipe_dict
-
+def check_family(name: Any, conv: Converter | None, folder: Path) -> None:
     if not isinstance(name, (str, Path)):
         raise TypeError(f"create_model(..., pretrained=): the model is named by a recipe name or path, got {name!r}")
     expected = parse_recipe(recipe_dict(name), where=str(name)).model
@@ -269,8 +204,6 @@ def export_folder(src: str | Path, dst: str | Path, architecture: str | None = N
         import transformers
     except ImportError as err:  # pragma: no cover - transformers is a test dependency
         raise ConversionError("exporting to transformers needs the transformers package (pip install vlp[hf])") from err
-    from vlp.models.saving import load
-
     src, dst = Path(src), Path(dst)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst}: folder is not empty; pass overwrite=True to replace it")

@@ -63,6 +63,8 @@ from vlp.interop.openclip_config import (
     read_openclip_config,
 )
 from vlp.interop.preprocess import fit_data_section
+from vlp.io.factory import build_model
+from vlp.io.saving import save_pretrained
 
 # non-tensor or non-weight entries of OpenAI / OpenCLIP state dicts
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -391,7 +393,6 @@ def _load(
     config: str | Path | OpenClipConfig | None,
 ) -> tuple[Any, Any, OpenClipConfig | None, list[str]]:
     """``(model, preprocess, config, vlp parameters set to fixed values)``."""
-    from vlp.interop.hf import _build
     from vlp.recipe import recipe_dict
 
     path = Path(path)
@@ -404,7 +405,7 @@ def _load(
     image = section["vision"]["image_size"]
     pre = preprocess_of(cfg, image if isinstance(image, int) else image[0])
     fit_data_section(data.setdefault("data", {}), section, pre)  # image pipeline; max_text_len <= context length
-    model = _build(data, overrides, str(weights))
+    model = build_model(data, overrides, str(weights))
     # OpenCLIP multiplies by (D, E) matrices; vlp's Linear layers hold (E, D)
     state = dict(state)
     for key in ("text_projection", "visual.proj"):
@@ -440,8 +441,6 @@ def import_openclip(
     """Convert an OpenCLIP state dict file or hub folder into the vlp folder ``dst``; ``tokenizer`` is a CLIP
     tokenizer folder (``vocab.json`` + ``merges.txt`` or ``tokenizer.json``) to store alongside (default: the
     hub folder's own tokenizer files, if it has them)."""
-    from vlp.models.saving import save_pretrained
-
     model, pre, cfg, fixed = _load(path, act, None, config)
     path = Path(path)
     if tokenizer is None and path.is_dir() and any((path / n).is_file() for n in ("vocab.json", "tokenizer.json")):

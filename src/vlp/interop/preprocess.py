@@ -332,7 +332,7 @@ def load_preprocess(folder: str | Path) -> Preprocess:
     if found is not None:
         return found
     if (folder / "recipe.yaml").is_file():
-        from vlp.models.saving import load_config
+        from vlp.io.saving import load_config
 
         _, recipe = load_config(folder)
         if recipe is not None:

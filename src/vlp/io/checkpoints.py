@@ -30,8 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from vlp.config import ConfigError
-from vlp.models.saving import CheckpointError as ModelWeightsError
-from vlp.models.saving import check_weights_file
+from vlp.io.saving import CheckpointError as ModelWeightsError
+from vlp.io.saving import check_weights_file
 
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -236,13 +236,6 @@ def load_tokenizer(folder: str | Path) -> Any:
     return Tokenizer.load(folder)
 
 
-def load_preprocess(folder: str | Path) -> Any:
-    """The image transform stored with a model (PIL image -> (3, H, W) tensor); see vlp.interop.preprocess."""
-    from vlp.interop.preprocess import load_preprocess as _load_preprocess
-
-    return _load_preprocess(folder)
-
-
 __all__ = [
     "RECIPE_NAME",
     "WEIGHTS_NAME",
@@ -251,7 +244,6 @@ __all__ = [
     "check_weights_file",
     "load",
     "load_config",
-    "load_preprocess",
     "load_tokenizer",
     "load_weights",
     "save_pretrained",

@@ -8,15 +8,13 @@ that objectives and tasks use. All tensors are batch-first; masks are bool keep-
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.config import ConfigError, build, family_name, from_dict, set_dotted, to_dict
+import vlp.parts  # noqa: F401  registers every part type, so that cfg's type keys build
+from vlp.config import ConfigError, build, family_name
 from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
 from vlp.data.batch import Batch
 from vlp.fusion.base import FusionModule
@@ -36,8 +34,6 @@ class VisionLanguageModel(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        import vlp.parts  # noqa: F401  registers every part type
-
         self.cfg = cfg
         self.text = build(cfg.text) if cfg.text is not None else None
         self.vision = build(cfg.vision) if cfg.vision is not None else None
@@ -317,53 +313,4 @@ class VisionLanguageModel(nn.Module):
                 module.set_grad_checkpointing(enable)
 
 
-RECIPE_SECTIONS = ("model", "data", "objectives", "optim", "schedule", "train")
-
-
-def create_model(
-    name_or_recipe: str | Path | Any, pretrained: str | Path | None = None, **overrides: Any
-) -> VisionLanguageModel:
-    """Build a model from a built-in recipe name, a recipe file, a ``Recipe``, a recipe mapping or a ``ModelConfig``.
-
-    ``overrides`` are dotted keys, e.g. ``create_model("vilt-tiny", **{"model.fusion.layers": 2})``;
-    keys that do not start with a recipe section (``model``, ``data``, ...) are read under
-    ``model.`` (``fusion.layers=2`` works too). Values are plain Python data. The returned model
-    remembers its recipe (``model.recipe``) so that :func:`vlp.save_pretrained` can store it.
-
-    ``pretrained`` is a vlp model folder or a transformers checkpoint folder (``config.json`` +
-    weights): the sizes and weights come from it (strictly), the recipe name only says which
-    model family is expected (see :func:`vlp.interop.from_pretrained`).
-    """
-    if pretrained is not None:
-        from vlp.interop.hf import from_pretrained
-
-        return from_pretrained(pretrained, name_or_recipe, **overrides)
-    from vlp.models.config import ModelConfig
-    from vlp.recipe import Recipe, parse_recipe, recipe_dict
-
-    model_only = isinstance(name_or_recipe, ModelConfig)
-    if model_only:
-        data, where = {"model": to_dict(name_or_recipe)}, "model"
-    elif isinstance(name_or_recipe, Recipe):
-        data, where = to_dict(name_or_recipe), "recipe"
-    elif isinstance(name_or_recipe, Mapping):
-        data, where = dict(name_or_recipe), "recipe"
-    elif isinstance(name_or_recipe, (str, Path)):
-        data, where = recipe_dict(name_or_recipe), Path(str(name_or_recipe)).stem
-    else:
-        kind = type(name_or_recipe).__name__
-        raise TypeError(f"create_model: expected a recipe name/path, Recipe, mapping or ModelConfig, got {kind}")
-    for key, value in overrides.items():
-        set_dotted(data, key if key.split(".")[0] in RECIPE_SECTIONS else f"model.{key}", value)
-    if model_only:
-        import vlp.parts  # noqa: F401
-
-        model = VisionLanguageModel(from_dict(ModelConfig, data["model"], "model"))
-    else:
-        recipe = parse_recipe(data, where=where)
-        model = VisionLanguageModel(recipe.model)
-        model.recipe = recipe
-    return model
-
-
-__all__ = ["VisionLanguageModel", "create_model"]
+__all__ = ["VisionLanguageModel"]

@@ -1,13 +1,8 @@
 """What every downstream task shares: loading a model to evaluate, eval data, batching,
 image preprocessing for the predict APIs, the metrics table and ``results.json``.
 
-A model to evaluate (``vlp eval TASK --model PATH``) may be
-
-- a ``save_pretrained`` folder (``model.safetensors`` + ``recipe.yaml`` + tokenizer files);
-- a training run folder (``recipe.yaml`` + ``checkpoints/step_*``) of ``vlp pretrain`` or
-  ``vlp finetune``: the newest valid checkpoint is used and the training wrapper's prefix
-  (``model.``) is stripped; its ``task`` section (answer vocabulary, prompt, ...) comes along;
-- one checkpoint folder ``RUN/checkpoints/step_N`` (the recipe is read from ``RUN``).
+A model to evaluate (``vlp eval TASK --model PATH``) is a model, run or checkpoint folder,
+loaded by :func:`vlp.io.folders.load_model` (a fine-tuning run's ``task`` section comes along).
 
 Eval data: ``--data`` is a dataset folder (``data.root``) whose format is recognised from its files
 (:mod:`vlp.data.detect`; ``--format`` names a loader type of :mod:`vlp.data.registry` instead), or
@@ -21,13 +16,14 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
 from vlp.data.detect import detect_data
+from vlp.io.folders import LoadedModel, load_model
 
 # the table and JSON writers live in their own module; re-exported for the tasks and callers of ``common``
 from vlp.tasks.reporting import flatten, metrics_table, write_json, write_results
@@ -40,24 +36,7 @@ READABLE = {
     "instances": ("coco_instances",),
 }
 
-# Recipe keys a fine-tuning run adds on top of a model recipe (see vlp.train.jobs.build_finetuning_job).
-RUN_ONLY_KEYS = ("task", "init")
 TASK_RECIPE_DIR = Path(__file__).parent / "recipes"
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation (eval mode, on ``device``) with what came with it.
-
-    ``recipe``: the parsed :class:`vlp.recipe.Recipe` (or None); ``task``: the ``task`` section of
-    a fine-tuning run (e.g. ``answer_vocab``, ``prompt``), empty otherwise; ``source``: the weights file.
-    """
-
-    model: Any
-    tokenizer: Any
-    recipe: Any = None
-    task: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
 
 
 def task_recipe_path(name: str) -> Path:
@@ -79,98 +58,6 @@ def resolve_device(device: str = "auto") -> Any:
         return torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"--device: {device!r} is not a device (expected auto, cpu, cuda or cuda:N)") from err
-
-
-def _run_folder_of(path: Path) -> tuple[Path, Path | None]:
-    """(folder holding recipe.yaml, weights file or None) for a run, checkpoint or pretrained folder."""
-    if (path / "model.safetensors").is_file() and (path / "recipe.yaml").is_file():
-        return path, path / "model.safetensors"
-    if (path / "model.safetensors").is_file() and path.parent.name == "checkpoints":
-        return path.parent.parent, path / "model.safetensors"  # RUN/checkpoints/step_N
-    if (path / "recipe.yaml").is_file() and (path / "checkpoints").is_dir():
-        from vlp.train.checkpoint import CheckpointManager
-
-        latest = CheckpointManager(path / "checkpoints").latest_valid(warn=lambda msg: print(f"warning: {msg}"))
-        if latest is None:
-            raise ConfigError(f"--model: {path} is a run folder without a valid checkpoint")
-        return path, latest / "model.safetensors"
-    return path, None
-
-
-def load_model(path: str | Path, tokenizer: Any = None, device: Any = "cpu") -> LoadedModel:
-    """Load a model folder for evaluation (see the module docstring for what ``path`` may be).
-
-    Weights must cover every parameter and buffer of the model; a missing one is an error that
-    names it (evaluating a half-initialized model silently would be worse). ``tokenizer``: a
-    Tokenizer, a tokenizer path, or None = the files saved beside the weights, else the recipe's
-    ``model.tokenizer``.
-    """
-    from vlp.models.model import VisionLanguageModel
-    from vlp.recipe import parse_recipe
-    from vlp.train.checkpoint import load_safetensors
-
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"--model: {path} does not exist")
-    folder, weights_file = _run_folder_of(path)
-    if weights_file is None:
-        raise ConfigError(
-            f"--model: {path} holds neither model.safetensors + recipe.yaml (save_pretrained) nor a run "
-            "(recipe.yaml + checkpoints/)"
-        )
-    data = read_yaml(folder / "recipe.yaml")
-    if "model" not in data:
-        raise ConfigError(f"{folder / 'recipe.yaml'}: has no 'model' section")
-    task = data.get("task") or {}
-    recipe = parse_recipe({k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}, where=str(folder / "recipe.yaml"))
-    model = VisionLanguageModel(recipe.model)
-    model.recipe = recipe
-    weights = load_safetensors(weights_file)
-    own = model.state_dict()
-    if not any(k in own for k in weights) and any(k.startswith("model.") for k in weights):
-        # a training run stores the wrapper (Pretraining / a task module): keep its ``model.`` part
-        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
-    for problem, keys in (("missing", set(own) - set(weights)), ("unexpected", set(weights) - set(own))):
-        if keys:
-            keys = sorted(keys)
-            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-            raise ConfigError(f"{weights_file}: weights do not fit the model recipe; {problem}: {shown}")
-    bad = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if weights[k].shape != v.shape]
-    if bad:
-        raise ConfigError(f"{weights_file}: shapes do not fit the model: {', '.join(bad[:5])}")
-    model.load_state_dict({k: weights[k] for k in own})
-    model.to(device).eval()
-    tokenizer = _tokenizer_for(tokenizer, folder, recipe, data.get("init"))
-    return LoadedModel(model, tokenizer, recipe, dict(task), str(weights_file))
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
-
-
-def _tokenizer_for(tokenizer: Any, folder: Path, recipe: Any, init: str | None) -> Any:
-    """The explicit tokenizer, else the one saved beside the weights, else the recipe's
-    ``model.tokenizer``, else the one saved with the run's ``init`` weights."""
-    from vlp.text import Tokenizer
-
-    if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
-        return tokenizer
-    candidates = [tokenizer] if tokenizer else []
-    if _has_tokenizer(folder):
-        candidates.append(folder)
-    if recipe is not None and recipe.model.tokenizer:
-        candidates.append(recipe.model.tokenizer)
-    if init and Path(init).is_dir() and _has_tokenizer(Path(init)):
-        candidates.append(init)
-    if not candidates:
-        raise ConfigError(
-            f"--tokenizer: {folder} has no tokenizer files, its recipe names no model.tokenizer and its init "
-            "folder has none either; pass --tokenizer"
-        )
-    try:
-        return Tokenizer.load(candidates[0])
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--tokenizer: cannot load {candidates[0]}: {err}") from err
 
 
 # ----------------------------------------------------------------------------- data

@@ -16,7 +16,7 @@ _LAZY = {
     "Trainer": "vlp.train.engine",
     "TrainResult": "vlp.train.engine",
     "TrainingAborted": "vlp.train.guards",
-    "CheckpointManager": "vlp.train.checkpoint",
+    "CheckpointManager": "vlp.io.checkpoints",
     "ResumableLoader": "vlp.train.loader",
     "Job": "vlp.train.jobs",
     "build_pretraining_job": "vlp.train.jobs",

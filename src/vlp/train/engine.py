@@ -31,9 +31,9 @@ import yaml
 from torch import nn
 
 from vlp.config import ConfigError
+from vlp.io.checkpoints import CheckpointError, CheckpointManager
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train import distributed as dist_utils
-from vlp.train.checkpoint import CheckpointError, CheckpointManager
 from vlp.train.ema import ModelEMA
 from vlp.train.guards import (
     NonFiniteGuard,

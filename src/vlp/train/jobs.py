@@ -17,8 +17,13 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError, to_dict
+from vlp.data import build_loader
+from vlp.io.checkpoints import load_safetensors
+from vlp.io.factory import create_model
+from vlp.io.folders import load_tokenizer, model_weights, weights_of
+from vlp.objectives import Pretraining
+from vlp.recipe import parse_recipe
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
-from vlp.train.checkpoint import CheckpointManager, load_safetensors
 
 
 @dataclass
@@ -40,22 +45,13 @@ def load_tokenizer_for(recipe: Any, path: str | None = None) -> Any:
             "model.tokenizer: empty; set it to a tokenizer folder, tokenizer.json or vocab.txt "
             "(train one with `vlp tokenizer train --input CAPTIONS --out DIR`) or pass --tokenizer"
         )
-    from vlp.text import Tokenizer
-
-    try:
-        return Tokenizer.load(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.tokenizer: cannot load {path!r}: {err}") from err
+    return load_tokenizer(path, "model.tokenizer")
 
 
 def build_pretraining_job(
     recipe: Any, *, rank: int = 0, world_size: int = 1, tokenizer: Any = None, name: str | None = None
 ) -> Job:
     """Model from ``recipe.model``, its weighted ``objectives`` as one module, the ``data`` train split."""
-    from vlp.data import build_loader
-    from vlp.models.model import create_model
-    from vlp.objectives import Pretraining
-
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer_for(recipe)
     model = create_model(recipe)
     if recipe.train.init:
@@ -83,18 +79,6 @@ def build_pretraining_job(
     )
 
 
-def _weights_file(path: Path) -> Path:
-    """``model.safetensors`` of a file, a model/checkpoint folder, or a run folder (newest valid checkpoint)."""
-    if path.is_file():
-        return path
-    if (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
-    checkpoint = CheckpointManager(path / "checkpoints").latest_valid(warn=lambda msg: print(f"warning: {msg}"))
-    if checkpoint is not None:
-        return checkpoint / "model.safetensors"
-    raise ConfigError(f"init: {path} holds no model.safetensors and no valid checkpoint")
-
-
 def load_init_weights(
     model: nn.Module, path: str | Path, parts: list[str] | tuple[str, ...] = ()
 ) -> tuple[list[str], list[str]]:
@@ -107,11 +91,9 @@ def load_init_weights(
     left out. ``parts``: only weights named ``PART.*`` for one of them (e.g. ``["vision"]``).
     Missing keys are expected for new task heads; a shape mismatch is an error.
     """
-    file = _weights_file(Path(path))
-    weights = load_safetensors(file)
+    _, file = weights_of(Path(path), "init")
     own = model.state_dict()
-    if not any(k in own for k in weights) and any(k.startswith("model.") for k in weights):
-        weights = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    weights = model_weights(load_safetensors(file), own)
     if parts:
         prefixes = tuple(f"{p.rstrip('.')}." for p in parts)
         weights = {k: v for k, v in weights.items() if k.startswith(prefixes)}
@@ -172,9 +154,6 @@ def build_finetuning_job(
     tokenizer, rank=, world_size=) -> (module, loader)``; the model is built from
     the recipe and initialised from ``init`` (or ``--init``).
     """
-    from vlp.models.model import create_model
-    from vlp.recipe import parse_recipe
-
     data = copy.deepcopy(data)
     task = data.pop("task", None)
     init = init or data.pop("init", None)
