@@ -10,7 +10,7 @@ import torch
 from toy_train import ToyDataset, ToyModel, collate, run_toy
 
 from vlp.config import ConfigError
-from vlp.train.ema import ModelEMA
+from vlp.layers.ema import WeightEMA
 from vlp.train.guards import TrainingAborted
 from vlp.train.loader import ResumableLoader
 from vlp.train.logging import read_metrics
@@ -156,7 +156,7 @@ def test_ctrl_c_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
 
 def test_ema_follows_the_formula():
     model = torch.nn.Linear(2, 1)
-    ema = ModelEMA(model, decay=0.9)
+    ema = WeightEMA(model.named_parameters(), decay=0.9)
     start = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)

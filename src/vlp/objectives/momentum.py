@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vlp.config import ConfigError
+from vlp.layers.ema import WeightEMA
 
 STEP_KEY = "train_step"  # outputs.extra key of the optimizer steps taken so far (set by Pretraining)
 
@@ -37,6 +38,9 @@ class MomentumModel(nn.Module):
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.module.eval()
+        # the frozen copy's own parameters are the shadows (held outside the module tree: they are already in it)
+        shadows = list(self.module.parameters())
+        object.__setattr__(self, "_ema", WeightEMA(model.named_parameters(), decay, shadows, trainable_only=False))
 
     def train(self, mode: bool = True) -> MomentumModel:
         super().train(mode)
@@ -49,12 +53,11 @@ class MomentumModel(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step towards ``model``'s current parameters; buffers are copied."""
-        ema_params = list(self.module.parameters())
-        params = [p.detach() for p in model.parameters()]
-        if len(ema_params) != len(params):
-            raise ValueError(f"momentum model has {len(ema_params)} parameters but the model {len(params)}")
-        # lerp: ema + (1 - decay) * (param - ema) == decay * ema + (1 - decay) * param
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        params = list(model.parameters())
+        if len(params) != len(self._ema.shadows):
+            raise ValueError(f"momentum model has {len(self._ema.shadows)} parameters but the model {len(params)}")
+        self._ema.shadows = list(self.module.parameters())  # fresh: wrapping (FSDP) may have replaced them
+        self._ema.update(params)
         for ema_buf, buf in zip(self.module.buffers(), model.buffers()):
             ema_buf.copy_(buf)
 

@@ -32,9 +32,9 @@ from torch import nn
 
 from vlp.config import ConfigError
 from vlp.io.checkpoints import CheckpointError, CheckpointManager
+from vlp.layers.ema import WeightEMA
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train import distributed as dist_utils
-from vlp.train.ema import ModelEMA
 from vlp.train.guards import (
     NonFiniteGuard,
     StopSignals,
@@ -166,7 +166,7 @@ class Trainer:
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.schedule = LRSchedule(self.optimizer, self.schedule_cfg, train.steps)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=train.precision == "fp16")
-        self.ema = ModelEMA(module, train.ema_decay) if train.ema_decay > 0 else None
+        self.ema = WeightEMA(module.named_parameters(), train.ema_decay) if train.ema_decay > 0 else None
         self.guard = NonFiniteGuard(train.max_bad_steps)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", train.keep_checkpoints)
         self.step = 0
