@@ -31,7 +31,36 @@ def _logged(run_dir: Path) -> int:
     return len(read_metrics(path)) if path.exists() else 0
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+class _Stderr:
+    """The worker's stderr, read by a thread, so a test can wait for a line while the worker runs."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines, self.seen = proc, queue.Queue(), []
+        self.thread = threading.Thread(target=lambda: [self.lines.put(x) for x in proc.stderr], daemon=True)
+        self.thread.start()
+
+    def wait_for(self, text: str, timeout: float = 120.0) -> None:
+        """Until a line holds ``text``; the timeout only guards against a hung worker."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.seen):
+            try:
+                self.seen.append(self.lines.get(timeout=0.1))
+            except queue.Empty:
+                ended = self.proc.poll() is not None and not self.thread.is_alive()
+                if ended or time.monotonic() > deadline:
+                    self.proc.kill()
+                    rc = self.proc.wait()
+                    pytest.fail(f"worker (rc {rc}) printed no {text!r}: {''.join(self.seen)[-2000:]}")
+
+    def text(self) -> str:
+        self.thread.join(timeout=60)  # the pipe closes when the worker has ended
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``condition()``; the timeout only guards against a hung worker (the workers hold at a known step)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
@@ -50,9 +79,9 @@ def _uninterrupted(run_dir: Path, **train) -> list[float]:
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_same_losses(tmp_path):
     run = tmp_path / "killed"
-    proc = _start(run, "--delay", "0.08", "--checkpoint-every", "4")
+    # the 11th forward holds (no release file): killed 3 steps past the step-8 checkpoint, so logged work is lost
+    proc = _start(run, "--checkpoint-every", "4", "--hold-at", "11", "--release", str(tmp_path / "never"))
     try:
-        # past the step-8 checkpoint by a few steps, so that logged work is lost with the kill
         _wait_for(lambda: (run / "checkpoints" / "step_00000008").is_dir() and _logged(run) >= 10, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -60,74 +89,52 @@ def test_sigkill_mid_run_then_resume_gives_the_same_losses(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    logged_before = _logged(run)
-    assert logged_before < STEPS
+    assert _logged(run) == 10
 
     result, _ = run_toy(run, steps=STEPS, dropout=0.1, resume=True, train={"checkpoint_every": 4})
-    assert 8 <= result.start_step < logged_before + 1  # restarted from the newest complete checkpoint
+    assert result.start_step == 8  # restarted from the newest complete checkpoint
     resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
     expected = _uninterrupted(tmp_path / "straight", checkpoint_every=4)
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, STEPS + 1))
     assert resumed == pytest.approx(expected, rel=0, abs=1e-6)  # dropout included: RNG states restored
 
 
-@pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path):
-    run = tmp_path / "stopped"
-    proc = _start(run, "--delay", "0.08", "--checkpoint-every", "0")  # 0: no periodic checkpoints
+def _stop_with_sigterm(tmp_path: Path, run: Path, times: int) -> tuple[subprocess.Popen, str, str]:
+    """Start the worker, hold it inside step 4, send SIGTERM ``times`` times (each once the one before was
+    handled), release it; returns (process, stdout, stderr)."""
+    release = tmp_path / "release"
+    proc = _start(run, "--checkpoint-every", "0", "--hold-at", "4", "--release", str(release))  # 0: end only
+    stderr = _Stderr(proc)
     try:
         _wait_for(lambda: _logged(run) >= 3, proc)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    stopped_at = _logged(run)
-    assert 3 <= stopped_at < STEPS
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert checkpoints == [f"step_{stopped_at:08d}"]  # written on the way out, at the last finished step
-    assert '"stopped_by": "SIGTERM"' in out
-
-    run_toy(run, steps=STEPS, dropout=0.1, resume=True, train={"checkpoint_every": 0})
-    resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
-    assert resumed == pytest.approx(_uninterrupted(tmp_path / "straight", checkpoint_every=0), rel=0, abs=1e-6)
-
-
-@pytest.mark.slow
-def test_sigterm_twice_as_schedulers_send_it_still_writes_the_checkpoint(tmp_path):
-    """Slurm and Kubernetes send SIGTERM to every process of a job, torchrun forwards its own copy, and
-    SIGKILL follows after a grace period: the second SIGTERM arrives while the first one's checkpoint is
-    pending and must not cancel it (only Ctrl-C twice stops at once)."""
-    run = tmp_path / "stopped"
-    # long steps, so that the second signal surely lands before the step and its checkpoint are done
-    proc = _start(run, "--delay", "0.5", "--checkpoint-every", "0")
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    seen = []
-    try:
-        _wait_for(lambda: _logged(run) >= 2, proc)
-        proc.send_signal(signal.SIGTERM)
-        while not any("SIGTERM: checkpointing after this step" in line for line in seen):  # the first is handled
-            seen.append(lines.get(timeout=60))
-        proc.send_signal(signal.SIGTERM)
+        stderr.wait_for("SIGTERM: checkpointing after this step")
+        for _ in range(times - 1):  # as Slurm / Kubernetes and then torchrun send it, within the grace period
+            proc.send_signal(signal.SIGTERM)
+            stderr.wait_for("SIGTERM again: still checkpointing after this step")
+        release.touch()
         out = proc.stdout.read()
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(0.1)  # the reader thread drains the pipe after the process ended
-    while not lines.empty():
-        seen.append(lines.get())
-    err = "".join(seen)
+    return proc, out, stderr.text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("times", [1, 2])
+def test_sigterm_writes_a_checkpoint_before_exiting(tmp_path, times):
+    """A repeated SIGTERM (Slurm and Kubernetes signal every process of a job and torchrun forwards its own copy,
+    SIGKILL follows after a grace period) must not cancel the stop checkpoint: only Ctrl-C twice stops at once."""
+    run = tmp_path / "stopped"
+    proc, out, err = _stop_with_sigterm(tmp_path, run, times)
     assert proc.returncode == 143, err[-2000:]
-    assert "SIGTERM again: still checkpointing after this step" in err
-    stopped_at = _logged(run)
-    assert 2 <= stopped_at < STEPS
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step_{stopped_at:08d}"]
+    assert _logged(run) == 4  # step 4, inside which the signals came, finished
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000004"]  # written on the way out, at the last finished step
     assert '"stopped_by": "SIGTERM"' in out
 
     result, _ = run_toy(run, steps=STEPS, dropout=0.1, resume=True, train={"checkpoint_every": 0})
-    assert result.start_step == stopped_at
+    assert result.start_step == 4
     resumed = [r["loss"] for r in read_metrics(run / "metrics.jsonl")]
     assert resumed == pytest.approx(_uninterrupted(tmp_path / "straight", checkpoint_every=0), rel=0, abs=1e-6)

@@ -53,7 +53,7 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
 class ToyModel(nn.Module):
     """embed -> 2-layer Transformer -> mean -> head; ``forward(batch) -> (loss, logs)``."""
 
-    def __init__(self, dropout: float = 0.0, delay: float = 0.0) -> None:
+    def __init__(self, dropout: float = 0.0, delay: float = 0.0, hold_at: int = 0, release: str = "") -> None:
         super().__init__()
         self.embed = nn.Linear(FEATURES, DIM)
         self.pos_embed = nn.Parameter(torch.zeros(1, TOKENS, DIM))
@@ -61,12 +61,19 @@ class ToyModel(nn.Module):
         self.norm = nn.LayerNorm(DIM)
         self.head = nn.Linear(DIM, CLASSES)
         self.logit_scale = nn.Parameter(torch.tensor(0.5))
-        self.delay = delay  # seconds per forward, so that a test can kill a run mid-way
+        self.delay = delay  # seconds per forward
+        # the hold_at-th forward waits until the file `release` exists, so that a test can signal or kill a
+        # run at a known step however fast or busy the machine is
+        self.hold_at, self.release, self.forwards = hold_at, release, 0
         self.after_steps = 0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        self.forwards += 1
         if self.delay:
             time.sleep(self.delay)
+        if self.hold_at and self.forwards == self.hold_at:
+            while not Path(self.release).exists():
+                time.sleep(0.01)
         h = self.encoder(self.embed(batch.region_features) + self.pos_embed)
         logits = self.head(self.norm(masked_mean(h, None))) * self.logit_scale.exp()
         loss = nn.functional.cross_entropy(logits, batch.labels)
@@ -96,11 +103,13 @@ def run_toy(
     dist: DistInfo | None = None,
     seed: int = 0,
     plain_loader: bool = False,
+    hold_at: int = 0,
+    release: str = "",
 ) -> tuple[TrainResult, ToyModel]:
     """Build the toy job and train it with the real engine."""
     info = dist or init_distributed("cpu")
     torch.manual_seed(seed)  # same initial weights on every rank (FSDP does not broadcast them)
-    model = ToyModel(dropout=dropout, delay=delay)
+    model = ToyModel(dropout=dropout, delay=delay, hold_at=hold_at, release=release)
     dataset = ToyDataset(dataset_size, nan_ids=nan_ids)
     # plain_loader: a torch DataLoader without state_dict(), which the engine resumes by replay
     loader = DataLoader(dataset, batch_size, collate_fn=collate, drop_last=True) if plain_loader else None

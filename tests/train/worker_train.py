@@ -1,10 +1,11 @@
 """Runs the toy training job in its own process (for SIGKILL/SIGTERM and torchrun tests).
 
 usage: python worker_train.py RUN_DIR [--steps N] [--batch-size B] [--delay S] [--dropout P]
-       [--checkpoint-every K] [--distributed ddp|fsdp] [--ema D] [--schedule NAME] [--resume-to M]
-       [--resume] [--overwrite]
+       [--hold-at F --release PATH] [--checkpoint-every K] [--distributed ddp|fsdp] [--ema D]
+       [--schedule NAME] [--resume-to M] [--resume] [--overwrite]
 
-``--resume-to M`` trains to N steps, then (same processes, fresh model) resumes the run to M
+``--hold-at F --release PATH``: the F-th forward waits until PATH exists (a signal or a kill at a
+known step). ``--resume-to M`` trains to N steps, then (same processes, fresh model) resumes the run to M
 steps: a save/load round trip under DDP or FSDP.
 """
 
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--hold-at", type=int, default=0)
+    parser.add_argument("--release", default="")
     parser.add_argument("--checkpoint-every", type=int, default=0)
     parser.add_argument("--distributed", default="ddp")
     parser.add_argument("--ema", type=float, default=0.0)
@@ -47,6 +50,8 @@ def main() -> int:
             "batch_size": args.batch_size,
             "delay": args.delay,
             "dropout": args.dropout,
+            "hold_at": args.hold_at,
+            "release": args.release,
             "train": {
                 "checkpoint_every": args.checkpoint_every,
                 "distributed": args.distributed,
