@@ -19,6 +19,7 @@ from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.data.shapesworld import generate
 from vlp.metrics import average_precision
+from vlp.metrics.multilabel import multilabel_scores
 from vlp.recipe import recipe_dict
 from vlp.tasks import tagging
 from vlp.tasks.common import load_model, preprocess_images
@@ -83,7 +84,7 @@ def test_tagging_scores_on_a_hand_worked_case():
     probs = torch.tensor([[0.9, 0.2], [0.4, 0.7], [0.6, 0.1], [0.3, 0.3]])
     targets = torch.tensor([[1, 0], [1, 1], [0, 0], [0, 1]]).bool()
     valid = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]]).bool()  # image 3's class-1 label is ignored
-    out = tagging.tagging_scores(probs, targets, valid, ["a", "b"])
+    out = multilabel_scores(probs, targets, valid, ["a", "b"])
     # class a: order 0.9(+) 0.6(-) 0.4(+) 0.3(-): AP = (1 + 2/3) / 2; class b (rows 0-2): 0.7(+) first: AP 1
     assert out["ap"] == pytest.approx({"a": 100 * 5 / 6, "b": 100.0})
     assert out["map"] == pytest.approx(100 * (5 / 6 + 1) / 2)
@@ -94,7 +95,7 @@ def test_tagging_scores_on_a_hand_worked_case():
     assert out["chance"]["map"] == pytest.approx(100 * (1 / 2 + 1 / 3) / 2)
     assert out["chance"]["tag_acc"] == pytest.approx(100 * 4 / 7)
     assert out["chance"]["exact_match"] == pytest.approx(100 * 2 / 4)  # images 2 and 3 are all "absent"
-    skipped = tagging.tagging_scores(probs, targets & torch.tensor([True, False]), None, ["a", "b"])
+    skipped = multilabel_scores(probs, targets & torch.tensor([True, False]), None, ["a", "b"])
     assert skipped["skipped_classes"] == ["b"] and skipped["n_scored_classes"] == 1
 
 

@@ -10,13 +10,14 @@ import argparse
 import importlib
 
 EVAL_MODULES = (
-    "vlp.tasks.retrieval",
-    "vlp.tasks.vqa",
-    "vlp.tasks.refexp",
-    "vlp.tasks.captioning",
-    "vlp.tasks.zeroshot",
-    "vlp.tasks.tagging",
-    "vlp.tasks.perception",
+    "vlp.commands.eval_retrieval",
+    "vlp.commands.eval_vqa",
+    "vlp.commands.eval_refexp",
+    "vlp.commands.eval_captioning",
+    "vlp.commands.eval_zeroshot",
+    "vlp.commands.eval_probe",
+    "vlp.commands.eval_tagging",
+    "vlp.commands.eval_perception",
     "vlp.generation.evaluate",
 )
 
@@ -32,6 +33,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             if err.name != name:  # a real missing dependency inside the task, not an absent task
                 raise
             continue
-        register_eval = getattr(module, "register_eval", None)
-        if register_eval is not None:
-            register_eval(tasks)
+        register_eval = getattr(module, "register", None) or getattr(module, "register_eval", None)
+        register_eval(tasks)

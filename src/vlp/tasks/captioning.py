@@ -17,7 +17,6 @@ name the backend that was used.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,29 +94,6 @@ def grounded_generate(model: Any, tokenizer: Any, prompt: Any, context: Any, opt
             out = sample_decode(step, prompt, top_p=options.top_p, temperature=options.temperature,
                                 generator=generator, **common)  # fmt: skip
     return [text.strip() for text in tokenizer.batch_decode(out.new_tokens.cpu())]
-
-
-def add_decode_arguments(parser: argparse.ArgumentParser, defaults: DecodeOptions) -> None:
-    """``--strategy``, ``--num-beams``, ``--max-new-tokens`` ... for commands that generate text."""
-    parser.add_argument("--strategy", choices=("greedy", "beam", "nucleus"), default=defaults.strategy,
-                        help=f"decoding (default: {defaults.strategy})")  # fmt: skip
-    parser.add_argument("--num-beams", type=int, default=defaults.num_beams, help="beam width")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="length limit")
-    parser.add_argument("--min-new-tokens", type=int, default=defaults.min_new_tokens, help="minimum length")
-    parser.add_argument("--length-penalty", type=float, default=defaults.length_penalty,
-                        help="beam score = log-prob / length ** this")  # fmt: skip
-    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus mass")
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty, help="1 = off")
-    parser.add_argument("--seed", type=int, default=0, help="seed of nucleus sampling (default: 0)")
-
-
-def decode_options(args: argparse.Namespace) -> DecodeOptions:
-    """The :class:`DecodeOptions` of the arguments :func:`add_decode_arguments` added."""
-    return DecodeOptions(
-        strategy=args.strategy, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-        min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed,
-    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -286,51 +262,14 @@ def predict(model: Any, tokenizer: Any, images: list[Any], texts: list[str] | No
 # ----------------------------------------------------------------------------- vlp eval captioning
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
-
-    setup = prepare_eval(args, "captions")
-    prompt = args.prompt if args.prompt is not None else setup.loaded.task.get("prompt", "a picture of ")
-    options = decode_options(args)
-    metrics = evaluate(
-        setup.loaded.model, setup.loaded.tokenizer, setup.data, split=args.split, prompt=prompt, options=options,
-        backend=args.backend, meteor=not args.no_meteor, batch_size=args.batch_size, device=setup.device,
-        num_workers=args.workers, keep_predictions=True,
-    )  # fmt: skip
-    predictions = metrics.pop("predictions")
-    save_predictions(args, "captions.json", predictions)
-    settings = {"prompt": prompt, "backend": metrics["backend"], **vars(options)}
-    return finish_eval(args, "captioning", metrics, setup, settings=settings)
-
-
-def register_eval(subparsers: argparse._SubParsersAction) -> None:
-    from vlp.tasks.common import add_eval_arguments
-
-    parser = subparsers.add_parser(
-        "captioning", help="image captioning: BLEU-1..4, METEOR, ROUGE-L, CIDEr",
-        description="Caption every image with the image-grounded decoder and score against the references "
-        "(COCO caption evaluation via pycocoevalcap + Java when available, else the built-in metrics).",
-    )  # fmt: skip
-    add_eval_arguments(parser)
-    add_decode_arguments(parser, DecodeOptions())
-    parser.add_argument("--prompt", default=None, help="decoder prompt (default: the fine-tuning task's)")
-    parser.add_argument("--backend", choices=("auto", "builtin", "pycocoevalcap"), default="auto",
-                        help="caption metric implementation (default: auto)")  # fmt: skip
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (pycocoevalcap backend)")
-    parser.set_defaults(run=_run_eval)
-
-
 __all__ = [
     "CaptionFinetune",
     "CaptionTask",
     "DecodeOptions",
-    "add_decode_arguments",
     "build_finetuning",
     "caption",
-    "decode_options",
     "evaluate",
     "grounded_generate",
     "predict",
     "prompt_ids",
-    "register_eval",
 ]

@@ -13,10 +13,7 @@ pixel statistics always come from the model's recipe, so evaluation sees what tr
 
 from __future__ import annotations
 
-import argparse
-import copy
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +213,8 @@ def image_batch(model: Any, images: Sequence[Any]) -> Any:
 
 def has_fusion(model: Any) -> bool:
     """True when the model has a fusion module (``fuse`` works); False for dual encoders."""
-    return bool(getattr(model, "has_fusion", False))
+    fusion = getattr(model, "fusion", None)
+    return fusion is not None and bool(getattr(fusion, "fuses", True))  # what the part declares
 
 
 def has_dual(model: Any) -> bool:
@@ -227,97 +225,11 @@ def has_dual(model: Any) -> bool:
 # ----------------------------------------------------------------------------- the eval command
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
-    """The options every ``vlp eval TASK`` shares."""
-    parser.add_argument("--model", required=True, help="save_pretrained folder, run folder or checkpoint folder")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: saved with the model)")
-    parser.add_argument(
-        "--data", default=None, help="dataset folder (its format is recognised from its files) or YAML with a "
-        "data: section (default: the model recipe's data section)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--format", default=None, help="read --data as this loader type instead of recognising it: shapesworld, "
-        "karpathy, albef, manifest, vqav2, refcoco, coco_instances, webdataset (default: recognised)",
-    )  # fmt: skip
-    parser.add_argument("--split", default=default_split, help=f"split to evaluate (default: {default_split})")
-    parser.add_argument("--out", default=None, help="folder for results.json and predictions (default: print only)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a data value, e.g. --set data.paths.annotations=dataset_coco.json (repeatable)",
-    )  # fmt: skip
-
-
-@dataclass
-class EvalSetup:
-    """What ``prepare_eval`` resolves from the command line."""
-
-    loaded: LoadedModel
-    data: DataConfig
-    device: Any
-
-
-def prepare_eval(args: argparse.Namespace, shapes_format: str) -> EvalSetup:
-    """Load ``--model`` on ``--device`` and build the data config of ``--data``/``--format``."""
-    device = resolve_device(args.device)
-    loaded = load_model(args.model, args.tokenizer, device)
-    base = model_data_config(loaded.model)
-    data = eval_data_config(base, args.data, args.format, shapes_format, args.overrides)
-    if args.data is None and not data.root and data.type != "webdataset":
-        print(f"note: the model recipe's data section has no root; reading {data.type} files relative to {Path.cwd()}")
-    return EvalSetup(loaded, data, device)
-
-
-def finish_eval(
-    args: argparse.Namespace,
-    task: str,
-    metrics: Mapping[str, Any],
-    setup: EvalSetup,
-    chance: Mapping[str, Any] | None = None,
-    settings: Mapping[str, Any] | None = None,
-    table_metrics: Mapping[str, Any] | None = None,
-) -> int:
-    """Print the metrics table and write ``results.json``; returns the exit code 0.
-
-    ``results.json``: ``{"task", "model", "split", "data", "settings", "metrics", "chance"}``.
-    ``table_metrics``: what the table shows (default: every scalar of ``metrics``).
-    """
-    results = {
-        "task": task,
-        "model": str(args.model),
-        "weights": setup.loaded.source,
-        "split": args.split,
-        "data": to_dict(setup.data),
-        "settings": dict(settings or {}),
-        "metrics": copy.deepcopy(dict(metrics)),
-        "chance": copy.deepcopy(dict(chance or {})),
-    }
-    title = f"{task} on {setup.data.type}:{args.split} ({setup.data.root or '.'})"
-    print(metrics_table(table_metrics if table_metrics is not None else metrics, chance, title))
-    if args.out:
-        print(f"wrote {write_results(args.out, results)}")
-    else:
-        print("(pass --out DIR to save results.json and the predictions)")
-    return 0
-
-
-def save_predictions(args: argparse.Namespace, name: str, predictions: Any) -> None:
-    """``--out/name`` (JSON) when the command was given an ``--out`` folder."""
-    if args.out:
-        write_json(Path(args.out) / name, predictions)
-
-
 __all__ = [
-    "EvalSetup",
     "LoadedModel",
-    "add_eval_arguments",
     "build_eval_dataset",
     "check_texts",
     "eval_data_config",
-    "finish_eval",
-    "save_predictions",
     "flatten",
     "has_dual",
     "has_fusion",
@@ -327,7 +239,6 @@ __all__ = [
     "metrics_table",
     "model_data_config",
     "preprocess_images",
-    "prepare_eval",
     "resolve_device",
     "task_recipe_path",
     "write_json",

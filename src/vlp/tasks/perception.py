@@ -19,7 +19,6 @@ Predict: :func:`heatmap` ``(model, tok, image, text) -> (H, W)`` array, :func:`l
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -291,48 +290,6 @@ def evaluate(
 # ----------------------------------------------------------------------------- vlp eval perception
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
-
-    setup = prepare_eval(args, "instances")
-    model, tokenizer = setup.loaded.model, setup.loaded.tokenizer
-    metrics = evaluate(
-        model, tokenizer, setup.data, split=args.split, templates=args.templates, threshold=args.threshold,
-        k=args.threshold_k, batch_size=args.batch_size, num_workers=args.workers, keep_predictions=True,
-    )  # fmt: skip
-    predictions = metrics.pop("predictions")
-    save_predictions(args, "predictions.json", predictions)
-    if args.overlays and args.out:  # a few example overlays for a look at what the boxes come from
-        from vlp.tasks.common import build_eval_dataset
-
-        dataset = build_eval_dataset(setup.data, args.split, tokenizer)
-        by_id = {r.get("image_id"): r["image"] for r in dataset.index.records}
-        for n, p in enumerate(predictions[: args.overlays]):
-            heat = heatmap(model, tokenizer, by_id[p["image_id"]], p["query"], args.templates)
-            save_overlay(by_id[p["image_id"]], heat, Path(args.out) / "overlays" / f"{n:03d}.png", p["box"])
-    chance = metrics.pop("chance")
-    settings = {"templates": args.templates, "threshold": args.threshold, "k": args.threshold_k}
-    return finish_eval(args, "perception", metrics, setup, chance, settings)
-
-
-def register_eval(subparsers: argparse._SubParsersAction) -> None:
-    from vlp.tasks.common import add_eval_arguments
-
-    parser = subparsers.add_parser(
-        "perception", help="zero-shot text-query heat maps -> boxes (MaskCLIP-style): IoU, pointing",
-        description="Dense patch-text similarity of a CLIP-style patch model for queries like 'red circle' on "
-        "COCO-instances images with colour attributes (ShapesWorld); box = largest component of the thresholded "
-        "map; accuracy at IoU >= 0.5, mean IoU and pointing-game accuracy.",
-    )  # fmt: skip
-    add_eval_arguments(parser)
-    parser.add_argument("--templates", default="photo", help="prompt template set or ';'-separated templates")
-    parser.add_argument("--threshold", choices=("otsu", "std"), default="otsu", help="mask threshold (default: otsu)")
-    parser.add_argument("--threshold-k", type=float, default=1.0, metavar="K",
-                        help="with --threshold std: the mask is the map above mean + K x std (default: 1)")  # fmt: skip
-    parser.add_argument("--overlays", type=int, default=0, help="save this many overlay PNGs under OUT/overlays")
-    parser.set_defaults(run=_run_eval)
-
-
 __all__ = [
     "check_dense",
     "dense_similarity",
@@ -342,7 +299,6 @@ __all__ = [
     "heatmap",
     "locate_text",
     "otsu_threshold",
-    "register_eval",
     "save_overlay",
     "threshold_mask",
     "unique_queries",

@@ -18,7 +18,6 @@ colour or colour-shape of the main object). ``vlp eval probe`` runs both protoco
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 from collections.abc import Sequence
@@ -275,60 +274,6 @@ def evaluate(
     }  # fmt: skip
 
 
-def _numbers(text: str, kind: type, what: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ConfigError(f"--{what}: expected comma-separated numbers, got {text!r}") from err
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval
-
-    setup = prepare_eval(args, "instances")
-    task = setup.loaded.task
-    by, objects = args.by or task.get("by", "shape"), args.objects or task.get("objects", "largest")
-    metrics = evaluate(
-        setup.loaded.model, setup.loaded.tokenizer, setup.data, by=by, objects=objects, features=args.features,
-        train_split=args.train_split, val_split=args.val_split, split=args.split, Cs=_numbers(args.Cs, float, "Cs"),
-        shots=_numbers(args.shots, int, "shots"), seeds=args.seeds, backend=args.backend,
-        batch_size=args.batch_size, num_workers=args.workers,
-    )  # fmt: skip
-    chance = metrics.pop("chance")
-    table: dict[str, Any] = {"linear_probe": metrics["linear_probe"]["accuracy"], "C": metrics["linear_probe"]["C"]}
-    for k, methods in metrics["few_shot"].items():
-        for method, value in methods.items():
-            table[f"{k}-shot {method}"] = value["mean"]
-    table.update(n_train=metrics["n_train"], n_test=metrics["n_test"], n_classes=metrics["n_classes"])
-    settings = {"by": by, "objects": objects, "features": args.features, "backend": args.backend,
-                "seeds": args.seeds, "train_split": args.train_split, "val_split": args.val_split}  # fmt: skip
-    return finish_eval(args, "probe", metrics, setup, {"linear_probe": chance["majority"], **chance}, settings, table)
-
-
-def register_probe_eval(subparsers: argparse._SubParsersAction) -> None:
-    """``vlp eval probe`` (registered by :func:`vlp.tasks.zeroshot.register_eval`)."""
-    from vlp.tasks.common import add_eval_arguments
-    from vlp.tasks.zeroshot import add_label_arguments
-
-    parser = subparsers.add_parser(
-        "probe", help="linear probe (logistic regression) and few-shot accuracy on frozen image features",
-        description="Logistic regression on frozen image features (C swept on --val-split, refit on train + val, "
-        "scored on --split) and k-shot classifiers averaged over seeds, on COCO-instances labels.",
-    )  # fmt: skip
-    add_eval_arguments(parser)
-    add_label_arguments(parser)
-    parser.add_argument("--features", choices=("embed", "pooled"), default="embed",
-                        help="dual-encoder embedding (default) or pooled visual tokens (any model)")  # fmt: skip
-    parser.add_argument("--train-split", default="train", help="split the classifiers learn from (default: train)")
-    parser.add_argument("--val-split", default="val", help="split that picks C (default: val)")
-    parser.add_argument("--Cs", default=",".join(f"{c:g}" for c in DEFAULT_CS), help="inverse L2 strengths to sweep")
-    parser.add_argument("--shots", default="1,5", help="few-shot k values (default: 1,5)")
-    parser.add_argument("--seeds", type=int, default=3, help="few-shot draws per k (default: 3)")
-    parser.add_argument("--backend", choices=("torch", "sklearn"), default="torch",
-                        help="logistic-regression solver: torch L-BFGS (default) or scikit-learn")  # fmt: skip
-    parser.set_defaults(run=_run_eval)
-
-
 __all__ = [
     "DEFAULT_CS",
     "LinearClassifier",
@@ -338,6 +283,5 @@ __all__ = [
     "fit_logistic",
     "linear_probe",
     "prototype_classifier",
-    "register_probe_eval",
     "sample_shots",
 ]

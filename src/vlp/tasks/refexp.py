@@ -31,7 +31,6 @@ Predict: :func:`locate` ``(model, tokenizer, image, expression) -> (x1, y1, x2, 
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -437,39 +436,6 @@ def eval_data_for(model: Any, data: Any) -> Any:
     return data
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from vlp.tasks.common import finish_eval, prepare_eval, save_predictions
-
-    setup = prepare_eval(args, "refcoco")
-    model = setup.loaded.model
-    mode = args.mode if args.mode != "auto" else setup.loaded.task.get("mode", "auto")
-    data = eval_data_for(model, setup.data)
-    metrics = evaluate(
-        model, setup.loaded.tokenizer, data, split=args.split, mode=mode, batch_size=args.batch_size,
-        device=setup.device, num_workers=args.workers, keep_predictions=True,
-    )  # fmt: skip
-    save_predictions(args, "predictions.json", metrics.pop("predictions"))
-    chance = metrics.pop("chance")
-    table = {k: metrics[k] for k in ("accuracy", "miou", "n_expressions")}
-    return finish_eval(args, "refexp", metrics, setup, chance, {"mode": metrics["mode"]}, table_metrics=table)
-
-
-def register_eval(subparsers: argparse._SubParsersAction) -> None:
-    from vlp.tasks.common import add_eval_arguments
-
-    parser = subparsers.add_parser(
-        "refexp", help="referring expressions: accuracy at IoU >= 0.5, mean IoU",
-        description="Referring-expression comprehension on RefCOCO-format data (ShapesWorld: --format shapesworld): "
-        "region models pick a region, patch/grid models pick a candidate box or regress one; accuracy at IoU >= 0.5 "
-        "and mean IoU.",
-    )  # fmt: skip
-    add_eval_arguments(parser)
-    parser.add_argument("--mode", choices=MODES, default="auto",
-                        help="regions (region_score head), box (box head) or proposals (proposal_score head); "
-                        "default: as fine-tuned")  # fmt: skip
-    parser.set_defaults(run=_run_eval)
-
-
 __all__ = [
     "BoxRegressor",
     "ProposalScorer",
@@ -486,7 +452,6 @@ __all__ = [
     "predict_normalized",
     "region_scores",
     "region_targets",
-    "register_eval",
     "resolve_mode",
     "view_box_to_pixels",
 ]
