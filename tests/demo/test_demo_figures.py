@@ -3,6 +3,8 @@ text-to-image model folder; the weak-score notes."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -75,30 +77,32 @@ def test_report_prints_row_notes_under_the_table(tmp_path):
     )
 
 
-def test_progress_lines_every_tenth_of_a_run(monkeypatch):
-    """The demo's pretraining reports to its log from the records the run writes every log_every steps."""
+def test_progress_lines_every_tenth_of_a_run(monkeypatch, tmp_path):
+    """The demo's pretraining reports to its log from the records the run writes to metrics.jsonl."""
     from types import SimpleNamespace
 
+    import vlp.train.engine
     from vlp.demo import training
 
-    lines, written = [], []
+    lines = []
 
     class Trainer:  # stands in for vlp.train.engine.Trainer: logs a record every 25 of 200 steps
-        def __init__(self, *args, **kwargs):
-            self.metrics = SimpleNamespace(write=written.append)
+        def __init__(self, *args, run_dir, **kwargs):
+            self.path = run_dir / "metrics.jsonl"
 
         def fit(self):
-            for step in range(25, 201, 25):
-                self.metrics.write({"step": step, "loss": 1.0 / step, "loss_itc": 0.5, "samples_per_s": 80.0,
-                                    "elapsed_s": step / 10})  # fmt: skip
+            with open(self.path, "w") as handle:
+                for step in range(25, 201, 25):
+                    record = {"step": step, "loss": 1.0 / step, "loss_itc": 0.5, "samples_per_s": 80.0,
+                              "elapsed_s": step / 10}  # fmt: skip
+                    handle.write(json.dumps(record) + "\n")
+                    handle.flush()
             return "done"
-
-    import vlp.train.engine
 
     job = SimpleNamespace(module=None, loader=None, train=SimpleNamespace(steps=200), optim=None, schedule=None,
                           recipe={})  # fmt: skip
     monkeypatch.setattr(vlp.train.engine, "Trainer", Trainer)
-    assert training._fit(job, "unused", progress=lines.append, lines=4) == "done"
-    assert len(written) == 8  # every record still reaches metrics.jsonl
+    (tmp_path / "metrics.jsonl").write_text('{"step": 999, "loss": 1}\n')  # an earlier run's: not reported
+    assert training._fit(job, tmp_path, progress=lines.append, lines=4) == "done"
     assert [line.split()[1] for line in lines] == ["50/200", "100/200", "150/200", "200/200"]
     assert lines[0] == "    step 50/200  loss 0.020 (itc 0.500)  80 samples/s  5 s"

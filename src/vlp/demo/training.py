@@ -145,29 +145,67 @@ def progress_line(record: dict[str, Any], total: int) -> str:
     return "    " + "  ".join(part for part in (f"step {record['step']}/{total}", loss, rate, elapsed) if part)
 
 
+class _ProgressReporter:
+    """Reads a run's ``metrics.jsonl`` as it grows (a background thread) and hands ``progress`` a line each
+    time the run passes another ``every`` steps. It relies only on the file's format, not on the engine."""
+
+    def __init__(self, path: Path, total: int, progress: Any, lines: int = 10, poll_s: float = 1.0) -> None:
+        import threading
+
+        self.path, self.total, self.progress, self.poll_s = path, total, progress, poll_s
+        self.every = max(1, total // lines)
+        self.due, self.offset, self.partial = self.every, 0, ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-progress", daemon=True)
+
+    def __enter__(self) -> _ProgressReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # what was logged after the last poll
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
+
+    def poll(self) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            handle.seek(self.offset)
+            text = self.partial + handle.read()
+            self.offset = handle.tell()
+        *complete, self.partial = text.split("\n")  # a line still being written waits for the next poll
+        for line in complete:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            step = int(record.get("step", 0)) if isinstance(record, dict) else 0
+            if step and (step >= self.due or step == self.total):  # records come every log_every steps
+                self.progress(progress_line(record, self.total))
+                self.due = (step // self.every + 1) * self.every
+
+
 def _fit(job: Any, run_dir: str | Path, progress: Any = None, lines: int = 10) -> Any:
-    """Train ``job``; ``progress`` (a callable taking a line) gets about ``lines`` progress lines, taken from the
+    """Train ``job``; ``progress`` (a callable taking a line) gets about ``lines`` progress lines, read from the
     records the run logs to ``metrics.jsonl`` (the run's own bar is off, and its output is captured)."""
     from vlp.train.engine import Trainer
+    from vlp.train.logging import METRICS_FILE
 
+    metrics = Path(run_dir) / METRICS_FILE
+    metrics.unlink(missing_ok=True)  # an earlier run's records are not this run's progress
     trainer = Trainer(
         job.module, job.loader, train=job.train, optim=job.optim, schedule=job.schedule, run_dir=run_dir,
         recipe=job.recipe, overwrite=True,
     )  # fmt: skip
-    if progress is not None:
-        total, write = job.train.steps, trainer.metrics.write
-        every = max(1, total // lines)
-        due = [every]
-
-        def write_and_report(record: dict[str, Any]) -> None:
-            write(record)
-            step = int(record.get("step", 0))
-            if step >= due[0] or step == total:  # records come every log_every steps: the first at or past due
-                progress(progress_line(record, total))
-                due[0] = (step // every + 1) * every
-
-        trainer.metrics.write = write_and_report
-    return trainer.fit()
+    if progress is None:
+        return trainer.fit()
+    with _ProgressReporter(metrics, job.train.steps, progress, lines):
+        return trainer.fit()
 
 
 def pretrain(recipe: dict[str, Any], tokenizer: Any, run_dir: str | Path, progress: Any = None) -> tuple[Any, Any]:
