@@ -30,7 +30,7 @@ import yaml
 README = Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")
 NOT_RUN = re.compile(r"^<!--\s*not run\b(.*?)-->\s*$")
-SHELL_LANGS = {"bash", "sh", "shell", "console"}
+SHELL_LANGS = {"bash", "sh", "shell"}
 
 
 @dataclass(frozen=True)
