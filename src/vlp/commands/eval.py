@@ -1,7 +1,8 @@
 """``vlp eval TASK``: each downstream task adds its own evaluation subcommand.
 
-A task module exposes ``register_eval(subparsers)``; this group only collects
-them, so adding a task never touches the others.
+Each task's command module (``vlp.commands.eval_<task>``, one per entry of :data:`vlp.tasks.TASKS`)
+exposes ``register(subparsers)``; this group only collects them, so adding a task never touches
+the others.
 """
 
 from __future__ import annotations
@@ -9,17 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 
-EVAL_MODULES = (
-    "vlp.commands.eval_retrieval",
-    "vlp.commands.eval_vqa",
-    "vlp.commands.eval_refexp",
-    "vlp.commands.eval_captioning",
-    "vlp.commands.eval_zeroshot",
-    "vlp.commands.eval_probe",
-    "vlp.commands.eval_tagging",
-    "vlp.commands.eval_perception",
-    "vlp.generation.evaluate",
-)
+from vlp.tasks import TASKS
+
+# one command module per task (vlp.commands.eval_<task>), and text-to-image's evaluation
+EVAL_MODULES = (*(f"vlp.commands.eval_{name}" for name in TASKS), "vlp.generation.evaluate")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

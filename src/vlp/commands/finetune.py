@@ -11,10 +11,15 @@ def run(args: argparse.Namespace) -> int:
     from vlp.config import apply_overrides, from_dict
     from vlp.recipe import recipe_dict
     from vlp.recipe.run import TrainConfig
+    from vlp.tasks import task_spec
     from vlp.train.jobs import build_finetuning_job, load_tokenizer_for
-    from vlp.train.launch import overrides_of, run_job
+    from vlp.train.launch import overrides_of, run_job, with_data_folder
 
-    data = apply_overrides(recipe_dict(args.task_recipe), overrides_of(args))
+    data = recipe_dict(args.task_recipe)
+    if args.data is not None:
+        kind = task_spec((data.get("task") or {}).get("type"), f"{args.task_recipe}: task.type").kind
+        data = with_data_folder(data, args.data, kind)
+    data = apply_overrides(data, overrides_of(args))
     where = Path(str(args.task_recipe)).stem
     train = from_dict(TrainConfig, data.get("train"), f"{where}.train")
     tokenizer = load_tokenizer_for(None, args.tokenizer) if args.tokenizer else None

@@ -8,11 +8,12 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vlp.recipe import load_recipe
+    from vlp.recipe import parse_recipe, recipe_dict
     from vlp.train.jobs import build_pretraining_job, load_tokenizer_for
-    from vlp.train.launch import overrides_of, run_job
+    from vlp.train.launch import overrides_of, run_job, with_data_folder
 
-    recipe = load_recipe(args.recipe, overrides_of(args))
+    data = with_data_folder(recipe_dict(args.recipe), args.data, "captions")
+    recipe = parse_recipe(data, overrides_of(args), where=Path(str(args.recipe)).stem)
     tokenizer = load_tokenizer_for(recipe, args.tokenizer)
     if args.tokenizer:  # the run's recipe.yaml names it, so `vlp eval` / `vlp finetune` find it
         recipe.model.tokenizer = str(Path(args.tokenizer).resolve())

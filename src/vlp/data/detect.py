@@ -25,6 +25,14 @@ SPLITS = ("train", "restval", "val", "minival", "test", "testdev", "dev", "holdo
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _SPLIT_WORD = re.compile(r"(?<![a-z])(" + "|".join(sorted(SPLITS, key=len, reverse=True)) + r")(?![a-z])")
 PEEK_BYTES = 4096
+# What a task reads, by kind (named as the ShapesWorld format of that kind), and the loader types that
+# provide each kind (a task names its kind).
+DATA_KINDS: dict[str, tuple[str, ...]] = {
+    "captions": ("albef", "karpathy", "manifest", "webdataset"),
+    "vqa": ("vqav2",),
+    "refcoco": ("refcoco",),
+    "instances": ("coco_instances",),
+}
 
 
 @dataclass
@@ -174,4 +182,4 @@ def detect_data(root: str | Path, wants: tuple[str, ...] | None = None) -> Detec
     )
 
 
-__all__ = ["Detected", "detect_data", "find_candidates", "split_template"]
+__all__ = ["DATA_KINDS", "Detected", "detect_data", "find_candidates", "split_template"]

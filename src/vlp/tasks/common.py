@@ -19,19 +19,11 @@ from typing import Any
 
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
-from vlp.data.detect import detect_data
+from vlp.data.detect import DATA_KINDS, detect_data
 from vlp.io.folders import LoadedModel, load_model
 
 # the table and JSON writers live in their own module; re-exported for the tasks and callers of ``common``
 from vlp.tasks.reporting import flatten, metrics_table, write_json, write_results
-
-# the loader types each kind of evaluation reads (keyed by the ShapesWorld format it reads)
-READABLE = {
-    "captions": ("karpathy", "albef", "manifest", "webdataset"),
-    "vqa": ("vqav2",),
-    "refcoco": ("refcoco",),
-    "instances": ("coco_instances",),
-}
 
 TASK_RECIPE_DIR = Path(__file__).parent / "recipes"
 
@@ -101,7 +93,7 @@ def eval_data_config(
         elif path.is_dir():
             paths: dict[str, str] = {}
             if fmt is None:
-                found = detect_data(path, READABLE.get(shapes_format))
+                found = detect_data(path, DATA_KINDS.get(shapes_format))
                 print(f"--data {path}: read as {found.describe()}")
                 fmt, paths = found.type, found.paths
             # the model's loader options (e.g. ShapesWorld regions for a region model) carry over to

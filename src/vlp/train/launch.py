@@ -7,6 +7,9 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from vlp.data.detect import DATA_KINDS, detect_data
 
 MULTI_NODE_HELP = """\
 distributed (PyTorch's engine; nccl on GPUs, gloo on CPUs; DDP, or FSDP with --set train.distributed=fsdp):
@@ -29,6 +32,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: the recipe's)")
+    parser.add_argument(
+        "--data", default=None, metavar="FOLDER", help="dataset folder to train on; its format is recognised from "
+        "its files and said (sets data.type, data.root and data.paths; --set data.KEY=VALUE still wins)",
+    )  # fmt: skip
+
+
+def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> dict[str, Any]:
+    """A plain recipe mapping reading ``folder``, recognised as data of ``kind`` (a key of DATA_KINDS).
+
+    The recipe's image size, text length and transform stay; its loader options stay only when the
+    folder holds the loader type the recipe already names (another type starts from its own defaults).
+    """
+    if folder is None:
+        return recipe
+    found = detect_data(folder, DATA_KINDS[kind])
+    print(f"--data {folder}: read as {found.describe()}")
+    data = dict(recipe.get("data") or {})
+    options = dict(data.get("options") or {}) if data.get("type") == found.type else {}
+    if found.type == "shapesworld":
+        options["format"] = kind  # the ShapesWorld format of that kind
+    data.update(type=found.type, root=found.root, paths=found.paths, options=options)
+    return {**recipe, "data": data}
 
 
 def overrides_of(args: argparse.Namespace) -> list[str]:
