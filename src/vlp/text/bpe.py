@@ -24,7 +24,7 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
-from vlp.text.tokenized import TokenizedText, text_list
+from vlp.text.tokenized import BackendTokenizer, TokenizedText, text_list
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 WORD_END = "</w>"
@@ -104,7 +104,7 @@ def clip_backend(vocab: dict[str, int], merges: list[tuple[str, str]], where: st
     return backend
 
 
-class ClipTokenizer:
+class ClipTokenizer(BackendTokenizer):
     """CLIP BPE tokenizer: ``tok(texts) -> TokenizedText`` with ``(B, 77)`` tensors by default.
 
     Build one with :meth:`load` (a CLIP checkpoint folder, ``tokenizer.json``) or
@@ -176,10 +176,6 @@ class ClipTokenizer:
 
     # ----- vocabulary -------------------------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self._backend.get_vocab_size(with_added_tokens=True)
-
-    @property
     def bos_id(self) -> int:
         return self._vocab[SOT]
 
@@ -202,40 +198,13 @@ class ClipTokenizer:
     def special_ids(self) -> frozenset[int]:
         return frozenset({self.bos_id, self.eos_id, self.pad_id})
 
-    @property
-    def backend(self) -> tokenizers.Tokenizer:
-        return self._backend
-
-    def get_vocab(self) -> dict[str, int]:
-        return self._backend.get_vocab(with_added_tokens=True)
-
-    def normalize(self, text: str) -> str:
-        return self._backend.normalizer.normalize_str(text)
-
-    def convert_ids_to_tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
-        return [self._backend.id_to_token(i) for i in self._check_ids(ids)]
-
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         return [self._vocab.get(tok, self.unk_id) for tok in tokens]
-
-    def _check_ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
-                raise ValueError(f"expected a 1-D id sequence, got shape {tuple(ids.shape)}; use batch_decode")
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
-        return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:
         """Text of ``ids``: bytes rejoined, each ``</w>`` read as a space (CLIP's rule)."""
         text = self._backend.decode(self._check_ids(ids), skip_special_tokens=skip_special)
         return text.replace(WORD_END, " ").strip()
-
-    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
-        return [self.decode(row, skip_special) for row in ids]
 
     # ----- encoding ---------------------------------------------------------------------------------------------
     def __call__(
@@ -254,12 +223,7 @@ class ClipTokenizer:
             raise ValueError(f"padding={padding!r}: expected 'longest' or 'max_length'")
         if max_length < 3:
             raise ValueError(f"max_length={max_length}: must leave room for the 2 special tokens and one piece")
-        with self._lock:
-            self._backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
-            try:
-                encodings = self._backend.encode_batch(texts, add_special_tokens=True)
-            finally:
-                self._backend.no_truncation()
+        encodings = self._encode(texts, max_length)
         length = max_length if padding == "max_length" else max((len(e.ids) for e in encodings), default=0)
         batch = len(encodings)
         ids = torch.full((batch, length), self.pad_id, dtype=torch.long)

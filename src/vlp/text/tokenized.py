@@ -1,11 +1,15 @@
-"""What every tokenizer returns: a padded batch of ids (:class:`TokenizedText`), and the input rule
-that a batch of texts is a list of strings. Shared by the WordPiece and the CLIP BPE tokenizers."""
+"""What the WordPiece and the CLIP BPE tokenizers share: what they return (a padded batch of ids,
+:class:`TokenizedText`), the input rule that a batch of texts is a list of strings, and the
+vocabulary side of a ``tokenizers`` backend (:class:`BackendTokenizer`)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import tokenizers
 import torch
 
 
@@ -43,3 +47,61 @@ def text_list(texts: Any, name: str) -> list[str]:
         if not isinstance(text, str):
             raise TypeError(f"{name}[{i}]: expected a string, got {type(text).__name__} {text!r:.60}")
     return texts
+
+
+class BackendTokenizer:
+    """What both tokenizers share over a ``tokenizers.Tokenizer`` backend: the vocabulary look-ups, id
+    checks, batch decoding, and encoding under a lock (truncation is state on the backend, so setting
+    it and encoding must not interleave between threads). Subclasses set ``_backend`` and ``_lock``
+    and define ``decode`` and ``__call__``."""
+
+    _backend: tokenizers.Tokenizer
+    _lock: threading.Lock
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (do not change its truncation; vlp sets it per call)."""
+        return self._backend
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._backend.get_vocab(with_added_tokens=True)
+
+    def normalize(self, text: str) -> str:
+        """``text`` after the backend's normalization (e.g. BERT's cleaning, lowercasing, accent stripping)."""
+        return self._backend.normalizer.normalize_str(text)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
+        return [self._backend.id_to_token(i) for i in self._check_ids(ids)]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special: bool = True) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+        """Decode each row of a ``(B, L)`` id batch."""
+        return [self.decode(row, skip_special) for row in ids]
+
+    def _check_ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(
+                    f"expected a 1-D id sequence, got shape {tuple(ids.shape)}; use batch_decode for (B, L)"
+                )
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    def _encode(self, inputs: list, max_length: int, add_special_tokens: bool = True) -> list[tokenizers.Encoding]:
+        with self._lock:
+            # The same call transformers makes for truncation=True: longest_first, right side, no stride.
+            self._backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+            try:
+                return self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+            finally:
+                self._backend.no_truncation()

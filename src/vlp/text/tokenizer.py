@@ -22,7 +22,7 @@ import tokenizers
 import torch
 
 from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
-from vlp.text.tokenized import TokenizedText, text_list
+from vlp.text.tokenized import BackendTokenizer, TokenizedText, text_list
 from vlp.text.tokenizer_files import (
     CLS,
     MASK,
@@ -41,7 +41,7 @@ from vlp.text.wordpiece_training import train_wordpiece
 _CLEANUP = ((" ' ", "'"), (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
-class Tokenizer:
+class Tokenizer(BackendTokenizer):
     """WordPiece tokenizer with BERT normalization (lowercase, optionally strip accents).
 
     Build one with :meth:`train` (from a caption corpus) or :meth:`load` (a
@@ -105,10 +105,6 @@ class Tokenizer:
 
     # ----- vocabulary -------------------------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self._backend.get_vocab_size(with_added_tokens=True)
-
-    @property
     def pad_id(self) -> int:
         return self._ids[PAD]
 
@@ -137,21 +133,6 @@ class Tokenizer:
     def lowercase(self) -> bool:
         return bool(getattr(self._backend.normalizer, "lowercase", False))
 
-    @property
-    def backend(self) -> tokenizers.Tokenizer:
-        """The underlying ``tokenizers.Tokenizer`` (do not change its truncation; vlp sets it per call)."""
-        return self._backend
-
-    def get_vocab(self) -> dict[str, int]:
-        return self._backend.get_vocab(with_added_tokens=True)
-
-    def normalize(self, text: str) -> str:
-        """``text`` after BERT normalization (cleaned, lowercased / accents stripped as configured)."""
-        return self._backend.normalizer.normalize_str(text)
-
-    def convert_ids_to_tokens(self, ids: Sequence[int] | torch.Tensor) -> list[str]:
-        return [self._backend.id_to_token(i) for i in self._check_ids(ids)]
-
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         """Ids of ``tokens``; a token outside the vocabulary maps to ``[UNK]``."""
         out = []
@@ -172,33 +153,7 @@ class Tokenizer:
             text = text.replace(spaced, joined)
         return text
 
-    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
-        """Decode each row of a ``(B, L)`` id batch."""
-        return [self.decode(row, skip_special) for row in ids]
-
-    def _check_ids(self, ids: Sequence[int] | torch.Tensor) -> list[int]:
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
-                raise ValueError(
-                    f"expected a 1-D id sequence, got shape {tuple(ids.shape)}; use batch_decode for (B, L)"
-                )
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
-        return ids
-
     # ----- encoding ---------------------------------------------------------------------------------------------
-    def _encode(self, inputs: list, max_length: int, add_special_tokens: bool) -> list[tokenizers.Encoding]:
-        with self._lock:
-            # The same call transformers makes for truncation=True: longest_first, right side, no stride.
-            self._backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
-            try:
-                return self._backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-            finally:
-                self._backend.no_truncation()
-
     def __call__(
         self,
         texts: list[str],
