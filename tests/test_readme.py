@@ -308,6 +308,7 @@ def provide_inputs(code: str, folder: Path, request: pytest.FixtureRequest) -> N
             target.symlink_to(request.getfixturevalue(fixture), target_is_directory=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b.name for b in SHELL_BLOCKS])
 def test_shell_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest, one_thread):
     if _demo_command(block):  # run once, by the fixture other blocks share
