@@ -4,7 +4,9 @@ Every config in vlp is a dataclass. `from_dict` validates a nested dict against
 it and names the offending dotted key, the allowed keys or the expected type
 when something is wrong. Interchangeable parts (a patch vs a region visual
 encoder, say) are *families*: a base class whose concrete dataclass is chosen by
-the dict's ``type`` key, so a recipe only has to name the part it wants.
+the dict's ``type`` key, so a recipe only has to name the part it wants. A
+*keyed* family (:class:`KeyedFamily`: heads, objectives) is the same registry
+where a mapping's keys choose the members: ``heads: {itm: {}, vqa: {num_answers: 3}}``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,100 @@ class Family:
             allowed = ", ".join(sorted(cls.members)) or "(none registered)"
             raise ConfigError(f"{where or cls.__name__}.type: unknown {cls.__name__} {name!r}; allowed: {allowed}")
         return cls.members[name]
+
+
+class KeyedFamily(Family, Mapping):
+    """Base of a family whose members are chosen by their key in a mapping of several.
+
+    A field typed ``dict[str, HeadConfig]`` reads ``{itm: {}, vqa: {num_answers: 3}}``: each key
+    names a member, its value holds that member's options (null = every default). Members are
+    ``@dataclass(eq=False)`` subclasses registered with :func:`part`, like every family member.
+
+    A member also reads like the plain mapping it was parsed from (``cfg["hidden"]``, ``dict(cfg)``,
+    ``cfg == {"num_answers": 3}``), so code written when these sections were plain dicts keeps working.
+    Every option can be read by key; iterating gives the keys of the saved form (see ``save_defaults``).
+    """
+
+    noun: ClassVar[str] = "member"  # what errors call a member: "unknown head 'itc'"
+    # True: the saved form writes every option, so a default changed later cannot change a saved run.
+    # False: it writes the keys the recipe gave plus any option that differs from its default, so a
+    # saved file reads back and saves again unchanged.
+    save_defaults: ClassVar[bool] = True
+    _given: ClassVar[tuple[str, ...]] = ()  # set per instance by parse(): the keys the recipe gave
+
+    @classmethod
+    def register(cls, name: str) -> Callable[[type[T]], type[T]]:
+        def decorate(member: type[T]) -> type[T]:
+            if not (isinstance(member, type) and issubclass(member, cls)):
+                raise ConfigError(f"{member.__name__}: a {cls.__name__} member must subclass {cls.__name__}")
+            if member.__eq__ is not KeyedFamily.__eq__:  # type: ignore[comparison-overlap]
+                raise ConfigError(
+                    f"{member.__name__}: declare it @dataclass(eq=False), so that it compares with the mapping "
+                    "it was parsed from"
+                )
+            return super(KeyedFamily, cls).register(name)(member)
+
+        return decorate
+
+    @classmethod
+    def parse(cls, name: str, options: Any, where: str) -> KeyedFamily:
+        """Member ``name`` with ``options`` (a mapping, None or a member); errors name ``where.name``."""
+        if name not in cls.members:
+            allowed = ", ".join(sorted(cls.members)) or "(none registered)"
+            raise ConfigError(f"{where}.{name}: unknown {cls.noun} {name!r}; allowed: {allowed}")
+        member = cls.members[name]
+        if isinstance(options, member):
+            return options
+        config = from_dict(member, options, f"{where}.{name}")
+        config._given = tuple(options or ())
+        return config
+
+    @classmethod
+    def parse_all(cls, data: Any, where: str) -> dict[str, Any]:
+        """``{name: member}`` from a mapping of member name -> options."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {cls.noun} name -> options, got {data!r}")
+        return {str(name): cls.parse(str(name), options, where) for name, options in data.items()}
+
+    def _options(self) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(self) if f.init]  # type: ignore[arg-type]
+
+    def _saved_keys(self) -> list[str]:
+        options = self._options()
+        if self.save_defaults:
+            return [f.name for f in options]
+        names = {f.name for f in options}
+        given = [n for n in self._given if n in names]
+        return given + [f.name for f in options if f.name not in given and not _at_default(self, f)]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in self._options()}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Any:
+        return iter(self._saved_keys())
+
+    def __len__(self) -> int:
+        return len(self._saved_keys())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, KeyedFamily):
+            return type(other) is type(self) and all(getattr(self, f.name) == getattr(other, f.name) for f in
+                                                     self._options())  # fmt: skip
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every config
+
+
+def _at_default(config: Any, f: dataclasses.Field) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return getattr(config, f.name) == f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return getattr(config, f.name) == f.default_factory()
+    return False  # a required option is always written
 
 
 def part(family: type[Family], name: str, module_cls: Callable[..., Any]) -> Callable[[type[T]], type[T]]:
@@ -108,9 +204,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         items = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
+        val_tp = args[1] if args else Any
+        if isinstance(val_tp, type) and issubclass(val_tp, KeyedFamily):
+            return val_tp.parse_all(value, where)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        val_tp = args[1] if args else Any
         return {str(k): _convert(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Family) and "members" in tp.__dict__:
         if isinstance(value, tp):
@@ -162,7 +260,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(fields))}")
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys: {', '.join(sorted(fields)) or '(none)'}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -192,6 +290,8 @@ def family_name(config: Any) -> str | None:
 
 def to_dict(config: Any) -> Any:
     """Plain-data form of a config (round-trips through :func:`from_dict`)."""
+    if isinstance(config, KeyedFamily):
+        return {key: to_dict(config[key]) for key in config}
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         data = {}
         for f in dataclasses.fields(config):
@@ -199,7 +299,8 @@ def to_dict(config: Any) -> Any:
                 value = getattr(config, f.name)
                 data[f.name] = to_dict(value)
                 # a family-typed field is read back through its ``type`` key; members need not declare it
-                name = family_name(value) if dataclasses.is_dataclass(value) else None
+                keyed = isinstance(value, KeyedFamily)  # chosen by its key in a mapping, not by ``type``
+                name = family_name(value) if dataclasses.is_dataclass(value) and not keyed else None
                 if name is not None and "type" not in data[f.name]:
                     data[f.name] = {"type": name, **data[f.name]}
         return data
