@@ -3,7 +3,7 @@
 import pytest
 
 from vlp.metrics import normalize_answer, soft_score, vqa_accuracy, vqa_score
-from vlp.metrics.vqa import CONTRACTIONS, process_punctuation
+from vlp.metrics.vqa import CONTRACTIONS, answer_prior, process_punctuation
 
 
 def answers(matching: int, answer: str = "2", other: str = "3") -> list[str]:
@@ -94,3 +94,16 @@ def test_vqa_score_errors():
         vqa_score(["a", "b"], [["a"], ["b"]], answer_types=["x"])
     with pytest.raises(TypeError, match="single string"):
         vqa_accuracy("a", "a")
+
+
+def test_answer_prior_answers_the_most_frequent_answer_of_each_type():
+    # yes/no: "yes" 3 times against "no" 2; other: "red" and "blue" twice each, the alphabetical tie-break picks "blue"
+    given = [["yes", "yes", "no"], ["red", "blue"], ["no", "yes"], ["red", "blue"]]
+    kinds = ["yes/no", "other", "yes/no", "other"]
+    assert answer_prior(given, kinds) == ["yes", "blue", "yes", "blue"]
+
+
+def test_answer_prior_rejects_lists_of_different_lengths():
+    # zip would silently drop the second question's type
+    with pytest.raises(ValueError, match="1 answer lists but 2 answer types"):
+        answer_prior([["yes"]], ["yes/no", "other"])

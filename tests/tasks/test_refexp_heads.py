@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import refexp_helpers as case
@@ -17,6 +19,9 @@ from vlp.metrics import elementwise_box_iou
 from vlp.tasks import refexp
 from vlp.tasks.common import preprocess_images
 from vlp.text import Tokenizer
+
+# evaluate() looks its helpers up in its own module (the package re-exports the function of the same name)
+refexp_evaluate = importlib.import_module("vlp.tasks.refexp.evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,9 @@ def test_evaluate_reports_iou_accuracy_of_designed_boxes(tok, monkeypatch):
     samples = [{"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": torch.tensor(t),
                 "meta": {"k": k, "ref_id": 10 + k, "sent_id": 20 + k}} for k, t in enumerate(targets)]  # fmt: skip
     monkeypatch.setattr(
-        refexp, "predict_normalized", lambda model, batch, mode: torch.tensor([preds[m["k"]] for m in batch.meta])
+        refexp_evaluate,
+        "predict_normalized",
+        lambda model, batch, mode: torch.tensor([preds[m["k"]] for m in batch.meta]),
     )
     model = vlp.create_model("vilt-tiny")
     refexp.ensure_refexp_head(model, "box")
@@ -143,7 +150,7 @@ def test_evaluate_counts_a_pixel_iou_of_exactly_one_half_as_a_hit(tok, monkeypat
     records = [{"width": width, "height": height, "target_box": target, "boxes": [target, half]}]
     samples = [{"image": torch.zeros(3, 32, 32), "text": "the red circle", "target_box": normalized(target),
                 "meta": {"index": 0, "ref_id": 1}}]  # fmt: skip
-    monkeypatch.setattr(refexp, "predict_normalized", lambda model, batch, mode: normalized(half)[None])
+    monkeypatch.setattr(refexp_evaluate, "predict_normalized", lambda model, batch, mode: normalized(half)[None])
     model = vlp.create_model("vilt-tiny")
     refexp.ensure_refexp_head(model, "box")
     out = refexp.evaluate(model, tok, _Indexed(samples, records), keep_predictions=True)

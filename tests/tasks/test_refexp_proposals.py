@@ -16,7 +16,7 @@ from vlp.config import ConfigError
 from vlp.data.batch import Batch
 from vlp.layers.positions import grid_positions
 from vlp.tasks import refexp
-from vlp.tasks.refexp_proposals import box_geometry, grid_shape, pool_candidates, proposal_scores, token_map
+from vlp.tasks.refexp.proposals import box_geometry, grid_shape, pool_candidates, proposal_scores, token_map
 from vlp.text import Tokenizer
 
 

@@ -16,7 +16,7 @@ from vlp.data.batch import Batch
 from vlp.metrics import vqa_score
 from vlp.tasks import vqa
 from vlp.tasks.captioning import DecodeOptions
-from vlp.tasks.vqa_gen import VQAGenerator, answer_sequences, generate_answers, rank_answers, weighted_answers
+from vlp.tasks.vqa import VQAGenerator, answer_sequences, generate_answers, rank_answers, weighted_answers
 from vlp.text import Tokenizer
 
 QUESTIONS = ["what color is the circle?", "how many shapes are there?", "is there a red square on the left?"]

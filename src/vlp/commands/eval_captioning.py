@@ -12,7 +12,8 @@ from vlp.commands.eval_common import (
     prepare_eval,
     save_predictions,
 )
-from vlp.tasks.captioning import DecodeOptions, evaluate
+from vlp.tasks.captioning import evaluate
+from vlp.tasks.decoding import DecodeOptions
 
 
 def run(args: argparse.Namespace) -> int:

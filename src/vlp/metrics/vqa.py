@@ -23,6 +23,7 @@ quirks included:
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 CONTRACTIONS: dict[str, str] = {
@@ -173,9 +174,22 @@ def vqa_score(
     return out
 
 
+def answer_prior(answers: Sequence[Sequence[str]], answer_types: Sequence[str]) -> list[str]:
+    """Question-blind predictions, VQA's chance level: for every question the most frequent human
+    answer of its answer type over all the questions given (ties broken alphabetically)."""
+    if len(answers) != len(answer_types):
+        raise ValueError(f"got {len(answers)} answer lists but {len(answer_types)} answer types")
+    counts: dict[str, Counter] = {}
+    for given, kind in zip(answers, answer_types):
+        counts.setdefault(kind, Counter()).update(given)
+    best = {kind: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, c in counts.items()}
+    return [best[kind] for kind in answer_types]
+
+
 __all__ = [
     "CONTRACTIONS",
     "NUMBER_WORDS",
+    "answer_prior",
     "normalize_answer",
     "process_digit_article",
     "process_punctuation",

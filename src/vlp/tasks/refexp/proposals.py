@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from vlp.config import ConfigError
 from vlp.data.batch import Batch
+from vlp.layers.roi_align import roi_align
 
 HEAD = "proposal_score"
 
@@ -67,8 +67,6 @@ def token_map(tokens: torch.Tensor, positions: torch.Tensor, grid: tuple[int, in
 def pool_candidates(features: torch.Tensor, boxes: torch.Tensor, cells: int = 2) -> torch.Tensor:
     """ROIAlign ``cells x cells`` bins from each candidate: features ``(B, D, h, w)``, boxes
     ``(B, R, 4)`` normalized xyxy -> ``(B, R, D * cells * cells)``."""
-    from vlp.layers.roi_align import roi_align
-
     batch, count = boxes.shape[:2]
     h, w = features.shape[-2:]
     scale = boxes.new_tensor([w, h, w, h])
@@ -110,33 +108,4 @@ def proposal_scores(model: Any, batch: Batch, cells: int = 2) -> tuple[torch.Ten
     return scores.masked_fill(~keep, float("-inf")), keep
 
 
-class ProposalScorer(nn.Module):
-    """Fine-tuning module (patch/grid models with candidate boxes): cross-entropy over an image's
-    candidates to the best-IoU one. Logs ``acc``: share whose arg-max candidate has IoU >= 0.5."""
-
-    def __init__(self, model: nn.Module, cells: int = 2) -> None:
-        super().__init__()
-        if HEAD not in model.heads:
-            raise ConfigError(f"refexp proposals: the model has no {HEAD} head (model.heads.{HEAD})")
-        self.model = model
-        self.cells = cells
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        from vlp.tasks.refexp import choice_loss
-
-        if batch.target_boxes is None:
-            raise ConfigError("refexp fine-tuning: the batch has no target_boxes (data must be in refcoco format)")
-        scores, keep = proposal_scores(self.model, batch, self.cells)
-        return choice_loss(scores, keep, batch)
-
-
-__all__ = [
-    "HEAD",
-    "ProposalScorer",
-    "box_geometry",
-    "fused_image_width",
-    "grid_shape",
-    "pool_candidates",
-    "proposal_scores",
-    "token_map",
-]
+__all__ = ["HEAD", "box_geometry", "fused_image_width", "grid_shape", "pool_candidates", "proposal_scores", "token_map"]

@@ -10,28 +10,28 @@ Two ways to condition the decoder on the question (``style``):
   question tokens instead of the image. Needs the fused text width to equal the decoder's
   cross-attention input width (true for BLIP, whose text and image widths match).
 
-Training follows BLIP: every distinct human answer of a question is a target sequence weighted
-by its share of the annotators (count / number of answers); the loss is the weighted sum of the
-answers' summed token losses, averaged over questions.
+Training (:class:`~vlp.tasks.vqa.finetune.VQAGenerator`) follows BLIP: every distinct human answer
+of a question is a target sequence weighted by its share of the annotators (count / number of
+answers); the loss is the weighted sum of the answers' summed token losses, averaged over questions.
 
-Answers are produced by decoding (greedy / beam / nucleus, :class:`~vlp.tasks.common.DecodeOptions`)
+Answers are produced by decoding (greedy / beam / nucleus, :class:`~vlp.tasks.decoding.DecodeOptions`)
 or by ranking a candidate list (BLIP's "rank" inference): each candidate's summed
 log-probability under the decoder, best one wins.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vlp.config import ConfigError
 from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
 from vlp.objectives.masking import IGNORE
+from vlp.tasks.common import has_fusion
+from vlp.tasks.decoding import DecodeOptions, grounded_generate
 
 STYLES = ("prefix", "blip")
 
@@ -43,8 +43,6 @@ def check_generative(model: Any, style: str) -> None:
     if getattr(model, "decoder", None) is None:
         raise ConfigError(f"generative VQA needs a text decoder (model.decoder); model {model.cfg.name!r} has none")
     if style == "blip":
-        from vlp.tasks.common import has_fusion
-
         if not has_fusion(model):
             raise ConfigError("task.style blip: the question is encoded by the fusion module, which this model lacks")
         layer = next((b for b in model.decoder.layers if getattr(b, "cross_attn", None) is not None), None)
@@ -68,7 +66,8 @@ def question_context(model: Any, batch: Batch, style: str) -> VisualTokens:
     return VisualTokens(fused.text, mask)
 
 
-def _repeat(context: VisualTokens, rows: torch.Tensor) -> VisualTokens:
+def repeat_context(context: VisualTokens, rows: torch.Tensor) -> VisualTokens:
+    """The rows ``rows`` of ``context``: one per answer sequence of a question."""
     return VisualTokens(context.tokens[rows], context.mask[rows])
 
 
@@ -100,50 +99,6 @@ def token_losses(
     return flat.view(labels.shape).sum(1)
 
 
-def weighted_answers(meta: list[dict[str, Any]]) -> tuple[list[int], list[str], list[float]]:
-    """(question row, answer, weight) for every distinct human answer; weight = its share of the answers."""
-    from vlp.data.transforms import swap_left_right
-
-    rows, answers, weights = [], [], []
-    for i, m in enumerate(meta):
-        given = m.get("answers")
-        if not given:
-            raise ConfigError(f"generative VQA training: sample {m.get('question_id', i)} has no human answers")
-        if m.get("flipped"):  # a horizontal flip swapped left/right in the question; the answers follow
-            given = [swap_left_right(a) for a in given]
-        for answer, count in Counter(given).items():
-            rows.append(i)
-            answers.append(answer)
-            weights.append(count / len(given))
-    return rows, answers, weights
-
-
-class VQAGenerator(nn.Module):
-    """Fine-tuning module: ``forward(batch) -> (loss, logs)`` with BLIP's weighted answer LM loss."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, style: str = "prefix", label_smoothing: float = 0.0,
-                 max_text_len: int = 40) -> None:  # fmt: skip
-        super().__init__()
-        check_generative(model, style)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.style = style
-        self.label_smoothing = label_smoothing
-        self.max_text_len = max_text_len
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        device = batch.images.device if batch.images is not None else next(self.parameters()).device
-        rows, answers, weights = weighted_answers(batch.meta)
-        questions = [batch.meta[r]["text"] for r in rows]
-        ids, mask, targets = answer_sequences(self.tokenizer, questions, answers, self.style, self.max_text_len, device)
-        context = question_context(self.model, batch, self.style)
-        index = torch.tensor(rows, device=device)
-        losses = token_losses(self.model, ids, mask, targets, _repeat(context, index), self.label_smoothing)
-        weight = torch.tensor(weights, device=device, dtype=losses.dtype)
-        loss = (weight * losses).sum() / len(batch.meta)
-        return loss, {"vqa_lm_loss": float(loss.detach())}
-
-
 def _prompts(batch: Batch, style: str, tokenizer: Any) -> list[list[int]]:
     """Per-row decoder prompts: ``[CLS] question [SEP]`` (prefix) or ``[CLS]`` (blip)."""
     if style == "blip":
@@ -153,10 +108,8 @@ def _prompts(batch: Batch, style: str, tokenizer: Any) -> list[list[int]]:
 
 
 @torch.no_grad()
-def generate_answers(model: Any, tokenizer: Any, batch: Batch, style: str, options: Any) -> list[str]:
+def generate_answers(model: Any, tokenizer: Any, batch: Batch, style: str, options: DecodeOptions) -> list[str]:
     """Decode one answer per question of ``batch`` (on the model's device)."""
-    from vlp.tasks.captioning import grounded_generate
-
     context = question_context(model, batch, style)
     prompts = _prompts(batch, style, tokenizer)
     out: list[str] = [""] * len(prompts)
@@ -167,7 +120,7 @@ def generate_answers(model: Any, tokenizer: Any, batch: Batch, style: str, optio
     for rows in groups.values():
         index = torch.tensor(rows, device=context.tokens.device)
         prompt = torch.tensor([prompts[r] for r in rows], dtype=torch.long, device=index.device)
-        for r, text in zip(rows, grounded_generate(model, tokenizer, prompt, _repeat(context, index), options)):
+        for r, text in zip(rows, grounded_generate(model, tokenizer, prompt, repeat_context(context, index), options)):
             out[r] = text
     return out
 
@@ -192,7 +145,7 @@ def rank_answers(
             tokenizer, [questions[q] for q in q_idx], [candidates[a] for _, a in part], style, max_len, device
         )
         # -loss without smoothing = summed log-probability of the candidate's tokens
-        logp = -token_losses(model, ids, mask, targets, _repeat(context, torch.tensor(q_idx, device=device)))
+        logp = -token_losses(model, ids, mask, targets, repeat_context(context, torch.tensor(q_idx, device=device)))
         for (q, a), value in zip(part, logp.cpu().tolist()):
             scores[q, a] = value
     return [candidates[i] for i in scores.argmax(1).tolist()]
@@ -200,12 +153,11 @@ def rank_answers(
 
 __all__ = [
     "STYLES",
-    "VQAGenerator",
     "answer_sequences",
     "check_generative",
     "generate_answers",
     "question_context",
     "rank_answers",
+    "repeat_context",
     "token_losses",
-    "weighted_answers",
 ]
