@@ -67,9 +67,45 @@ def test_geometry_keeps_boxes_on_their_pixels(step) -> None:
 
 
 def test_center_crop_hand_worked() -> None:
-    # 80x60 -> centred 60x60 square from x=10, scaled 40/60: box x 10..30 -> 0..13.33, y 20..50 -> 13.33..33.33
+    # transformers' rule: 80x60 -> shorter side 40, longer int(40 * 80 / 60) = 53, so x scales by 53/80 and y by
+    # 40/60; then the crop starts at x = (53 - 40) // 2 = 6: box x 10..30 -> 0.625..13.875, y 20..50 -> 13.33..33.33
     out = CenterCrop(40)(_scene(), random.Random(0))
-    np.testing.assert_allclose(out.boxes[0], [0, 20 * 2 / 3, 20 * 2 / 3, 50 * 2 / 3])
+    np.testing.assert_allclose(out.boxes[0], [10 * 53 / 80 - 6, 20 * 2 / 3, 30 * 53 / 80 - 6, 50 * 2 / 3])
+    # resized to a shorter side of 45 (60x45), then the centred 40x40 from (10, 2): x scales by 0.75, y too
+    config = TransformConfig(eval_crop="center", eval_size=(45, 45), mean=(0, 0, 0), std=(1, 1, 1))
+    tensor, item = ImageTransform(40, config)(_scene(), random.Random(0))
+    np.testing.assert_allclose(item.boxes[0], [0, 20 * 0.75 - 2, 30 * 0.75 - 10, 50 * 0.75 - 2])
+    assert tensor.shape == (3, 40, 40) and ImageTransform(40, config).draft_size == (45, 45)
+    np.testing.assert_allclose(_red_extent(item.image), item.boxes[0], atol=1.5)
+
+
+def test_eval_center_crop_equals_clip_image_processor() -> None:
+    """The eval ``center`` crop is transformers' CLIPImageProcessor (PIL backend) pixel for pixel."""
+    transformers = pytest.importorskip("transformers")
+    rng = np.random.default_rng(0)
+    for shortest in (32, 37):
+        processor = transformers.CLIPImageProcessor(
+            size={"shortest_edge": shortest}, crop_size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
+            image_std=[0.2, 0.3, 0.4]
+        )  # fmt: skip
+        config = TransformConfig(eval_crop="center", eval_size=(shortest, shortest), mean=(0.5, 0.4, 0.3),
+                                 std=(0.2, 0.3, 0.4))  # fmt: skip
+        for h, w in [(61, 83), (90, 40), (33, 200), (47, 47), (32, 45)]:
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            expected = processor(images=image, return_tensors="pt")["pixel_values"][0]
+            got, _ = ImageTransform(32, config)(Item(image), random.Random(0))
+            assert float((got - expected).abs().max()) < 1e-6, (shortest, h, w)
+
+
+def test_eval_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"transform.eval_size must be 2 positive sizes \(height, width\)"):
+        TransformConfig(eval_size=(0, 4))
+    with pytest.raises(ValueError, match="transform.rescale must be positive"):
+        TransformConfig(rescale=0.0)
+    with pytest.raises(ValueError, match="crop 40x40 is larger than the resized image 30x20"):
+        config = TransformConfig(eval_crop="center", eval_resize="exact", eval_size=(30, 20))
+        ImageTransform(40, config)(_scene(), random.Random(0))
+    assert ImageTransform(40, TransformConfig(eval_resize="none")).draft_size is None  # full size: nothing to shrink
 
 
 def test_random_resized_crop_is_seeded_and_in_range() -> None:

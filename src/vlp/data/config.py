@@ -25,15 +25,25 @@ class TransformConfig:
     """Image transforms; training uses ``train_crop`` (+ ``hflip``), evaluation ``eval_crop``."""
 
     # random_resized: RandomResizedCrop(scale, ratio); center: resize shorter side then centre crop;
-    # resize: squash the whole image to image_size x image_size (keeps every box in view)
+    # resize: squash the whole image to image_size x image_size (keeps every box in view). The rounding of
+    # center is transformers' (CLIPImageProcessor): see vlp.data.transforms.ResizeCrop
     train_crop: Literal["random_resized", "center", "resize"] = "random_resized"
-    eval_crop: Literal["center", "resize"] = "resize"
+    eval_crop: Literal["center", "resize"] = "resize"  # center: centre crop after the resize; resize: no crop
+    # The evaluation resize (what imported image processors need; the defaults give the two rules above):
+    # shortest_edge (the shorter side becomes eval_size[0]), exact (to eval_size), vilt (ViLT's rule:
+    # shorter side eval_size[0], longer at most 1333/800 of it, both down to multiples of size_divisor),
+    # none; None = the rule eval_crop implies (center: shortest_edge, resize: exact)
+    eval_resize: Literal["shortest_edge", "exact", "vilt", "none"] | None = None
+    eval_size: tuple[int, int] | None = None  # (height, width) of the eval resize; None = image_size square
+    crop_size: tuple[int, int] | None = None  # (height, width) of the eval centre crop; None = image_size square
+    size_divisor: int = 32  # eval_resize vilt only
     scale: tuple[float, float] = (0.5, 1.0)  # area fraction range of random_resized
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range of random_resized
     hflip: float = 0.0  # probability of a horizontal flip in training (swaps left/right words); 0 = off
+    rescale: float = 1 / 255  # 8-bit values times rescale, then (x - mean) / std
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"] = "bicubic"  # PIL's filters
     draft: bool = True  # JPEG draft mode: let libjpeg decode large images at a reduced scale
 
     def __post_init__(self) -> None:
@@ -46,6 +56,14 @@ class TransformConfig:
             raise ValueError(f"transform.hflip is a probability in [0, 1], got {self.hflip}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"transform.std must be positive, got {list(self.std)}")
+        for name in ("eval_size", "crop_size"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or any(int(v) != v or v <= 0 for v in value)):
+                raise ValueError(f"transform.{name} must be 2 positive sizes (height, width), got {list(value)}")
+        if self.size_divisor < 1:
+            raise ValueError(f"transform.size_divisor must be >= 1, got {self.size_divisor}")
+        if not self.rescale > 0:
+            raise ValueError(f"transform.rescale must be positive, got {self.rescale}")
 
 
 @dataclass

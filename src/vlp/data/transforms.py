@@ -10,6 +10,13 @@ answer" becomes "the left answer" too, which is why the flip is off by default.
 Randomness comes from a ``random.Random`` passed in by the caller, seeded from
 (seed, epoch, sample index), so a sample's crop does not depend on which
 DataLoader worker happens to decode it.
+
+The deterministic (evaluation) geometry is :class:`ResizeCrop`, one set of
+rounding rules for the loaders' eval split and for the predict path of every
+model (``vlp.load_preprocess`` and ``vlp.tasks.common.preprocess_images``):
+they are transformers' PIL image processors', so an imported checkpoint sees
+the pixels it was trained on. :mod:`vlp.interop.preprocess` only maps the
+processors' config files onto :class:`~vlp.data.config.TransformConfig`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
 _LEFT_RIGHT = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
 
@@ -76,30 +86,104 @@ def _crop_resize(item: Item, box: tuple[float, float, float, float], size: tuple
     return Item(image, boxes, item.texts, item.flipped)
 
 
-class Resize:
+def resized_size(width: int, height: int, rule: str, size: tuple[int, int], size_divisor: int = 32) -> tuple[int, int]:
+    """(width, height) of a ``width x height`` image after the resize ``rule`` (before any crop).
+
+    ``size`` is (height, width); ``shortest_edge`` and ``vilt`` read ``size[0]``. The rounding is
+    transformers' (PIL backend): shortest_edge keeps a shorter side already at the target and truncates
+    the longer one, ``int(size * long / short)``; vilt scales the shorter side, caps the longer at
+    ``int(1333 / 800 * size)``, rounds both half up and then down to multiples of ``size_divisor``.
+    """
+    if rule == "none":
+        return width, height
+    if rule == "exact":
+        return size[1], size[0]
+    target = size[0]
+    if rule == "shortest_edge":
+        short, long = min(width, height), max(width, height)
+        if short == target:
+            return width, height
+        new_long = int(target * long / short)
+        return (target, new_long) if width <= height else (new_long, target)
+    if rule != "vilt":
+        raise ValueError(f"resize rule {rule!r}: expected one of shortest_edge, exact, vilt, none")
+    longer_cap = int(1333 / 800 * target)
+    scale = target / min(width, height)
+    if height < width:
+        new_h, new_w = float(target), scale * width
+    else:
+        new_h, new_w = scale * height, float(target)
+    if max(new_h, new_w) > longer_cap:
+        scale = longer_cap / max(new_h, new_w)
+        new_h, new_w = scale * new_h, scale * new_w
+    new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
+    return new_w // size_divisor * size_divisor, new_h // size_divisor * size_divisor
+
+
+class ResizeCrop:
+    """Resize the whole image by ``rule`` (see :func:`resized_size`), then take the centred ``crop``
+    (height, width), or no crop when it is None; boxes follow.
+
+    As in transformers, the resize is one PIL resize of the whole 8-bit image and the crop starts at
+    the integer offsets ``(old - new) // 2`` of the resized image; the crop box is therefore a pixel
+    grid of the resized image (a centre crop may sit up to half a pixel off the exact centre).
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        size: tuple[int, int],
+        crop: tuple[int, int] | None = None,
+        interpolation: str = "bicubic",
+        size_divisor: int = 32,
+    ) -> None:
+        if interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation {interpolation!r}: expected one of {list(_RESAMPLE)}")
+        self.rule, self.size, self.crop, self.size_divisor = rule, tuple(size), crop, size_divisor
+        self.resample = _RESAMPLE[interpolation]
+        resized_size(1, 1, rule, self.size, size_divisor)  # an unknown rule fails here, not at the first image
+
+    def window(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """``(resized (w, h), crop box (left, top, right, bottom) in resized pixels)`` of a ``width x height``
+        image."""
+        new_w, new_h = resized_size(width, height, self.rule, self.size, self.size_divisor)
+        if self.crop is None:
+            return (new_w, new_h), (0, 0, new_w, new_h)
+        crop_h, crop_w = self.crop
+        if crop_h > new_h or crop_w > new_w:
+            raise ValueError(
+                f"crop {crop_h}x{crop_w} is larger than the resized image {new_h}x{new_w} "
+                f"(height x width; resize {self.rule} {list(self.size)} of a {height}x{width} image)"
+            )
+        left, top = (new_w - crop_w) // 2, (new_h - crop_h) // 2
+        return (new_w, new_h), (left, top, left + crop_w, top + crop_h)
+
+    def __call__(self, item: Item, rng: random.Random) -> Item:
+        width, height = item.image.size
+        (new_w, new_h), (left, top, right, bottom) = self.window(width, height)
+        image = item.image if (new_w, new_h) == (width, height) else item.image.resize((new_w, new_h), self.resample)
+        if (left, top, right, bottom) != (0, 0, new_w, new_h):
+            image = image.crop((left, top, right, bottom))
+        boxes = item.boxes
+        if boxes is not None and len(boxes):
+            boxes = boxes.astype(np.float64, copy=True)
+            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]] * (new_w / width), left, right) - left
+            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] * (new_h / height), top, bottom) - top
+        return Item(image, boxes, item.texts, item.flipped)
+
+
+class Resize(ResizeCrop):
     """Resize to exactly ``size`` x ``size`` (the aspect ratio is not kept, every box stays in view)."""
 
     def __init__(self, size: int, interpolation: str = "bicubic") -> None:
-        self.size = size
-        self.resample = _RESAMPLE[interpolation]
-
-    def __call__(self, item: Item, rng: random.Random) -> Item:
-        w, h = item.image.size
-        return _crop_resize(item, (0, 0, w, h), (self.size, self.size), self.resample)
+        super().__init__("exact", (size, size), None, interpolation)
 
 
-class CenterCrop:
-    """Resize the shorter side to ``size`` and take the centred ``size`` x ``size`` square."""
+class CenterCrop(ResizeCrop):
+    """Resize the shorter side to ``size`` and take the centred ``size`` x ``size`` square (CLIP's rule)."""
 
     def __init__(self, size: int, interpolation: str = "bicubic") -> None:
-        self.size = size
-        self.resample = _RESAMPLE[interpolation]
-
-    def __call__(self, item: Item, rng: random.Random) -> Item:
-        w, h = item.image.size
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        return _crop_resize(item, (left, top, left + side, top + side), (self.size, self.size), self.resample)
+        super().__init__("shortest_edge", (size, size), (size, size), interpolation)
 
 
 class RandomResizedCrop:
@@ -168,27 +252,36 @@ class HorizontalFlip:
         return Item(image, boxes, [swap_left_right(t) for t in item.texts], not item.flipped)
 
 
-def to_tensor(image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32, scaled to [0, 1] then normalized by ``mean``/``std``."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+def to_tensor(
+    image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...], rescale: float = 1 / 255
+) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32, times ``rescale`` (to [0, 1] by default), normalized by ``mean``/``std``."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    # dividing by 255 rounds like transformers' x * (1 / 255) to within an ulp; other factors multiply
+    pixels = pixels.div_(255.0) if rescale == 1 / 255 else pixels.mul_(rescale)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return pixels.sub_(mean_t).div_(std_t)
 
 
 class ImageTransform:
-    """The whole image pipeline of a split: geometry (+ flip in training), then tensor + normalize."""
+    """The whole image pipeline of a split: geometry (+ flip in training), then tensor + normalize.
+
+    Training: ``train_crop`` at ``size`` x ``size``. Evaluation: :meth:`eval_geometry` of the config (by
+    default ``center`` = shorter side to ``size`` + centred square, ``resize`` = squash to ``size``).
+    """
 
     def __init__(self, size: int, config: TransformConfig | None = None, train: bool = False) -> None:
         config = config or TransformConfig()
         self.size = size
         self.config = config
         self.train = train
-        crop = config.train_crop if train else config.eval_crop
         steps: list = []
-        if crop == "random_resized":
+        if not train:
+            steps.append(eval_geometry(size, config))
+        elif config.train_crop == "random_resized":
             steps.append(RandomResizedCrop(size, config.scale, config.ratio, config.interpolation))
-        elif crop == "center":
+        elif config.train_crop == "center":
             steps.append(CenterCrop(size, config.interpolation))
         else:
             steps.append(Resize(size, config.interpolation))
@@ -198,8 +291,16 @@ class ImageTransform:
 
     @property
     def draft_size(self) -> tuple[int, int] | None:
-        """The size a JPEG must at least decode to: both sides >= the output size."""
-        return (self.size, self.size) if self.config.draft else None
+        """The (width, height) a JPEG must at least decode to: both sides >= what the resize needs."""
+        if not self.config.draft:
+            return None
+        step = self.steps[0]
+        if self.train or not isinstance(step, ResizeCrop):
+            return (self.size, self.size)
+        if step.rule == "none":
+            return None  # the pixels are used as they are: a reduced decode would change them
+        height, width = step.size
+        return (width, height) if step.rule == "exact" else (height, height)
 
     def geometry(self, item: Item, rng: random.Random) -> Item:
         for step in self.steps:
@@ -207,6 +308,15 @@ class ImageTransform:
         return item
 
     def __call__(self, item: Item, rng: random.Random) -> tuple[torch.Tensor, Item]:
-        """Returns the normalized ``(3, size, size)`` tensor and the transformed item."""
+        """Returns the normalized ``(3, H, W)`` tensor (``size`` x ``size`` unless the eval settings say
+        otherwise) and the transformed item."""
         item = self.geometry(item, rng)
-        return to_tensor(item.image, self.config.mean, self.config.std), item
+        return to_tensor(item.image, self.config.mean, self.config.std, self.config.rescale), item
+
+
+def eval_geometry(size: int, config: TransformConfig) -> ResizeCrop:
+    """The evaluation resize + crop of ``config`` for ``image_size`` ``size`` (see TransformConfig)."""
+    rule = config.eval_resize or ("shortest_edge" if config.eval_crop == "center" else "exact")
+    resize = config.eval_size or (size, size)
+    crop = (config.crop_size or (size, size)) if config.eval_crop == "center" else None
+    return ResizeCrop(rule, resize, crop, config.interpolation, config.size_divisor)

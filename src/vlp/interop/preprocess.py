@@ -1,28 +1,26 @@
-"""Image preprocessing settings of imported checkpoints: read, store, and apply exactly.
+"""Image preprocessing settings of imported checkpoints: read, store, and map onto vlp's one image pipeline.
 
 A transformers folder describes its image pipeline in ``preprocessor_config.json``, or (as
 transformers 5 saves a processor) in the ``image_processor`` section of ``processor_config.json``,
-which transformers reads first. vlp keeps
-the settings that matter (resize rule and size, crop, interpolation, rescale, mean, std) in
-``preprocess.json`` beside the converted weights, and :func:`load_preprocess` turns them into a
-callable ``PIL image -> (3, H, W) float tensor`` that reproduces transformers' PIL backend:
+which transformers reads first. vlp keeps the settings that matter (resize rule and size, crop,
+interpolation, rescale, mean, std) in ``preprocess.json`` beside the converted weights and writes them
+into the recipe's data section (:meth:`Preprocess.transform_config`). Nothing here resizes a pixel:
+:meth:`Preprocess.data_settings` maps the settings onto :class:`vlp.data.config.TransformConfig`, and
+calling a :class:`Preprocess` runs the evaluation pipeline of :mod:`vlp.data.transforms`, the same code
+(and rounding, transformers' PIL backend's) as the data loaders' eval split and
+``vlp.tasks.common.preprocess_images``. The resize rules (:func:`vlp.data.transforms.resized_size`):
 
 - ``shortest_edge`` (CLIP): the shorter side becomes ``size``, the longer ``int(size * long /
   short)``, then a centre crop whose offsets are ``(old - new) // 2``;
 - ``exact`` (BLIP): resize to ``(height, width)``;
 - ``vilt`` (ViLT): shorter side ``size``, longer side at most ``int(1333 / 800 * size)``, both
   rounded to multiples of ``size_divisor``.
-
-Resizing is PIL's on the 8-bit image (as transformers does), then ``x * rescale`` and
-``(x - mean) / std`` in float32 by :func:`vlp.data.transforms.to_tensor`. The recipe's data
-section also gets the closest :class:`vlp.data.config.TransformConfig` (size, centre crop or
-resize, mean, std, interpolation) for training-time loaders, whose crop rounds slightly
-differently at the pixel level.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +28,9 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from vlp.data.config import CLIP_MEAN, CLIP_STD
-from vlp.data.transforms import to_tensor
+from vlp.data.config import CLIP_MEAN, CLIP_STD, TransformConfig
+from vlp.data.image_io import to_rgb
+from vlp.data.transforms import ImageTransform, Item, eval_geometry
 from vlp.interop.common import ConversionError, read_json
 
 PREPROCESS_NAME = "preprocess.json"
@@ -53,7 +52,8 @@ _PIL_CODE = {name: int(code) for name, code in _TO_PIL.items()}
 
 @dataclass
 class Preprocess:
-    """Settings of one image pipeline; call it on a PIL image to get ``(3, H, W)`` float32."""
+    """Settings of one image pipeline, in transformers' terms; call it on a PIL image to get ``(3, H, W)``
+    float32 (vlp's eval pipeline with :meth:`data_settings`)."""
 
     resize: Literal["shortest_edge", "exact", "vilt", "none"] = "shortest_edge"
     size: tuple[int, int] = (224, 224)  # (height, width); shortest_edge / vilt read size[0]
@@ -73,58 +73,33 @@ class Preprocess:
         self.size, self.mean, self.std = tuple(self.size), tuple(self.mean), tuple(self.std)
         self.crop = tuple(self.crop) if self.crop is not None else None
 
-    # ------------------------------------------------------------------ geometry
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) after resizing an image of ``width x height`` (before cropping)."""
-        if self.resize == "none":
-            return width, height
-        if self.resize == "exact":
-            return self.size[1], self.size[0]
-        short_target = self.size[0]
-        if self.resize == "shortest_edge":
-            short, long = min(width, height), max(width, height)
-            if short == short_target:
-                return width, height
-            new_long = int(short_target * long / short)
-            return (short_target, new_long) if width <= height else (new_long, short_target)
-        # vilt: scale the shorter side, cap the longer one, round both down to the divisor
-        longer_cap = int(1333 / 800 * short_target)
-        scale = short_target / min(width, height)
-        if height < width:
-            new_h, new_w = float(short_target), scale * width
-        else:
-            new_h, new_w = scale * height, float(short_target)
-        if max(new_h, new_w) > longer_cap:
-            scale = longer_cap / max(new_h, new_w)
-            new_h, new_w = scale * new_h, scale * new_w
-        new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
-        div = self.size_divisor
-        return new_w // div * div, new_h // div * div
+    # ------------------------------------------------------------------ the one pipeline
+    def data_settings(self) -> tuple[int, TransformConfig]:
+        """``(image_size, transform)`` of a recipe's data section whose eval pipeline is this one."""
+        image_size = int(self.crop[0] if self.crop is not None else self.size[0])
+        config = TransformConfig(
+            eval_crop="center" if self.crop is not None else "resize",
+            eval_resize=self.resize,
+            eval_size=self.size,
+            crop_size=self.crop,
+            size_divisor=self.size_divisor,
+            rescale=self.rescale,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+        )
+        return image_size, config
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """``image`` (any PIL mode) -> normalized ``(3, H, W)`` float32 tensor."""
+        """``image`` (any PIL mode; alpha over white, as transformers converts) -> normalized ``(3, H, W)``."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"preprocess: expected a PIL image, got {type(image).__name__}")
-        image = image.convert("RGB")
-        size = self.output_size(*image.size)
-        if size != image.size:
-            image = image.resize(size, _TO_PIL[self.interpolation])
-        if self.crop is not None:
-            crop_h, crop_w = self.crop
-            width, height = image.size
-            if crop_h > height or crop_w > width:
-                raise ValueError(
-                    f"preprocess: crop {crop_h}x{crop_w} is larger than the resized image {height}x{width}"
-                )
-            top, left = (height - crop_h) // 2, (width - crop_w) // 2
-            image = image.crop((left, top, left + crop_w, top + crop_h))
-        # to_tensor divides by 255; other rescale factors are applied on top of that
-        pixels = to_tensor(image, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        if abs(self.rescale * 255 - 1) > 1e-12:
-            pixels = pixels * (self.rescale * 255)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return (pixels - mean) / std
+        size, config = self.data_settings()
+        try:
+            tensor, _ = ImageTransform(size, config)(Item(to_rgb(image)), random.Random(0))  # eval: draws nothing
+        except ValueError as err:
+            raise ValueError(f"preprocess: {err}") from err
+        return tensor
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Stack several images ``(B, 3, H, W)``; they must come out the same size."""
@@ -154,18 +129,29 @@ class Preprocess:
             raise ConversionError(f"{path}: {err}") from err
 
     def transform_config(self) -> dict[str, Any]:
-        """The recipe's ``data`` settings closest to this pipeline (for vlp's own loaders)."""
-        out_size = self.crop[0] if self.crop is not None else self.size[0]
-        return {
-            "image_size": int(out_size),
-            "transform": {
-                "eval_crop": "center" if self.crop is not None else "resize",
-                "mean": list(self.mean),
-                "std": list(self.std),
-                # vlp's loaders resize with nearest / bilinear / bicubic; the others map to bicubic
-                "interpolation": self.interpolation if self.interpolation in ("nearest", "bilinear") else "bicubic",
-            },
+        """The recipe's ``data`` settings (``image_size`` and ``transform``) of this pipeline. The eval resize
+        and crop are written only where they differ from what ``eval_crop`` and ``image_size`` imply, so a
+        recipe that changes ``image_size`` later still resizes to it."""
+        image_size, config = self.data_settings()
+        square = (image_size, image_size)
+        implied = "shortest_edge" if self.crop is not None else "exact"
+        transform: dict[str, Any] = {
+            "eval_crop": config.eval_crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
         }
+        if self.resize != implied:
+            transform["eval_resize"] = self.resize
+        if self.resize != "none" and self.size != square:
+            transform["eval_size"] = list(self.size)
+        if self.crop is not None and self.crop != square:
+            transform["crop_size"] = list(self.crop)
+        if self.resize == "vilt":
+            transform["size_divisor"] = self.size_divisor
+        if self.rescale != 1 / 255:
+            transform["rescale"] = self.rescale
+        return {"image_size": image_size, "transform": transform}
 
     def to_hf(self, processor: str) -> dict[str, Any]:
         """transformers ``preprocessor_config.json`` contents for ``processor`` (e.g. ``CLIPImageProcessor``)."""
@@ -316,10 +302,8 @@ def from_recipe(recipe: Any) -> Preprocess:
     """The evaluation pipeline a vlp recipe's ``data`` section describes (for models trained in vlp)."""
     data = recipe.data
     tf = data.transform
-    size = data.image_size
-    if tf.eval_crop == "center":
-        return Preprocess("shortest_edge", (size, size), (size, size), tf.interpolation, 1 / 255, tf.mean, tf.std)
-    return Preprocess("exact", (size, size), None, tf.interpolation, 1 / 255, tf.mean, tf.std)
+    step = eval_geometry(data.image_size, tf)
+    return Preprocess(step.rule, step.size, step.crop, tf.interpolation, tf.rescale, tf.mean, tf.std, tf.size_divisor)
 
 
 def load_preprocess(folder: str | Path) -> Preprocess:
