@@ -34,7 +34,7 @@ from torch import nn
 from vlp.layers import Transformer
 from vlp.metrics import retrieval_metrics
 from vlp.metrics.retrieval import i2t_ranks, t2i_ranks
-from vlp.tasks.retrieval_search import exhaustive, rerank, similarity_matrix
+from vlp.tasks.retrieval.search import exhaustive, rerank, similarity_matrix
 
 
 def make_data(n_images: int, per_image: int, img_tokens: int, txt_tokens: int, dim: int, gen: torch.Generator):

@@ -11,6 +11,7 @@ from torch import nn
 import vlp
 from vlp.config import ConfigError
 from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
+from vlp.metrics.retrieval import chance_recall
 from vlp.tasks import retrieval
 from vlp.text import Tokenizer
 
@@ -124,7 +125,7 @@ def test_two_stage_with_a_full_shortlist_equals_exhaustive(tokenizer):
 
 def test_chance_levels():
     # 2 images x 2 captions: a random top-1 holds one of 2 true captions out of 4 with p = 1/2
-    got = retrieval.chance_recall([[0, 1], [2, 3]], 4, ks=(1, 2))
+    got = chance_recall([[0, 1], [2, 3]], 4, ks=(1, 2))
     assert got["i2t_r1"] == pytest.approx(50.0)
     assert got["i2t_r2"] == pytest.approx(100.0 * (1 - (2 / 4) * (1 / 3)))  # 1 - P(both misses)
     assert got["t2i_r1"] == pytest.approx(50.0) and got["t2i_r2"] == pytest.approx(100.0)

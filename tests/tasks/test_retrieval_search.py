@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlp.metrics import retrieval_metrics
-from vlp.tasks.retrieval_search import exhaustive, rank_dual, rerank, similarity_matrix
+from vlp.tasks.retrieval.search import exhaustive, rank_dual, rerank, similarity_matrix
 
 
 class CountingScorer:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """``vlp eval probe`` (registered by :func:`vlp.tasks.zeroshot.register_eval`)."""
+    """``vlp eval probe``."""
     parser = subparsers.add_parser(
         "probe", help="linear probe (logistic regression) and few-shot accuracy on frozen image features",
         description="Logistic regression on frozen image features (C swept on --val-split, refit on train + val, "

@@ -46,10 +46,10 @@ class QueryRanker:
 
     def __init__(self, model: Any, tokenizer: Any, gallery: Sequence[Batch], mode: str, k: int = 16,
                  max_text_len: int = 40, pair_batch_size: int = 256) -> None:  # fmt: skip
-        from vlp.tasks.retrieval import _resolve_mode, encode
+        from vlp.tasks.retrieval import encode, resolve_mode
 
         self.model, self.tokenizer = model, tokenizer
-        self.mode = _resolve_mode(model, mode)
+        self.mode = resolve_mode(model, mode)
         self.k, self.max_text_len, self.pair_batch_size = k, max_text_len, pair_batch_size
         self.device = next(model.parameters()).device
         model.eval()

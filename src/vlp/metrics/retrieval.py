@@ -112,7 +112,7 @@ def retrieval_metrics(
             ``txt2img`` when omitted (and checked against it when given).
         sim_t2i: optional separate (n_images, n_texts) scores for text -> image
             (two-stage re-ranking produces different scores per direction, see
-            :func:`vlp.tasks.retrieval_search.rerank`); defaults to ``sim``.
+            :func:`vlp.tasks.retrieval.search.rerank`); defaults to ``sim``.
         ks: the K values; the standard (1, 5, 10) gives the names
             ``i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10``.
 
@@ -145,4 +145,26 @@ def retrieval_metrics(
     return out
 
 
-__all__ = ["RECALL_KS", "i2t_ranks", "retrieval_metrics", "t2i_ranks"]
+def chance_recall(img2txt: Sequence[Sequence[int]], n_texts: int, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Expected R@K (percent) of a uniformly random ranking, both directions, and their RSUM.
+
+    t2i R@K = K / N_images; i2t R@K = mean over images of the probability that at least one of its c
+    captions lands in a random top K of ``n_texts`` (hypergeometric).
+    """
+    n_images = len(img2txt)
+    out: dict[str, float] = {}
+    for k in ks:
+        hits = 0.0
+        for caps in img2txt:
+            miss = 1.0  # P(none of the c captions in a random top k of n_texts)
+            for j in range(min(k, n_texts)):
+                miss *= max(n_texts - len(caps) - j, 0) / (n_texts - j)
+            hits += 1.0 - miss
+        out[f"i2t_r{k}"] = 100.0 * hits / n_images
+    for k in ks:
+        out[f"t2i_r{k}"] = 100.0 * min(k, n_images) / n_images
+    out["rsum"] = sum(out[f"i2t_r{k}"] + out[f"t2i_r{k}"] for k in ks)
+    return out
+
+
+__all__ = ["RECALL_KS", "chance_recall", "i2t_ranks", "retrieval_metrics", "t2i_ranks"]

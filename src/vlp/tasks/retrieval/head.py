@@ -1,87 +1,27 @@
-"""Image-text retrieval: fine-tuning, evaluation (R@1/5/10 both ways, RSUM) and ``retrieve``.
+"""Retrieval scoring: the unimodal encodings cached once, the fusion encoder's pair scorer (``itm`` or
+ViLT's ``rank`` head) and the ``(N_i, N_t)`` score matrices of each scoring mode.
 
-Scoring modes (``mode``):
-
-- ``dual``: dual encoders (CLIP; the dual side of ALBEF/BLIP/VLMo) score every pair by the dot
-  product of precomputed, L2-normalized embeddings.
-- ``two_stage`` (ALBEF/BLIP evaluation): the dual-side similarity shortlists the top ``k`` texts
-  of each image and the top ``k`` images of each text; only those pairs are re-scored by the
-  fusion encoder's ITM head (the logit of "match"). Pairs outside a shortlist score ``-inf``.
-  ``add_itc`` adds the ITC similarity to the ITM score, as BLIP does.
-- ``exhaustive``: the fusion encoder scores every pair, in batches of ``pair_batch_size``
-  pairs: the only option for single-stream models without a dual side (ViLT, UNITER).
-- ``auto``: ``dual`` without fusion, ``two_stage`` with fusion and a dual side, else ``exhaustive``.
-
-The pairwise scorer uses the ``itm`` head, or ViLT's ``rank`` head when the model has no ``itm``.
-Unimodal visual and text tokens are computed once per image / caption and cached, so a pair
-costs only its fusion pass (OSCAR's tags make the text side image-dependent, so with
-``use_tags`` the text tokens are computed per pair).
-
-Metrics follow the Karpathy protocol (several captions per image; see
-:func:`vlp.metrics.retrieval_metrics`); ``chance`` gives what a random ranking scores in
-expectation: t2i R@K = K / N_images, i2t R@K = mean over images of the probability that at
-least one of its c captions lands in a random top K of N_texts (hypergeometric).
-
-Fine-tuning for retrieval is ITC + ITM on caption pairs (:class:`vlp.objectives.Pretraining`);
-the ``task:`` section may name other ``objectives``. By default: ``itc`` for dual encoders,
-``itc`` + ``itm`` (hard negatives) for fusion models with a dual side, ``itm`` (random
-negatives) for fusion-only models.
+Modes (see :mod:`vlp.tasks.retrieval`): ``dual`` (dot products of the dual-encoder embeddings),
+``two_stage`` (a dual-side shortlist re-scored by the fusion encoder), ``exhaustive`` (the fusion
+encoder on every pair) and ``auto`` (chosen from the model's parts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from vlp.config import ConfigError, from_dict
+import torch
+import torch.nn.functional as F
+
+from vlp.config import ConfigError
+from vlp.core.outputs import VisualTokens
+from vlp.data.batch import Batch
+from vlp.tasks.common import has_dual, has_fusion
+from vlp.tasks.retrieval.search import exhaustive, rerank, similarity_matrix
 
 MODES = ("auto", "dual", "two_stage", "exhaustive")
-
-
-@dataclass
-class RetrievalTask:
-    """The ``task:`` section of a retrieval recipe."""
-
-    type: str = "retrieval"
-    objectives: dict[str, dict[str, Any]] = field(default_factory=dict)  # empty = chosen from the model's parts
-
-
-def default_objectives(model: Any) -> dict[str, dict[str, Any]]:
-    """ITC and/or ITM, as the model's parts allow (see the module docstring)."""
-    from vlp.tasks.common import has_dual, has_fusion
-
-    fusion, dual, itm = has_fusion(model), has_dual(model), "itm" in getattr(model, "heads", {})
-    if fusion and not itm:
-        raise ConfigError("task: retrieval fine-tuning of a fusion model needs an itm head (model.heads.itm: {})")
-    if dual and fusion:
-        return {"itc": {"weight": 1.0}, "itm": {"weight": 1.0, "negatives": "hard"}}
-    if dual:
-        return {"itc": {"weight": 1.0}}
-    if fusion:
-        return {"itm": {"weight": 1.0, "negatives": "random"}}
-    raise ConfigError("task: retrieval needs a dual-encoder side (model.embed_dim) or a fusion module with itm")
-
-
-def build_finetuning(
-    task: dict[str, Any], recipe: Any, model: Any, tokenizer: Any, *, rank: int = 0, world_size: int = 1
-) -> tuple[Any, Any]:
-    """``(Pretraining(model, ITC/ITM), caption-pair train loader)`` for ``vlp finetune``."""
-    import torch
-
-    from vlp.data import build_loader
-    from vlp.objectives import Pretraining, validate_objectives
-
-    opts = from_dict(RetrievalTask, task, "task")
-    objectives = validate_objectives(opts.objectives or default_objectives(model))
-    module = Pretraining(model, objectives, tokenizer=tokenizer)
-    loader = build_loader(
-        recipe.data, "train", tokenizer, recipe.train.batch_size, num_workers=recipe.train.num_workers,
-        rank=rank, world_size=world_size, pin_memory=torch.cuda.is_available(),
-    )  # fmt: skip
-    return module, loader
-
-
-# ----------------------------------------------------------------------------- encoding
 
 
 @dataclass
@@ -98,19 +38,15 @@ class Encoded:
     tags: Any = None
 
 
-def _pad_cat(parts: list[Any], value: float | bool = 0) -> Any:
+def _pad_cat(parts: list[torch.Tensor], value: float | bool = 0) -> torch.Tensor:
     """Concatenate ``(B_k, L_k, ...)`` tensors along dim 0, right-padding dim 1 to the longest."""
-    import torch
-    import torch.nn.functional as F
-
     width = max(p.shape[1] for p in parts)
     padded = [F.pad(p, [0, 0] * (p.dim() - 2) + [0, width - p.shape[1]], value=value) for p in parts]
     return torch.cat(padded)
 
 
-def _resolve_mode(model: Any, mode: str) -> str:
-    from vlp.tasks.common import has_dual, has_fusion
-
+def resolve_mode(model: Any, mode: str) -> str:
+    """The scoring mode to run: ``auto`` chosen from the model's parts, any other one checked against them."""
     if mode not in MODES:
         raise ConfigError(f"retrieval mode: {mode!r} is not one of {', '.join(MODES)}")
     fusion, dual = has_fusion(model), has_dual(model)
@@ -135,8 +71,6 @@ def _score_head(model: Any) -> str:
 def encode(model: Any, image_batches: Any, texts: list[str], tokenizer: Any, *, mode: str, device: Any,
            max_text_len: int = 40, text_batch_size: int = 64) -> Encoded:  # fmt: skip
     """Run the unimodal encoders once over every image batch and every caption (no gradients)."""
-    import torch
-
     out = Encoded()
     with torch.no_grad():
         _encode_images(model, image_batches, mode, device, out)
@@ -145,10 +79,6 @@ def encode(model: Any, image_batches: Any, texts: list[str], tokenizer: Any, *, 
 
 
 def _encode_images(model: Any, image_batches: Any, mode: str, device: Any, out: Encoded) -> None:
-    import torch
-
-    from vlp.core.outputs import VisualTokens
-
     use_tags = bool(getattr(model.cfg, "use_tags", False))
     embeds, tokens, masks, tag_ids, tag_masks, order = [], [], [], [], [], []
     for batch in image_batches:
@@ -179,10 +109,6 @@ def _encode_images(model: Any, image_batches: Any, mode: str, device: Any, out: 
 
 def _encode_texts(model: Any, texts: list[str], tokenizer: Any, mode: str, device: Any, max_len: int,
                   batch_size: int, out: Encoded) -> None:  # fmt: skip
-    import torch
-
-    from vlp.data.batch import Batch
-
     use_tags = bool(getattr(model.cfg, "use_tags", False))
     embeds, tokens, masks, ids, types = [], [], [], [], []
     for start in range(0, len(texts), batch_size):
@@ -209,12 +135,8 @@ def _encode_texts(model: Any, texts: list[str], tokenizer: Any, mode: str, devic
         out.text_tokens = (_pad_cat(tokens), _pad_cat(masks, False))
 
 
-def pair_scorer(model: Any, encoded: Encoded, device: Any) -> Any:
+def pair_scorer(model: Any, encoded: Encoded, device: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``score_fn(image_idx (P,), text_idx (P,)) -> (P,)``: the fusion encoder's match score of each pair."""
-    import torch
-
-    from vlp.core.outputs import VisualTokens
-
     head = _score_head(model)
     vis = encoded.image_tokens
 
@@ -246,9 +168,7 @@ class ScoreMatrices:
 
 def score_matrices(model: Any, encoded: Encoded, mode: str, *, k: int = 16, add_itc: bool = False,
                    pair_batch_size: int = 256, device: Any = "cpu") -> ScoreMatrices:  # fmt: skip
-    """Score every (image, text) pair the way ``mode`` says (see the module docstring)."""
-    from vlp.tasks.retrieval_search import exhaustive, rerank, similarity_matrix
-
+    """Score every (image, text) pair the way ``mode`` says (see :mod:`vlp.tasks.retrieval`)."""
     if mode == "dual":
         sim = similarity_matrix(encoded.image_embed, encoded.text_embed)
         return ScoreMatrices(sim, sim, mode, 0)
@@ -264,154 +184,3 @@ def score_matrices(model: Any, encoded: Encoded, mode: str, *, k: int = 16, add_
 
 def _num_texts(encoded: Encoded) -> int:
     return (encoded.text_ids or encoded.text_tokens)[0].shape[0]
-
-
-def chance_recall(img2txt: list[list[int]], n_texts: int, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Expected R@K (percent) of a uniformly random ranking, both directions, and their RSUM."""
-    n_images = len(img2txt)
-    out: dict[str, float] = {}
-    for k in ks:
-        hits = 0.0
-        for caps in img2txt:
-            miss = 1.0  # P(none of the c captions in a random top k of n_texts)
-            for j in range(min(k, n_texts)):
-                miss *= max(n_texts - len(caps) - j, 0) / (n_texts - j)
-            hits += 1.0 - miss
-        out[f"i2t_r{k}"] = 100.0 * hits / n_images
-    for k in ks:
-        out[f"t2i_r{k}"] = 100.0 * min(k, n_images) / n_images
-    out["rsum"] = sum(out[f"i2t_r{k}"] + out[f"t2i_r{k}"] for k in ks)
-    return out
-
-
-def evaluate(
-    model: Any,
-    tokenizer: Any,
-    data: Any,
-    *,
-    split: str = "test",
-    mode: str = "auto",
-    k: int = 16,
-    add_itc: bool = False,
-    batch_size: int = 64,
-    pair_batch_size: int = 256,
-    device: Any = None,
-    num_workers: int = 0,
-) -> dict[str, Any]:
-    """Retrieval metrics of ``model`` on ``data``.
-
-    ``data``: a :class:`~vlp.data.config.DataConfig` (its ``split`` is read one record per image)
-    or a dataset with ``texts``, ``txt2img``, ``img2txt`` and image samples carrying
-    ``image_index`` (e.g. a :class:`~vlp.data.dataset.VLDataset` in ``images`` mode).
-
-    Returns ``i2t_r1/5/10``, ``t2i_r1/5/10``, means, ``rsum`` (percent), ``mode``, ``k``,
-    ``num_pairs`` (fusion passes), ``n_images``, ``n_texts`` and ``chance`` (same keys).
-    """
-    from vlp.data.config import DataConfig
-    from vlp.metrics import retrieval_metrics
-    from vlp.tasks.common import build_eval_dataset, iterate_batches, model_data_config
-
-    device = device if device is not None else next(model.parameters()).device
-    dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
-    if getattr(dataset, "texts", None) is None or getattr(dataset, "txt2img", None) is None:
-        raise ConfigError("retrieval: the data must be indexed one record per image with texts (options.mode: images)")
-    texts, txt2img = list(dataset.texts), list(dataset.txt2img)
-    img2txt = dataset.img2txt
-    mode = _resolve_mode(model, mode)
-    max_len = data.max_text_len if isinstance(data, DataConfig) else model_data_config(model).max_text_len
-    # the tokenizer only encodes object tags here (OSCAR); images-mode samples carry no text. An
-    # unreadable image is skipped by the loader and then refused by encode(): recall needs them all.
-    images = iterate_batches(dataset, tokenizer, batch_size, max_len, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    try:
-        encoded = encode(model, images, texts, tokenizer, mode=mode, device=device, max_text_len=max_len,
-                         text_batch_size=batch_size)  # fmt: skip
-        scores = score_matrices(model, encoded, mode, k=k, add_itc=add_itc, pair_batch_size=pair_batch_size,
-                                device=device)  # fmt: skip
-    finally:
-        model.train(was_training)
-    metrics: dict[str, Any] = retrieval_metrics(scores.i2t, txt2img, img2txt, sim_t2i=scores.t2i)
-    img2txt = img2txt or [[t for t, i in enumerate(txt2img) if i == n] for n in range(scores.i2t.shape[0])]
-    metrics.update(mode=mode, num_pairs=scores.num_pairs, n_images=len(img2txt), n_texts=len(texts))
-    if mode == "two_stage":
-        metrics["k"] = k
-    metrics["chance"] = chance_recall(img2txt, len(texts))
-    return metrics
-
-
-# ----------------------------------------------------------------------------- predict
-
-
-@dataclass
-class RetrievalPrediction:
-    """Top-k both ways: ``i2t`` ``(N_i, k)`` text indices per image and ``t2i`` ``(N_t, k)`` image
-    indices per text, best first, with their scores (long / float tensors)."""
-
-    i2t: Any
-    t2i: Any
-    i2t_scores: Any
-    t2i_scores: Any
-
-
-def retrieve(
-    model: Any,
-    tokenizer: Any,
-    images: list[Any],
-    texts: list[str],
-    k: int = 5,
-    *,
-    mode: str = "auto",
-    rerank_k: int = 16,
-    add_itc: bool = False,
-    device: Any = None,
-) -> RetrievalPrediction:
-    """Rank ``texts`` for every image and ``images`` for every text (PIL images or paths).
-
-    ``k`` results per query (capped at the number of candidates); ``mode`` and ``rerank_k`` (the
-    two-stage shortlist) as in :func:`evaluate`.
-    """
-    import torch
-
-    from vlp.tasks.common import check_texts, image_batch, model_data_config
-
-    texts = check_texts(texts)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    device = device if device is not None else next(model.parameters()).device
-    mode = _resolve_mode(model, mode)
-    batch = image_batch(model, images)
-    max_len = model_data_config(model).max_text_len
-    was_training = model.training
-    model.eval()
-    try:
-        encoded = encode(model, [batch], texts, tokenizer, mode=mode, device=device, max_text_len=max_len)
-        scores = score_matrices(model, encoded, mode, k=max(k, rerank_k), add_itc=add_itc, device=device)
-    finally:
-        model.train(was_training)
-    i2t = scores.i2t.topk(min(k, scores.i2t.shape[1]), dim=1)
-    t2i = scores.t2i.T.topk(min(k, scores.t2i.shape[0]), dim=1)
-    return RetrievalPrediction(i2t.indices, t2i.indices, i2t.values.to(torch.float32), t2i.values.to(torch.float32))
-
-
-predict = retrieve
-
-
-# ----------------------------------------------------------------------------- vlp eval retrieval
-
-
-__all__ = [
-    "Encoded",
-    "RetrievalPrediction",
-    "RetrievalTask",
-    "ScoreMatrices",
-    "build_finetuning",
-    "chance_recall",
-    "default_objectives",
-    "encode",
-    "evaluate",
-    "pair_scorer",
-    "predict",
-    "retrieve",
-    "score_matrices",
-]
