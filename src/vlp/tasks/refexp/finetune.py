@@ -130,7 +130,8 @@ class ProposalScorer(nn.Module):
 def build_finetuning(
     task: dict[str, Any], recipe: Any, model: Any, tokenizer: Any, *, rank: int = 0, world_size: int = 1
 ) -> tuple[Any, Any]:
-    """``(RegionScorer | BoxRegressor | ProposalScorer, refcoco train loader)`` for ``vlp finetune``; records the mode."""
+    """``(RegionScorer | BoxRegressor | ProposalScorer, refcoco train loader)`` for ``vlp finetune``;
+    records the mode in ``task["mode"]``."""
     opts = from_dict(RefExpTask, task, "task")
     mode = resolve_mode(model, opts.mode)
     ensure_refexp_head(model, mode, opts.hidden, opts.cells)
