@@ -23,7 +23,7 @@ def test_registry_validates_names_and_options():
     ):
         validate_heads({"vqa": {"num_answer": 3}})
     allowed = "box, itm, lm, mlm, mrc, mrfr, proposal_score, rank, region_score, tagging, vqa"
-    with pytest.raises(ConfigError, match=f"model.heads.itc: unknown head; allowed: {allowed}"):
+    with pytest.raises(ConfigError, match=f"model.heads.itc: unknown head 'itc'; allowed: {allowed}"):
         validate_heads({"itc": {}})
 
 
@@ -78,3 +78,36 @@ def test_region_heads_on_a_single_stream_region_model():
     fused = model.fuse(out.text, out.text_mask, out.image)
     assert model.heads["mrc"](fused.image).shape == (2, 3, 9)
     assert model.heads["mrfr"](fused.image).shape == (2, 3, 10)  # regresses the detector features
+
+
+def test_heads_are_typed_configs_chosen_by_their_key():
+    from vlp.models.heads import HeadConfig, ITMHeadConfig, MLMHeadConfig, VQAHeadConfig
+    from vlp.recipe import parse_recipe
+
+    recipe = parse_recipe({"model": {"heads": {"itm": {}, "vqa": {"num_answers": 3}, "mlm": None}}})
+    heads = recipe.model.heads
+    assert isinstance(heads["itm"], ITMHeadConfig) and isinstance(heads["mlm"], MLMHeadConfig)
+    assert isinstance(heads["vqa"], VQAHeadConfig) and heads["vqa"].num_answers == 3 and heads["vqa"].hidden == 0
+    assert set(HEADS) == set(HeadConfig.members)  # one registry
+    # built in Python: the dict form is read into the same typed configs
+    assert isinstance(ModelConfig(heads={"mlm": {"tie": False}}).heads["mlm"], MLMHeadConfig)
+    assert ModelConfig(heads={"vqa": VQAHeadConfig(num_answers=2)}).heads["vqa"].num_answers == 2
+
+
+@pytest.mark.parametrize(
+    "heads, message",
+    [
+        ({"itm": {"bogus": 1}}, "recipe.model.heads.itm.bogus: unknown key; allowed keys: (none)"),
+        ({"vqa": {"num_answers": 3, "hiden": 4}}, "recipe.model.heads.vqa.hiden: unknown key; allowed keys: hidden, "
+                                                  "num_answers"),  # fmt: skip
+        ({"vqa": {}}, "recipe.model.heads.vqa.num_answers: required key is missing"),
+        ({"tagging": {"num_classes": 2, "pool": "min"}},
+         "recipe.model.heads.tagging.pool: expected one of ['auto', 'first', 'max', 'mean'], got 'min'"),
+    ],
+)  # fmt: skip
+def test_a_head_typo_fails_at_recipe_parse_naming_the_dotted_key(heads, message):
+    from vlp.recipe import parse_recipe
+
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"model": {"heads": heads}})
+    assert str(err.value) == message

@@ -13,6 +13,7 @@ from vlp.objectives import (
     ITCConfig,
     ITMConfig,
     LMConfig,
+    MLMConfig,
     MomentumModel,
     Pretraining,
     build_objectives,
@@ -152,3 +153,22 @@ def test_recipe_parsing_validates_objectives() -> None:
     assert recipe.objectives["itc"]["weight"] == 2.0 and recipe.objectives["mlm"]["prob"] == 0.15
     with pytest.raises(ConfigError, match="objectives.mlm.stratgy"):
         parse_recipe({"model": {}, "objectives": {"mlm": {"stratgy": "span"}}})
+
+
+def test_recipe_objectives_are_typed_configs_chosen_by_their_key() -> None:
+    from vlp.models.config import ModelConfig
+    from vlp.recipe import Recipe, parse_recipe
+
+    recipe = parse_recipe({"model": {}, "objectives": {"itc": {"weight": 1.0}, "mlm": None}})
+    assert isinstance(recipe.objectives["itc"], ITCConfig) and isinstance(recipe.objectives["mlm"], MLMConfig)
+    assert recipe.objectives["mlm"].prob == 0.15 and recipe.objectives["mlm"].weight == 1.0
+    assert isinstance(validate_objectives({"lm": {}})["lm"], LMConfig)
+    # built in Python with the plain form: the same typed configs
+    built = Recipe(model=ModelConfig(), objectives={"itm": {"negatives": "random"}})
+    assert isinstance(built.objectives["itm"], ITMConfig) and built.objectives["itm"].negatives == "random"
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"model": {}, "objectives": {"itc": {"wieght": 1.0}}})
+    assert str(err.value).startswith("recipe.objectives.itc.wieght: unknown key; allowed keys: distill_alpha, ")
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"model": {}, "objectives": {"itx": {}}})
+    assert str(err.value).startswith("recipe.objectives.itx: unknown objective 'itx'; allowed: itc, itm, lm, mlm")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from vlp.fusion.config import FusionConfig
+from vlp.models.heads import HeadConfig, validate_heads
 from vlp.text.config import TextConfig
 from vlp.vision.config import VisionConfig
 
@@ -17,7 +18,7 @@ class ModelConfig:
     vision: VisionConfig | None = None
     fusion: FusionConfig | None = None
     embed_dim: int = 0  # size of the dual-encoder embedding space; 0 = no dual-encoder side
-    heads: dict[str, dict[str, Any]] = field(default_factory=dict)  # head name -> options
+    heads: dict[str, HeadConfig] = field(default_factory=dict)  # head name -> its options (vlp.models.heads)
     momentum: float = 0.0  # EMA decay of the momentum model (ALBEF distillation); 0 = off
     tokenizer: str = ""  # tokenizer folder or file; empty = the recipe's default
     # BLIP's image-grounded text decoder: a causal text encoder config whose layers all have
@@ -37,9 +38,7 @@ class ModelConfig:
     temperature: float = 0.07  # initial ITC temperature; logit_scale starts at log(1 / temperature)
 
     def __post_init__(self) -> None:
-        from vlp.models.heads import validate_heads
-
-        validate_heads(self.heads)
+        self.heads = validate_heads(self.heads)  # built in Python with plain dicts: the same typed configs
         if self.embed_dim < 0:
             raise ValueError(f"model.embed_dim must be >= 0, got {self.embed_dim}")
         if self.temperature <= 0:

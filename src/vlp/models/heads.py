@@ -1,7 +1,9 @@
 """Task and pretraining heads, built by name from ``model.heads`` in a recipe.
 
 ``heads: {itm: {}, mlm: {}, vqa: {num_answers: 3129}}`` builds an ``nn.ModuleDict`` with
-one module per entry. Every head maps batch-first tensors:
+one module per entry. Each key names a member of the :class:`HeadConfig` family (its options
+dataclass, registered with :func:`vlp.config.part` together with the builder that sizes it).
+Every head maps batch-first tensors:
 
 ==========  ==============================  =========================================
 name        input                           output
@@ -26,14 +28,14 @@ any projection, to one logit per category ``(B, C)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from vlp.config import ConfigError, from_dict
+from vlp.config import ConfigError, KeyedFamily, part
 from vlp.layers import activation
 
 
@@ -51,34 +53,31 @@ class HeadContext:
     vision_dim: int = 0  # width of the image tower's tokens (model.vision.dim; the tagging head)
 
 
-HEADS: dict[str, tuple[type, Callable[[Any, HeadContext], nn.Module]]] = {}
+class HeadConfig(KeyedFamily):
+    """Config family of heads, keyed by the head's name in ``model.heads``.
+
+    A member is registered with ``part(HeadConfig, name, builder)``, where ``builder(cfg, ctx) ->
+    nn.Module`` sizes the head from the :class:`HeadContext`.
+    """
+
+    members: ClassVar[dict[str, type]] = {}
+    noun: ClassVar[str] = "head"
+    # saved recipes keep their heads as written (``itm: {}``), as they were before heads were typed, so a
+    # run saved then still resumes: its recipe.yaml must match the one its resume writes
+    save_defaults: ClassVar[bool] = False
 
 
-def register_head(name: str, config_cls: type) -> Callable:
-    """Register ``builder(cfg, ctx) -> nn.Module`` under ``name`` with its options dataclass."""
-
-    def decorate(builder: Callable[[Any, HeadContext], nn.Module]) -> Callable:
-        HEADS[name] = (config_cls, builder)
-        return builder
-
-    return decorate
+HEADS = HeadConfig.members  # head name -> its options dataclass
 
 
-def validate_heads(heads: Mapping[str, Any], where: str = "model.heads") -> dict[str, Any]:
-    """Check every head name and its options; returns ``{name: options dataclass}``."""
-    if not isinstance(heads, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of head name -> options, got {heads!r}")
-    out = {}
-    for name, options in heads.items():
-        if name not in HEADS:
-            raise ConfigError(f"{where}.{name}: unknown head; allowed: {', '.join(sorted(HEADS))}")
-        out[name] = from_dict(HEADS[name][0], options or {}, f"{where}.{name}")
-    return out
+def validate_heads(heads: Mapping[str, Any], where: str = "model.heads") -> dict[str, HeadConfig]:
+    """Every head's typed options from ``{name: options}`` (plain mappings or configs); errors name the key."""
+    return HeadConfig.parse_all(heads, where)
 
 
 def build_heads(heads: Mapping[str, Any], ctx: HeadContext) -> nn.ModuleDict:
     """``nn.ModuleDict`` of the configured heads, sized from ``ctx``."""
-    return nn.ModuleDict({name: HEADS[name][1](cfg, ctx) for name, cfg in validate_heads(heads).items()})
+    return nn.ModuleDict({name: type(cfg).builds(cfg, ctx) for name, cfg in validate_heads(heads).items()})
 
 
 def _need(value: int, head: str, what: str) -> int:
@@ -110,18 +109,20 @@ class PredictionHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(x)))) + self.bias
 
 
-@dataclass
-class ITMHeadConfig:
+@dataclass(eq=False)
+class ITMHeadConfig(HeadConfig):
     """Image-text matching: ``Linear(P, 2)`` on the pooled output (no options)."""
 
 
-@register_head("itm", ITMHeadConfig)
 def _itm(cfg: ITMHeadConfig, ctx: HeadContext) -> nn.Module:
     return nn.Linear(_need(ctx.pooled_dim, "itm", "a fusion module (pooled output)"), 2)
 
 
-@dataclass
-class MLMHeadConfig:
+part(HeadConfig, "itm", _itm)(ITMHeadConfig)
+
+
+@dataclass(eq=False)
+class MLMHeadConfig(HeadConfig):
     tie: bool = True  # decoder weight = the text encoder's word embeddings (BERT, ALBEF, ViLT)
     act: str = "gelu"
     eps: float = 1e-12
@@ -134,23 +135,27 @@ def _prediction_head(cfg: Any, dim: int, table: nn.Embedding | None, name: str) 
     return PredictionHead(dim, vocab, width, table if cfg.tie else None, cfg.act, cfg.eps)
 
 
-@register_head("mlm", MLMHeadConfig)
 def _mlm(cfg: MLMHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.text_dim, "mlm", "fused text tokens (a fusion module other than 'none')")
     return _prediction_head(cfg, dim, ctx.word_embeddings, "mlm")
 
 
-@dataclass
-class LMHeadConfig:
+part(HeadConfig, "mlm", _mlm)(MLMHeadConfig)
+
+
+@dataclass(eq=False)
+class LMHeadConfig(HeadConfig):
     tie: bool = True  # decoder weight = the decoder's word embeddings
     act: str = "gelu"
     eps: float = 1e-12
 
 
-@register_head("lm", LMHeadConfig)
 def _lm(cfg: LMHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.decoder_dim, "lm", "a text decoder (model.decoder)")
     return _prediction_head(cfg, dim, ctx.decoder_embeddings, "lm")
+
+
+part(HeadConfig, "lm", _lm)(LMHeadConfig)
 
 
 class RegionHead(nn.Module):
@@ -164,8 +169,8 @@ class RegionHead(nn.Module):
         return self.net(x)
 
 
-@dataclass
-class MRCHeadConfig:
+@dataclass(eq=False)
+class MRCHeadConfig(HeadConfig):
     num_classes: int  # detector classes (1601 for Visual Genome bottom-up features)
 
     def __post_init__(self) -> None:
@@ -173,24 +178,28 @@ class MRCHeadConfig:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
 
-@register_head("mrc", MRCHeadConfig)
 def _mrc(cfg: MRCHeadConfig, ctx: HeadContext) -> nn.Module:
     return RegionHead(_need(ctx.image_dim, "mrc", "fused image tokens"), cfg.num_classes)
 
 
-@dataclass
-class MRFRHeadConfig:
+part(HeadConfig, "mrc", _mrc)(MRCHeadConfig)
+
+
+@dataclass(eq=False)
+class MRFRHeadConfig(HeadConfig):
     feature_dim: int = 0  # width of the regressed region features; 0 = the region encoder's input width
 
 
-@register_head("mrfr", MRFRHeadConfig)
 def _mrfr(cfg: MRFRHeadConfig, ctx: HeadContext) -> nn.Module:
     out = cfg.feature_dim or _need(ctx.region_feature_dim, "mrfr", "feature_dim (no region encoder to read it from)")
     return RegionHead(_need(ctx.image_dim, "mrfr", "fused image tokens"), out)
 
 
-@dataclass
-class VQAHeadConfig:
+part(HeadConfig, "mrfr", _mrfr)(MRFRHeadConfig)
+
+
+@dataclass(eq=False)
+class VQAHeadConfig(HeadConfig):
     num_answers: int  # size of the answer vocabulary (3129 for VQAv2)
     hidden: int = 0  # hidden width; 0 = 2 * pooled width (ViLT, UNITER)
 
@@ -199,7 +208,6 @@ class VQAHeadConfig:
             raise ValueError(f"num_answers must be >= 1, got {self.num_answers}")
 
 
-@register_head("vqa", VQAHeadConfig)
 def _vqa(cfg: VQAHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.pooled_dim, "vqa", "a fusion module (pooled output)")
     hidden = cfg.hidden or 2 * dim
@@ -207,14 +215,19 @@ def _vqa(cfg: VQAHeadConfig, ctx: HeadContext) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, cfg.num_answers))
 
 
-@dataclass
-class RankHeadConfig:
+part(HeadConfig, "vqa", _vqa)(VQAHeadConfig)
+
+
+@dataclass(eq=False)
+class RankHeadConfig(HeadConfig):
     """Image-text retrieval score: ``Linear(P, 1)`` on the pooled output (ViLT's ``rank_output``; no options)."""
 
 
-@register_head("rank", RankHeadConfig)
 def _rank(cfg: RankHeadConfig, ctx: HeadContext) -> nn.Module:
     return nn.Linear(_need(ctx.pooled_dim, "rank", "a fusion module (pooled output)"), 1)
+
+
+part(HeadConfig, "rank", _rank)(RankHeadConfig)
 
 
 class BoxHead(nn.Module):
@@ -235,19 +248,21 @@ class BoxHead(nn.Module):
         return box.clamp(0.0, 1.0)
 
 
-@dataclass
-class BoxHeadConfig:
+@dataclass(eq=False)
+class BoxHeadConfig(HeadConfig):
     hidden: int = 0  # 0 = pooled width
 
 
-@register_head("box", BoxHeadConfig)
 def _box(cfg: BoxHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.pooled_dim, "box", "a fusion module (pooled output)")
     return BoxHead(dim, cfg.hidden or dim)
 
 
-@dataclass
-class RegionScoreHeadConfig:
+part(HeadConfig, "box", _box)(BoxHeadConfig)
+
+
+@dataclass(eq=False)
+class RegionScoreHeadConfig(HeadConfig):
     """Referring expressions with region models: one logit per fused region token.
 
     ``hidden: 0`` is a plain ``Linear(Dv, 1)``; ``hidden > 0`` is UNITER's MLP
@@ -257,7 +272,6 @@ class RegionScoreHeadConfig:
     hidden: int = 0
 
 
-@register_head("region_score", RegionScoreHeadConfig)
 def _region_score(cfg: RegionScoreHeadConfig, ctx: HeadContext) -> nn.Module:
     dim = _need(ctx.image_dim, "region_score", "fused image tokens")
     if cfg.hidden <= 0:
@@ -266,8 +280,11 @@ def _region_score(cfg: RegionScoreHeadConfig, ctx: HeadContext) -> nn.Module:
                          nn.Linear(cfg.hidden, 1))  # fmt: skip
 
 
-@dataclass
-class TaggingHeadConfig:
+part(HeadConfig, "region_score", _region_score)(RegionScoreHeadConfig)
+
+
+@dataclass(eq=False)
+class TaggingHeadConfig(HeadConfig):
     """Multi-label image tagging (:mod:`vlp.tasks.tagging`): ``Linear(W, C)`` on the image tower's tokens
     pooled as ``pool`` says (``auto`` = the model's ``image_pool``), before any projection.
 
@@ -285,13 +302,15 @@ class TaggingHeadConfig:
             raise ValueError(f"class_names: {len(self.class_names)} names for num_classes {self.num_classes}")
 
 
-@register_head("tagging", TaggingHeadConfig)
 def _tagging(cfg: TaggingHeadConfig, ctx: HeadContext) -> nn.Module:
     return nn.Linear(_need(ctx.vision_dim, "tagging", "an image tower (model.vision)"), cfg.num_classes)
 
 
-@dataclass
-class ProposalScoreHeadConfig:
+part(HeadConfig, "tagging", _tagging)(TaggingHeadConfig)
+
+
+@dataclass(eq=False)
+class ProposalScoreHeadConfig(HeadConfig):
     """Referring expressions with patch/grid models: one logit per candidate box.
 
     ``feature_dim``: width of a pooled candidate feature (token width x pooled cells; 0 = fused
@@ -325,22 +344,34 @@ class ProposalScoreHead(nn.Module):
         return self.score(torch.cat([v, t, v * t], dim=-1)).squeeze(-1)
 
 
-@register_head("proposal_score", ProposalScoreHeadConfig)
 def _proposal_score(cfg: ProposalScoreHeadConfig, ctx: HeadContext) -> nn.Module:
     pooled = _need(ctx.pooled_dim, "proposal_score", "a fusion module (pooled output)")
     feature = cfg.feature_dim or _need(ctx.image_dim, "proposal_score", "feature_dim or fused image tokens")
     return ProposalScoreHead(feature, pooled, cfg.hidden or pooled)
 
 
+part(HeadConfig, "proposal_score", _proposal_score)(ProposalScoreHeadConfig)
+
+
 __all__ = [
     "HEADS",
     "BoxHead",
+    "BoxHeadConfig",
+    "HeadConfig",
     "HeadContext",
+    "ITMHeadConfig",
+    "LMHeadConfig",
+    "MLMHeadConfig",
+    "MRCHeadConfig",
+    "MRFRHeadConfig",
     "PredictionHead",
     "ProposalScoreHead",
+    "ProposalScoreHeadConfig",
+    "RankHeadConfig",
     "RegionHead",
+    "RegionScoreHeadConfig",
     "TaggingHeadConfig",
+    "VQAHeadConfig",
     "build_heads",
-    "register_head",
     "validate_heads",
 ]

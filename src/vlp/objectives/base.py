@@ -15,18 +15,22 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vlp.config import ConfigError, Family
+from vlp.config import ConfigError, KeyedFamily
 from vlp.core.outputs import VisualTokens
 
 
-class ObjectiveConfig(Family):
-    """Config family of pretraining objectives, keyed by the objective's recipe name."""
+class ObjectiveConfig(KeyedFamily):
+    """Config family of pretraining objectives, keyed by the objective's name in a recipe's ``objectives``;
+    a member is registered with ``part(ObjectiveConfig, name, ObjectiveModule)``."""
 
     members: ClassVar[dict[str, type]] = {}
+    noun: ClassVar[str] = "objective"
+    # every option is saved (as before objectives were typed): a run resumes with the settings it had
+    save_defaults: ClassVar[bool] = True
 
 
-@dataclass
-class ObjectiveOptions:
+@dataclass(eq=False)
+class ObjectiveOptions(ObjectiveConfig):
     """Options every objective takes: its weight in the summed pretraining loss."""
 
     weight: float = 1.0

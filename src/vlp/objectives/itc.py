@@ -67,7 +67,7 @@ def capped_scale(logit_scale: torch.Tensor, cap: float = MAX_LOGIT_SCALE) -> tor
     return logit_scale.clamp(max=math.log(cap)).exp()
 
 
-@dataclass
+@dataclass(eq=False)
 class ITCConfig(ObjectiveOptions):
     label_smoothing: float = 0.0
     local_loss: bool = False  # rows of this rank only: (B, N) logits instead of (N, N)

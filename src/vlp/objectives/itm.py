@@ -86,7 +86,7 @@ def sample_negatives(
     return index, valid
 
 
-@dataclass
+@dataclass(eq=False)
 class ITMConfig(ObjectiveOptions):
     negatives: Literal["hard", "random"] = "hard"
     seed: int | None = None  # a fixed seed for the negative sampler; None = the global RNG (checkpointed)

@@ -32,7 +32,7 @@ def shifted_lm_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor, pr
     return targets
 
 
-@dataclass
+@dataclass(eq=False)
 class LMConfig(ObjectiveOptions):
     label_smoothing: float = 0.0  # BLIP uses 0.1
     bos_id: int | None = None  # replaces the first token ([CLS]) when set, e.g. BLIP's [DEC]

@@ -41,7 +41,7 @@ from vlp.objectives.masking import (
 from vlp.objectives.momentum import STEP_KEY, distill_weight
 
 
-@dataclass
+@dataclass(eq=False)
 class MLMConfig(ObjectiveOptions):
     strategy: Literal["random", "whole_word", "span"] = "random"
     prob: float = 0.15

@@ -68,7 +68,7 @@ def masked_region_pass(outputs, batch, prob: float, generator: torch.Generator |
     return masked, tokens
 
 
-@dataclass
+@dataclass(eq=False)
 class MaskedRegionOptions(ObjectiveOptions):
     """Options of both region objectives: the masking probability and an optional fixed seed."""
 
@@ -81,12 +81,12 @@ class MaskedRegionOptions(ObjectiveOptions):
             raise ValueError(f"prob must be in (0, 1], got {self.prob}")
 
 
-@dataclass
+@dataclass(eq=False)
 class MRCConfig(MaskedRegionOptions):
     variant: Literal["ce", "kl"] = "ce"
 
 
-@dataclass
+@dataclass(eq=False)
 class MRFRConfig(MaskedRegionOptions):
     pass
 

@@ -1,15 +1,17 @@
 """Objectives by name: validate a recipe's ``objectives`` mapping and build the modules it names.
 
-Importing this module registers every built-in objective (each module registers its config
-under its recipe name).
+Each key names a member of the :class:`~vlp.objectives.base.ObjectiveConfig` family (registered
+with :func:`vlp.config.part` next to its module). Importing this module registers every built-in
+objective.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from vlp.config import ConfigError, build, from_dict, to_dict
+from vlp.config import ConfigError, build
 from vlp.objectives.base import Objective, ObjectiveConfig, ObjectiveOptions
 from vlp.objectives.itc import ITCConfig  # noqa: F401  registers itc
 from vlp.objectives.itm import ITM
@@ -20,25 +22,15 @@ from vlp.objectives.region import MRCConfig, MRFRConfig  # noqa: F401  register 
 
 def objective_config(name: str, options: Mapping[str, Any] | ObjectiveOptions | None) -> ObjectiveOptions:
     """The validated config object of objective ``name`` from its recipe options."""
-    if name not in ObjectiveConfig.members:
-        allowed = ", ".join(sorted(ObjectiveConfig.members))
-        raise ConfigError(f"objectives.{name}: unknown objective {name!r}; allowed: {allowed}")
-    cls = ObjectiveConfig.members[name]
-    if isinstance(options, cls):
-        return options
-    return from_dict(cls, options or {}, f"objectives.{name}")
+    return ObjectiveConfig.parse(name, options, "objectives")  # type: ignore[return-value]
 
 
-def validate_objectives(objectives: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Check every objective's name and options; returns name -> options with defaults filled in.
+def validate_objectives(objectives: Mapping[str, Any] | None) -> dict[str, ObjectiveOptions]:
+    """Every objective's typed options from ``{name: options}`` (plain mappings or configs); errors name the key.
 
-    Plain dicts (not config objects) so that the recipe stays plain data and saves as YAML.
+    The configs save every option (:func:`vlp.config.to_dict`) and read like those plain mappings.
     """
-    if objectives is None:
-        return {}
-    if not isinstance(objectives, Mapping):
-        raise ConfigError(f"objectives: expected a mapping of objective name -> options, got {objectives!r}")
-    return {str(name): to_dict(objective_config(str(name), options)) for name, options in objectives.items()}
+    return ObjectiveConfig.parse_all({} if objectives is None else objectives, "objectives")
 
 
 def _tokenizer_ids(tokenizer: Any) -> dict[str, Any]:
@@ -60,13 +52,11 @@ def build_objectives(objectives: Mapping[str, Any], *, tokenizer: Any = None) ->
         cfg = objective_config(str(name), options)
         if isinstance(cfg, MLMConfig) and tokenizer is not None:
             ids = _tokenizer_ids(tokenizer)
-            cfg = MLMConfig(
-                **{
-                    **to_dict(cfg),
-                    "mask_id": cfg.mask_id if cfg.mask_id is not None else ids["mask_id"],
-                    "vocab_size": cfg.vocab_size if cfg.vocab_size is not None else ids["vocab_size"],
-                    "special_ids": cfg.special_ids or ids["special_ids"],
-                }
+            cfg = dataclasses.replace(
+                cfg,
+                mask_id=cfg.mask_id if cfg.mask_id is not None else ids["mask_id"],
+                vocab_size=cfg.vocab_size if cfg.vocab_size is not None else ids["vocab_size"],
+                special_ids=cfg.special_ids or ids["special_ids"],
             )
         module = build(cfg)
         if isinstance(module, ITM) and cfg.swap_words:

@@ -15,6 +15,8 @@ import yaml
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
 from vlp.models.config import ModelConfig
+from vlp.objectives.base import ObjectiveConfig
+from vlp.objectives.registry import validate_objectives
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 
 RECIPE_DIR = Path(__file__).parent.parent / "models" / "recipes"
@@ -26,10 +28,13 @@ class Recipe:
     model: ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     # objective name -> its options; every entry takes ``weight`` (see vlp.objectives)
-    objectives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.objectives = validate_objectives(self.objectives)  # built in Python with plain dicts: typed too
 
 
 def recipe_names() -> list[str]:
@@ -99,11 +104,7 @@ def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, where
     import vlp.parts  # noqa: F401  registers every part so that `type` keys resolve
 
     data = apply_overrides(copy.deepcopy(data), overrides)
-    recipe = from_dict(Recipe, data, where)
-    from vlp.objectives import validate_objectives
-
-    recipe.objectives = validate_objectives(recipe.objectives)
-    return recipe
+    return from_dict(Recipe, data, where)
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
