@@ -11,7 +11,8 @@ from PIL import Image
 
 from vlp.cli import build_parser, main
 from vlp.config import ConfigError
-from vlp.generation.train import load_generation_recipe, lr_factor
+from vlp.generation.train import load_generation_recipe
+from vlp.train.schedule import lr_multiplier
 
 TINY = [
     "model.image_size=16",
@@ -47,7 +48,7 @@ def test_train_writes_a_model_folder_and_logs(trained):
     assert (trained / "model" / "model.safetensors").is_file() and (trained / "model" / "tokenizer.json").is_file()
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["stopped_by"] == "steps"
-    rows = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert Image.open(trained / "samples.png").size == (4 * 18 + 2, 18 + 2)  # 1 prompt x 4 samples, 2 px gaps
 
@@ -100,11 +101,13 @@ def test_recipe_errors_name_the_key():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    cfg = load_generation_recipe("t2i-shapes", ["train.warmup_steps=10", "train.min_lr_ratio=0.1"]).train
-    assert lr_factor(0.0, 0, cfg) == pytest.approx(0.1)
-    assert lr_factor(0.0, 9, cfg) == pytest.approx(1.0)
-    assert lr_factor(0.5, 100, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert lr_factor(1.0, 100, cfg) == pytest.approx(0.1)
+    """The engine's schedule; the recipe's 100000 steps leave the decay to the time budget's progress."""
+    recipe = load_generation_recipe("t2i-shapes", ["schedule.warmup_steps=10", "schedule.min_lr_ratio=0.1"])
+    cfg, steps = recipe.schedule, recipe.train.steps
+    assert lr_multiplier(0, steps, cfg, 0.0) == pytest.approx(0.1)
+    assert lr_multiplier(9, steps, cfg, 0.0) == pytest.approx(1.0)
+    assert lr_multiplier(100, steps, cfg, 0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_multiplier(100, steps, cfg, 1.0) == pytest.approx(0.1)
 
 
 def test_frozen_text_tower_from_a_vlp_model_folder(tmp_path, tokenizer):
@@ -187,8 +190,8 @@ def test_train_generation_resumes_exactly_from_a_checkpoint(tmp_path):
     assert main(_tiny_args(cut, "--steps", "4", "--set", "train.checkpoint_every=2", "--resume")) == 0
     summary = json.loads((cut / "summary.json").read_text())
     assert summary["start_step"] == 2 and summary["steps"] == 4
-    rows = [json.loads(line) for line in (full / "train_log.jsonl").read_text().splitlines()]
-    again = [json.loads(line) for line in (cut / "train_log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     assert [r["loss"] for r in again] == [r["loss"] for r in rows]
     a, b = load_file(full / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")

@@ -1,6 +1,7 @@
 """``vlp generate``: text-to-image sampling; ``vlp train-generation``: train a text-to-image model or ControlNet.
 
 vlp train-generation t2i-shapes --out runs/t2i [--steps 100] [--resume]
+vlp train-generation t2i-shapes --data COCO_FOLDER --tokenizer TOK --out runs/t2i-coco
 vlp generate "a red circle" "a blue square" --model runs/t2i/model --image grid.png --samples 4 --seed 0
 vlp train-generation t2i-shapes-control --base runs/t2i/model --out runs/t2i-control
 vlp generate "a red circle" --model runs/t2i-control/model --control layout.png --image x.png
@@ -51,21 +52,31 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from vlp.generation.train import load_generation_recipe, summary_table, train_generation
+    from vlp.train.distributed import exit_process
+    from vlp.train.launch import exit_code
 
     extra = [f"train.steps={args.steps}"] if args.steps is not None else []
-    recipe = load_generation_recipe(args.recipe, [*args.overrides, *extra])
+    recipe = load_generation_recipe(args.recipe, [*args.overrides, *extra], data_folder=args.data)
     if args.base:
         recipe.base = args.base
+    if args.tokenizer:
+        recipe.tokenizer = str(Path(args.tokenizer).resolve())
     summary = train_generation(
         recipe, args.out, overwrite=args.overwrite, progress=not args.no_progress, resume=args.resume,
         log=lambda line: print(line, flush=True),
     )  # fmt: skip
-    print(summary_table(summary))
-    print(f"{'summary':<12} {Path(args.out) / 'summary.json'}")
-    return 0
+    stopped = summary["stopped_by"]
+    code = exit_code(None if stopped == "steps" else stopped)  # 130 / 143 after Ctrl-C / SIGTERM
+    if os.environ.get("RANK", "0") == "0":  # torchrun's rank; every rank has the summary
+        print(summary_table(summary))
+        print(f"{'summary':<12} {Path(args.out) / 'summary.json'}")
+    if summary["ranks"] > 1:
+        exit_process(code)  # as vlp pretrain: a finished gloo rank must not wait on its peers' teardown
+    return code
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,11 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-generation",
         help="train a text-to-image model (or, with --base, a ControlNet on a trained one) from a generation recipe",
         description="Train a pixel-space text-to-image diffusion model on rendered ShapesWorld scenes (recipe "
-        "t2i-shapes), or a ControlNet branch on top of a trained one (t2i-shapes-control with --base). The run ends "
-        "after train.steps optimizer steps or, when the recipe sets train.time_budget_minutes, when that budget is "
-        "spent, whichever comes first; the learning rate's cosine decay follows whichever ends first, so a budgeted "
-        "run finishes its schedule on time on any machine. Writes OUT/model (weights, recipe, tokenizer), "
-        "OUT/train_log.jsonl, OUT/checkpoints (for --resume), OUT/samples.png and OUT/summary.json.",
+        "t2i-shapes) or on any caption folder vlp reads (--data), or a ControlNet branch on top of a trained one "
+        "(t2i-shapes-control with --base), on vlp's training engine (checkpoints, exact --resume, Ctrl-C / SIGTERM "
+        "save and stop, torchrun for DDP). The run ends after train.steps optimizer steps or, when the recipe sets "
+        "train.time_budget_minutes, when that budget is spent, whichever comes first; the learning rate's cosine "
+        "decay follows whichever ends first, so a budgeted run finishes its schedule on time on any machine. "
+        "Writes OUT/model (EMA weights, recipe, tokenizer), OUT/metrics.jsonl, OUT/checkpoints (for --resume), "
+        "OUT/samples.png and OUT/summary.json.",
     )
     train.add_argument("recipe", help="recipe name (t2i-shapes, t2i-shapes-control) or YAML path")
     train.add_argument(
@@ -112,6 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--base", default=None, help="trained text-to-image folder to add a ControlNet to")
+    train.add_argument(
+        "--data", default=None, metavar="FOLDER", help="caption dataset folder to train on instead of rendered "
+        "scenes (Karpathy, ALBEF/BLIP JSON, WebDataset shards, manifests); its format is recognised and said",
+    )  # fmt: skip
+    train.add_argument(
+        "--tokenizer", default=None, help="tokenizer folder/file (default: the recipe's; rendered data trains one)"
+    )
     train.add_argument("--overwrite", action="store_true", help="start the run in --out again, replacing its files")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)

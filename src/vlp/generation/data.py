@@ -1,6 +1,10 @@
-"""Training data for text-to-image: ShapesWorld scenes rendered on the fly, their captions and control maps.
+"""Training data for text-to-image: ShapesWorld scenes rendered on the fly, their captions and control maps;
+or any caption dataset the data layer reads (:class:`CaptionImages` over :func:`vlp.data.build_loader`).
 
-A batch is drawn by sampling scenes with :func:`vlp.data.shapesworld.sample_scene`,
+Both are loaders in the training engine's sense: iterables of :class:`GenerationBatch` with a saveable
+position (``state_dict`` / ``load_state_dict``), so a resumed run sees the same next batches.
+
+A rendered batch is drawn by sampling scenes with :func:`vlp.data.shapesworld.sample_scene`,
 rendering them (:func:`render_layers`) and picking one of the captions that
 :func:`make_captions` writes for the dataset, so the model sees the same images
 and caption distribution as a ShapesWorld dataset on disk, without an epoch
@@ -19,8 +23,10 @@ extra input) are ``(B, 3, H, W)`` float in ``[0, 1]``:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,17 +64,19 @@ class GenerationBatch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str) -> GenerationBatch:
-        control = self.control.to(device) if self.control is not None else None
-        return GenerationBatch(
-            self.images.to(device), self.input_ids.to(device), self.attention_mask.to(device), control, self.captions
-        )
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GenerationBatch:
+        moved = [
+            t.to(device, non_blocking=non_blocking) if t is not None else None
+            for t in (self.images, self.input_ids, self.attention_mask, self.control)
+        ]
+        return GenerationBatch(*moved, self.captions)
 
 
 @dataclass
 class ShapesDataConfig:
     """Which ShapesWorld scenes to train on. ``seed`` fixes the whole stream of scenes and captions."""
 
+    type: Literal["render"] = "render"  # rendered on the fly; a data-layer type (karpathy, ...) reads files
     image_size: int = 32
     min_objects: int = 1
     max_objects: int = 2
@@ -163,13 +171,35 @@ class ShapesStream:
 
     ``next_batch(batch_size)`` renders fresh scenes; each image gets one of its
     captions chosen uniformly. With ``control`` the batch carries that control map.
+    Iterating yields batches of ``batch_size`` without end (the engine's loader
+    protocol; its position is the generator's state). Rank ``r > 0`` of a
+    distributed run draws its own scenes (rank 0's are those of one process).
     """
 
-    def __init__(self, cfg: ShapesDataConfig, tokenizer, control: ControlKind | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ShapesDataConfig,
+        tokenizer: Any,
+        control: ControlKind | None = None,
+        batch_size: int = 32,
+        rank: int = 0,
+    ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.control = control
-        self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0, *([rank] if rank else [])]))
+
+    def __iter__(self) -> Iterator[GenerationBatch]:
+        while True:
+            yield self.next_batch(self.batch_size)
+
+    def state_dict(self) -> dict[str, str]:
+        # the bit generator's state holds 128-bit integers: kept as JSON text (weights-only loadable)
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
 
     def next_batch(self, batch_size: int) -> GenerationBatch:
         images, captions, controls = [], [], []
@@ -187,7 +217,51 @@ class ShapesStream:
         return GenerationBatch(to_unit(np.stack(images)), tokens.input_ids, tokens.attention_mask, control, captions)
 
 
+class CaptionImages:
+    """A data-layer caption loader (:class:`vlp.data.loader.VLPLoader`) as :class:`GenerationBatch` es.
+
+    The data layer normalises images with its transform's ``rescale``, ``mean`` and ``std``; that is undone
+    here to the diffusion model's ``[-1, 1]`` (8-bit 0 -> -1, 255 -> 1), whatever the recipe's statistics.
+    Position, epochs and length are the wrapped loader's.
+    """
+
+    def __init__(self, loader: Any, transform: Any) -> None:
+        self.loader = loader
+        std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        # x = (v * rescale - mean) / std for 8-bit v, and the model wants v / 127.5 - 1
+        self.scale = std / (transform.rescale * 127.5)
+        self.shift = mean / (transform.rescale * 127.5) - 1.0
+
+    def _convert(self, batch: Any) -> GenerationBatch:
+        if batch.images is None or batch.input_ids is None:
+            raise ValueError(
+                f"{self.loader.name}: text-to-image needs an image and a caption in every batch; this data "
+                "gives " + ("no images" if batch.images is None else "no captions")
+            )
+        images = batch.images.float() * self.scale + self.shift
+        captions = [m.get("text", "") for m in batch.meta]
+        return GenerationBatch(images, batch.input_ids, batch.attention_mask.bool(), None, captions)
+
+    def __iter__(self) -> Iterator[GenerationBatch]:
+        for batch in self.loader:
+            yield self._convert(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+
+
 __all__ = [
+    "CaptionImages",
     "ControlKind",
     "GenerationBatch",
     "ShapesDataConfig",

@@ -123,8 +123,10 @@ class TextToImageModel(nn.Module):
         so conditional and null rows share one padded batch.
         """
         context = self.encode_text(input_ids, attention_mask)
-        if drop is None or not bool(drop.any()):
+        if drop is None:
             return context, attention_mask
+        # no shortcut when no row is dropped: null_context then gets a zero gradient, not none, as DDP needs
+        # every rank to give every parameter a gradient (and the check would cost a device-to-host sync)
         b, length, _ = context.shape
         null = self.null_context.to(context.dtype).expand(b, length, -1)
         null_mask = torch.zeros_like(attention_mask)

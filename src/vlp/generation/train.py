@@ -1,94 +1,95 @@
-"""Recipe-driven training of a text-to-image model (and of a ControlNet on top of a trained one).
+"""Recipe-driven training of a text-to-image model (or of a ControlNet on top of a trained one) on vlp's
+training engine, :class:`vlp.train.engine.Trainer`.
 
-    vlp train-generation t2i-shapes --out RUN            # base model, ~15 min on 2 CPU cores
-    vlp train-generation t2i-shapes-control --base RUN/model --out RUN2   # ControlNet, base frozen
+    vlp train-generation t2i-shapes --out RUN            # base model on rendered scenes, ~15 min on 2 CPU cores
+    vlp train-generation t2i-shapes --data COCO --tokenizer TOK --out RUN   # any caption folder vlp reads
+    vlp train-generation t2i-shapes-control --base RUN/model --out RUN2    # ControlNet, base frozen
+    torchrun --standalone --nproc_per_node 8 -m vlp.cli train-generation t2i-shapes --out RUN   # DDP
 
-A generation recipe is YAML with sections ``model`` (:class:`TextToImageConfig`),
-``data`` (:class:`ShapesDataConfig`) and ``train`` (:class:`GenerationTrainConfig`),
-plus ``base`` (a trained model folder; the recipe then trains only ``model.control``).
-The run folder gets ``model/`` (weights + resolved recipe + tokenizer),
-``train_log.jsonl`` (one line per ``log_every`` steps), ``summary.json``,
-``samples.png``, ``tokenizer/`` (the tokenizer trained for the run) and
-``checkpoints/step_N/`` (every ``checkpoint_every`` steps and at the end; written
-with :class:`vlp.io.checkpoints.CheckpointManager`).
+A generation recipe is YAML with sections ``model`` (:class:`TextToImageConfig`), ``data``, ``train``
+(the engine's :class:`~vlp.recipe.run.TrainConfig` plus the sample grid drawn at the end), ``optim`` and
+``schedule`` (as in every recipe), plus ``base`` (a trained model folder: the recipe then trains only
+``model.control``) and ``tokenizer``. ``data`` is either ShapesWorld rendered on the fly (no ``type``, or
+``type: render``: :class:`ShapesDataConfig`) or any caption dataset of the data layer (``type: karpathy``,
+``albef``, ``manifest``, ``webdataset``, ...: :class:`vlp.data.DataConfig`, read by
+:func:`vlp.data.build_loader`).
 
-The loop is vlp's own few lines rather than :mod:`vlp.train.engine`: the data is an
-endless rendered stream (no epochs), and the recipe needs a wall-clock budget
-(``time_budget_minutes``) that ends the learning-rate decay on time whatever the
-machine's speed, which the step-based engine does not have. A checkpoint holds
-the weights, the optimizer, the EMA, the step, the budget clock used so far and
-the random states of torch and of the scene stream, so ``resume=True`` continues
-the run exactly where the checkpoint left it.
+Being an engine run, it has what every run has: checkpoints with an exact resume (weights, optimizer, EMA,
+random states, the data position), Ctrl-C / SIGTERM writing a checkpoint before stopping, the non-finite
+guard, DDP / FSDP under torchrun, a progress bar and ``metrics.jsonl``. ``train.time_budget_minutes``
+(the engine's) ends the run when the budget is spent, and the lr decay follows it. The run folder also gets
+``tokenizer/`` (the run's tokenizer, for ``--resume``), ``model/`` (the EMA weights, resolved recipe and
+tokenizer: what ``vlp generate`` loads), ``samples.png`` and a ``summary.json`` with the generation
+numbers added to the engine's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import yaml
 
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
-from vlp.generation.data import ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
+from vlp.data.config import DataConfig
+from vlp.generation.data import CaptionImages, ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
 from vlp.generation.model import TextToImageConfig, TextToImageModel, load_generator, load_text_tower, save_generator
 from vlp.io.checkpoints import CheckpointManager
-from vlp.train.distributed import pick_device
+from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
+from vlp.train import distributed as dist_utils
+from vlp.train.engine import BUDGET_STOP, Trainer
+from vlp.train.rng import seed_everything
+from vlp.train.run_dir import check_run_dir
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
+# what only the end-of-run sample grid uses: a resumed run may change it
+SAMPLE_KEYS = ("train.sample_prompts", "train.sample_steps", "train.guidance")
 
 
 @dataclass
-class GenerationTrainConfig:
-    steps: int = 3000  # optimizer steps (the most; the time budget may end the run first)
-    time_budget_minutes: float = 0.0  # time budget; 0 = none. The lr schedule follows whichever ends first
-    # wall: elapsed time. cpu: this process's CPU time / threads, i.e. the wall time the run would take with its
-    # threads to itself (for measuring on a machine shared with other jobs)
-    budget_clock: Literal["wall", "cpu"] = "wall"
-    batch_size: int = 32
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    ema_decay: float = 0.999  # EMA of the weights; the saved model is the EMA. 0 = off
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    device: str = "auto"  # auto: the first CUDA device if there is one, else the CPU
+class GenerationTrainConfig(TrainConfig):
+    """The engine's ``train`` section with text-to-image defaults, plus the sample grid drawn at the end."""
+
+    steps: int = 3000
     log_every: int = 25
-    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end); 0 = only the end
+    keep_checkpoints: int = 2
+    ema_decay: float = 0.999  # the saved model is the EMA of the weights
+    ema_warmup: bool = True
+    num_workers: int = 0  # the rendered stream draws in the main process; caption folders may want more
     sample_prompts: list[str] = field(default_factory=list)  # drawn into samples.png at the end
     sample_steps: int = 50
     guidance: float = 3.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every={self.checkpoint_every}: must be >= 0 (0 = only at the end)")
-        if self.budget_clock not in ("wall", "cpu"):
-            raise ValueError(f"budget_clock={self.budget_clock!r}: expected 'wall' or 'cpu'")
-        if self.lr <= 0 or self.time_budget_minutes < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; time_budget_minutes, warmup_steps and grad_clip must be >= 0")
-        if not 0 <= self.ema_decay < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"ema_decay={self.ema_decay} must lie in [0, 1), min_lr_ratio in [0, 1]")
+        super().__post_init__()
+        if self.sample_steps < 1:
+            raise ValueError(f"sample_steps={self.sample_steps}: must be >= 1")
+
+
+def _optim() -> OptimConfig:
+    return OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+def _schedule() -> ScheduleConfig:
+    return ScheduleConfig(name="cosine", warmup_steps=50, min_lr_ratio=0.1)
 
 
 @dataclass
 class GenerationRecipe:
     model: TextToImageConfig = field(default_factory=TextToImageConfig)
-    data: ShapesDataConfig = field(default_factory=ShapesDataConfig)
+    data: ShapesDataConfig | DataConfig = field(default_factory=ShapesDataConfig)
     train: GenerationTrainConfig = field(default_factory=GenerationTrainConfig)
+    optim: OptimConfig = field(default_factory=_optim)
+    schedule: ScheduleConfig = field(default_factory=_schedule)
     base: str = ""  # trained text-to-image folder: train only model.control on top of it (frozen)
+    # tokenizer folder / tokenizer.json / vocab.txt; default: the base's, model.text_from's, or (rendered data)
+    # one trained on the renderer's captions
+    tokenizer: str = ""
 
 
 def recipe_file(name_or_path: str | Path) -> Path:
@@ -105,26 +106,44 @@ def recipe_file(name_or_path: str | Path) -> Path:
     return builtin
 
 
-def load_generation_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> GenerationRecipe:
-    """Parse a recipe (``KEY=VALUE`` overrides applied first); errors name the file and the dotted key."""
+def _is_rendered(section: dict[str, Any]) -> bool:
+    return section.get("type", "render") == "render"
+
+
+def parse_generation_recipe(data: dict[str, Any], where: str = "recipe") -> GenerationRecipe:
+    """A generation recipe from plain data; errors name ``where`` and the dotted key."""
     import vlp.text  # noqa: F401  registers text parts for model.text.type
 
+    data = dict(data)
+    section = dict(data.get("data") or {})
+    if _is_rendered(section):
+        data["data"] = from_dict(ShapesDataConfig, section, f"{where}.data")
+    else:
+        # a random crop (the data layer's training default) would cut objects the caption names out of view
+        section["transform"] = {"train_crop": "center", **(section.get("transform") or {})}
+        data["data"] = from_dict(DataConfig, section, f"{where}.data")
+    return from_dict(GenerationRecipe, data, where)
+
+
+def load_generation_recipe(
+    name_or_path: str | Path, overrides: list[str] | None = None, data_folder: str | None = None
+) -> GenerationRecipe:
+    """Parse a recipe; ``data_folder`` (``--data``) replaces its data by a caption folder whose format is
+    recognised, then the ``KEY=VALUE`` overrides apply. Errors name the file and the dotted key."""
     path = recipe_file(name_or_path)
-    data = apply_overrides(read_yaml(path), overrides)
-    return from_dict(GenerationRecipe, data, path.stem)
+    data = read_yaml(path)
+    if data_folder is not None:
+        from vlp.train.launch import with_data_folder
 
-
-def lr_factor(progress: float, step: int, cfg: GenerationTrainConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio`` as ``progress`` goes 0 -> 1."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+        # what a caption folder keeps of a rendered-data section: the sizes and the seed
+        kept = {k: v for k, v in (data.get("data") or {}).items() if k in ("image_size", "max_text_len", "seed")}
+        data = with_data_folder({**data, "data": kept}, data_folder, "captions")
+    return parse_generation_recipe(apply_overrides(data, overrides), path.stem)
 
 
 def build_model(recipe: GenerationRecipe, tokenizer: Any = None) -> TextToImageModel:
-    """The model to train: a fresh one with its tokenizer, or (``recipe.base``) the base with a new control branch.
-
-    ``tokenizer``: use it instead of training one (a resumed run reuses the tokenizer it trained)."""
+    """The model to train, with its tokenizer attached: a fresh one, or (``recipe.base``) the base with a new
+    control branch. ``tokenizer``: use it instead of making one (a resumed run reuses its own)."""
     if recipe.base:
         if recipe.model.control is None:
             raise ConfigError("base: training on top of a base model needs model.control (the branch to train)")
@@ -138,26 +157,59 @@ def build_model(recipe: GenerationRecipe, tokenizer: Any = None) -> TextToImageM
         model = TextToImageModel(cfg)
         model.text.load_state_dict(text.state_dict())
     else:
-        from vlp.text import Tokenizer
-
-        if tokenizer is None:
-            tokenizer = Tokenizer.train(tokenizer_corpus(recipe.data), vocab_size=recipe.data.vocab_size)
-        # the embedding table is sized by the tokenizer actually trained
+        tokenizer = tokenizer if tokenizer is not None else make_tokenizer(recipe)
+        # the embedding table is sized by the tokenizer
         cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_size=tokenizer.vocab_size))
         model = TextToImageModel(cfg)
     model.tokenizer = tokenizer
     return model
 
 
-def _save_samples(model: TextToImageModel, cfg: GenerationTrainConfig, path: Path) -> None:
-    from vlp.generation.images import save_grid
+def make_tokenizer(recipe: GenerationRecipe) -> Any:
+    """``recipe.tokenizer`` when set; for rendered data, a WordPiece tokenizer trained on the renderer's
+    captions (their own seed stream, so it never shifts the training scenes)."""
+    if recipe.tokenizer:
+        from vlp.io.folders import load_tokenizer
 
-    model.eval()
-    images = model.generate(cfg.sample_prompts, samples=4, seed=0, steps=cfg.sample_steps, guidance=cfg.guidance)
-    save_grid(to_uint8(images), rows=len(cfg.sample_prompts), path=path)
+        return load_tokenizer(recipe.tokenizer, "tokenizer")
+    if not isinstance(recipe.data, ShapesDataConfig):
+        raise ConfigError(
+            f"tokenizer: empty, and data.type={recipe.data.type!r} brings no tokenizer; pass --tokenizer DIR "
+            "(train one with `vlp tokenizer train --input CAPTIONS --out DIR`) or set model.text_from"
+        )
+    from vlp.text import Tokenizer
+
+    return Tokenizer.train(tokenizer_corpus(recipe.data), vocab_size=recipe.data.vocab_size)
 
 
-def budget_text(cfg: GenerationTrainConfig) -> str:
+def build_loader(recipe: GenerationRecipe, model: TextToImageModel, rank: int = 0, world_size: int = 1) -> Any:
+    """The training batches: rendered scenes (with the control maps a ControlNet needs), or a caption dataset."""
+    data, train = recipe.data, recipe.train
+    if data.image_size != model.cfg.image_size:
+        raise ConfigError(f"data.image_size={data.image_size} but the model makes {model.cfg.image_size}px images")
+    if data.max_text_len > model.text.cfg.max_positions:
+        raise ConfigError(
+            f"data.max_text_len={data.max_text_len} exceeds the text encoder's "
+            f"{model.text.cfg.max_positions} positions (model.text.max_positions)"
+        )
+    control = model.cfg.control
+    if isinstance(data, ShapesDataConfig):
+        return ShapesStream(data, model.tokenizer, control.kind if control else None, train.batch_size, rank)
+    if control is not None:
+        raise ConfigError(
+            f"model.control ({control.kind} maps): only rendered ShapesWorld data (data.type: render) provides "
+            f"control maps; data.type is {data.type!r}"
+        )
+    from vlp.data import build_loader as data_loader
+
+    loader = data_loader(
+        data, "train", model.tokenizer, train.batch_size, num_workers=train.num_workers, rank=rank,
+        world_size=world_size, pin_memory=torch.cuda.is_available(),
+    )  # fmt: skip
+    return CaptionImages(loader, data.transform)
+
+
+def budget_text(cfg: TrainConfig) -> str:
     """What ends the run, in words: ``train.steps`` and, when set, the time budget that the lr decay follows."""
     if not cfg.time_budget_minutes:
         return f"{cfg.steps} optimizer steps (train.steps)"
@@ -168,38 +220,46 @@ def budget_text(cfg: GenerationTrainConfig) -> str:
     )
 
 
-def _rng_state(stream: ShapesStream) -> dict[str, Any]:
-    """Random states as weights-only-loadable data (the numpy state holds 128-bit integers: kept as JSON text)."""
-    state = {"torch": torch.get_rng_state(), "stream": json.dumps(stream.rng.bit_generator.state)}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _resume_step(out: Path) -> int:
+    """The step ``--resume`` continues from; a clear error when there is none (rather than starting afresh)."""
+    manager = CheckpointManager(out / "checkpoints")
+    checkpoint = manager.latest_valid(warn=lambda msg: dist_utils.main_print(f"warning: {msg}"))
+    if checkpoint is None:
+        raise ConfigError(f"--resume: {out / 'checkpoints'} holds no valid checkpoint to continue from")
+    return manager.step_of(checkpoint)
 
 
-def _restore_rng(state: dict[str, Any], stream: ShapesStream) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    stream.rng.bit_generator.state = json.loads(state["stream"])
+def _run_tokenizer(recipe: GenerationRecipe, out: Path, resuming: bool, info: dist_utils.DistInfo) -> Any:
+    """The run's tokenizer: saved in ``out/tokenizer`` when the run starts (by rank 0, which alone trains one,
+    so every rank has the same) and read back from there by other ranks and by a resumed run."""
+    from vlp.io.saving import load_tokenizer
+
+    folder = out / "tokenizer"
+    if resuming:
+        return load_tokenizer(folder)
+    if recipe.base or recipe.model.text_from:
+        return None  # the base's or the text tower's, read from files on every rank (and saved after)
+    tokenizer = None
+    if info.is_main:
+        tokenizer = make_tokenizer(recipe)
+        tokenizer.save(folder)
+    dist_utils.barrier()
+    return tokenizer if tokenizer is not None else load_tokenizer(folder)
 
 
-def _prepare_run(out: Path, overwrite: bool, resume: bool) -> Path | None:
-    """Check the run folder against overwrite / resume; returns the checkpoint to resume from (or None)."""
-    if resume:
-        if overwrite:
-            raise ConfigError("--resume and --overwrite: pick one (continue the run, or start it again)")
-        checkpoint = CheckpointManager(out / "checkpoints").latest_valid(warn=lambda msg: print(f"warning: {msg}"))
-        if checkpoint is None:
-            raise ConfigError(f"--resume: {out / 'checkpoints'} holds no valid checkpoint to continue from")
-        return checkpoint
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"--out {out}: folder is not empty; pass --resume to continue its run or --overwrite to replace it"
-            )
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # a later --resume must not find the old run's
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+def _final_model(trainer: Trainer, model: TextToImageModel) -> TextToImageModel | None:
+    """On rank 0, an unwrapped copy of the trained model with the EMA weights (None on other ranks).
+
+    Gathering is a collective (under FSDP the weights are sharded), so every rank calls this."""
+    weights = dist_utils.full_model_state(trainer.model)
+    if trainer.ema is not None:
+        weights.update(trainer.ema.state_dict())
+    if not trainer.info.is_main:
+        return None
+    final = TextToImageModel(model.cfg)
+    final.load_state_dict(weights, strict=True)
+    final.tokenizer = model.tokenizer
+    return final.eval()
 
 
 def train_generation(
@@ -210,165 +270,70 @@ def train_generation(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``recipe`` into the run folder ``out``; returns the summary (also written to ``summary.json``).
+    """Train ``recipe`` into the run folder ``out`` on the engine; returns the summary (also in ``summary.json``).
 
-    ``resume``: continue from the newest checkpoint in ``out/checkpoints`` (weights, optimizer, EMA, step, budget
-    used, random states); ``train.steps`` may be raised to train longer. ``log`` gets one line on what ends the run.
+    ``resume``: continue from the newest checkpoint in ``out/checkpoints`` (``train.steps`` and the time budget
+    may be raised to train longer). ``log`` gets one line on what ends the run. Under torchrun every rank calls
+    this; rank 0 writes the model, the samples and the summary, which every rank returns.
     """
-    cfg = recipe.train
+    cfg = dataclasses.replace(recipe.train, progress=recipe.train.progress and progress)
+    recipe = dataclasses.replace(recipe, train=cfg)
     out = Path(out)
-    checkpoint = _prepare_run(out, overwrite, resume)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    tokenizer = None
-    if checkpoint is not None and (out / "tokenizer").is_dir():
-        from vlp.text import Tokenizer
-
-        tokenizer = Tokenizer.load(out / "tokenizer")
-    model = build_model(recipe, tokenizer).to(device)
-    if checkpoint is None:
-        model.tokenizer.save(out / "tokenizer")
-    control = model.cfg.control
-    stream = ShapesStream(recipe.data, model.tokenizer, control.kind if control else None)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for p in model.parameters() if p.requires_grad]
-    # one multi-tensor update instead of a loop over ~200 small tensors (fused kernel on CUDA)
-    on_cuda = device.type == "cuda"
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=not on_cuda, fused=on_cuda
-    )
-    ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
-    checkpoints = CheckpointManager(out / "checkpoints", keep=2)
-    step, used_before, start_step = 0, 0.0, 0
-    rng_state = None
-    if checkpoint is not None:
-        weights, state, ema_weights = checkpoints.load(checkpoint)
-        model.load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            if ema_weights is None:
-                raise ConfigError(f"{checkpoint}: holds no ema.safetensors but train.ema_decay={cfg.ema_decay}")
-            for e, name in zip(ema, names):
-                e.copy_(ema_weights[name])
-        step = start_step = int(state["step"])
-        used_before = float(state["budget_used_s"])
-        rng_state = state["rng"]
-    resolved = dataclasses.replace(recipe, model=model.cfg)
-    (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(resolved), sort_keys=False), encoding="utf-8")
-    if log is not None:
-        log(f"train-generation: {budget_text(cfg)}" + (f"; resuming at step {step}" if checkpoint else ""))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        # the total is train.steps, the most the run takes; a time budget may end it sooner (shown as "budget")
-        bar = tqdm(total=cfg.steps, initial=step, desc="train-generation", unit="step", dynamic_ncols=True)
-    budget = cfg.time_budget_minutes * 60.0
-    threads = torch.get_num_threads()
-
-    def clock() -> float:
-        return time.process_time() / threads if cfg.budget_clock == "cpu" else time.perf_counter()
-
-    def save_checkpoint() -> Path:
-        state = {"optimizer": optimizer.state_dict(), "step": step, "budget_used_s": used(), "rng": _rng_state(stream)}
-        ema_weights = dict(zip(names, ema)) if ema is not None else None
-        return checkpoints.save(step, model.state_dict(), state, ema_weights)
-
-    start, cpu_start = time.perf_counter(), time.process_time()
-    clock_start = clock()
-
-    def used() -> float:
-        return used_before + clock() - clock_start
-
-    log_path = out / "train_log.jsonl"
-    if checkpoint is not None and log_path.is_file():  # drop lines logged after the checkpoint
-        kept = [line for line in log_path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-        log_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    running, stopped_by, saved_at = [], "steps", None
-    if rng_state is not None:
-        _restore_rng(rng_state, stream)  # last: nothing above may draw from the restored streams
-    model.train()
+    info = dist_utils.init_distributed(cfg.device)
     try:
-        with open(log_path, "a" if checkpoint is not None else "w", encoding="utf-8") as log_file:
-            while step < cfg.steps:
-                progress_frac = max(step / cfg.steps, used() / budget if budget else 0.0)
-                if progress_frac >= 1.0:
-                    stopped_by = "time budget"
-                    break
-                lr = cfg.lr * lr_factor(progress_frac, step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss, _ = model(stream.next_batch(cfg.batch_size).to(device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: loss is {loss.item()}; lower train.lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                if ema is not None:
-                    # EMA warm-up (decay grows as (1 + n) / (10 + n)) so early weights do not dominate a short run
-                    decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
-                running.append(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    row = {
-                        "step": step,
-                        "loss": sum(running) / len(running),
-                        "lr": lr,
-                        "elapsed_s": round(time.perf_counter() - start, 2),
-                        "cpu_s": round(time.process_time() - cpu_start, 2),
-                    }
-                    running = []
-                    log_file.write(json.dumps(row) + "\n")
-                    log_file.flush()
-                    if bar is not None:
-                        postfix = {"loss": f"{row['loss']:.4f}"}
-                        if budget:
-                            postfix["time budget used"] = f"{used() / budget:.0%}"
-                        bar.set_postfix(postfix)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    saved_at = save_checkpoint()
-    except KeyboardInterrupt:
-        stopped_by = "interrupted"
+        resuming = check_run_dir(out, resume=resume, overwrite=overwrite)
+        start = _resume_step(out) if resume else 0
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)  # before the tokenizer and the model are built
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        tokenizer = _run_tokenizer(recipe, out, resuming, info)
+        model = build_model(recipe, tokenizer)
+        loader = build_loader(recipe, model, info.rank, info.world_size)
+        resolved = dataclasses.replace(recipe, model=model.cfg)
+        if info.is_main and tokenizer is None:
+            model.tokenizer.save(out / "tokenizer")
+        if log is not None and info.is_main:
+            log(f"train-generation: {budget_text(cfg)}" + (f"; resuming at step {start}" if resume else ""))
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        trainer = Trainer(
+            model, loader, train=cfg, optim=recipe.optim, schedule=recipe.schedule, run_dir=out,
+            recipe=to_dict(resolved), resume=resume, overwrite=overwrite, dist=info, resume_may_change=SAMPLE_KEYS,
+        )  # fmt: skip
+        result = trainer.fit()
+        final = _final_model(trainer, model)
+        summary = None
+        if final is not None:
+            seconds = time.perf_counter() - wall_start
+            summary = {
+                **result.to_dict(),
+                "steps": result.step,
+                "stopped_by": result.stopped_by or "steps",
+                "train_seconds": round(seconds, 1),
+                "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                "budget_clock": cfg.budget_clock,
+                "time_budget_minutes": cfg.time_budget_minutes,
+                "budget_used_s": round(trainer.budget_used, 1),
+                "steps_per_s": round((result.step - result.start_step) / seconds, 3) if seconds > 0 else None,
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "total_params": sum(p.numel() for p in model.parameters()),
+                "threads": torch.get_num_threads(),
+                "ranks": info.world_size,
+                "model": str(save_generator(final, out / "model", recipe=resolved, overwrite=True)),
+            }
+            if cfg.sample_prompts and result.stopped_by in (None, BUDGET_STOP):
+                _save_samples(final.to(info.device), cfg, out / "samples.png")
+                summary["samples"] = str(out / "samples.png")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return dist_utils.broadcast_object(summary)
     finally:
-        if bar is not None:
-            bar.close()
-    if saved_at is None or not saved_at.name.endswith(f"{step:08d}"):
-        saved_at = save_checkpoint()  # where --resume continues (also after Ctrl-C)
-    seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu_start
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
-    save_generator(model, out / "model", recipe=resolved, overwrite=True)
-    summary = {
-        "steps": step,
-        "start_step": start_step,
-        "stopped_by": stopped_by,
-        "train_seconds": round(seconds, 1),
-        "cpu_seconds": round(cpu_seconds, 1),
-        "budget_clock": cfg.budget_clock,
-        "time_budget_minutes": cfg.time_budget_minutes,
-        "budget_used_s": round(used(), 1),
-        "steps_per_s": round((step - start_step) / seconds, 3) if seconds > 0 else None,
-        "trainable_params": sum(p.numel() for p in params),
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "threads": torch.get_num_threads(),
-        "model": str(out / "model"),
-        "checkpoint": str(saved_at),
-    }
-    if cfg.sample_prompts and stopped_by != "interrupted":
-        _save_samples(model, cfg, out / "samples.png")
-        summary["samples"] = str(out / "samples.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
+        dist_utils.cleanup()
+
+
+def _save_samples(model: TextToImageModel, cfg: GenerationTrainConfig, path: Path) -> None:
+    from vlp.generation.images import save_grid
+
+    images = model.generate(cfg.sample_prompts, samples=4, seed=0, steps=cfg.sample_steps, guidance=cfg.guidance)
+    save_grid(to_uint8(images), rows=len(cfg.sample_prompts), path=path)
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -398,9 +363,11 @@ __all__ = [
     "GenerationRecipe",
     "GenerationTrainConfig",
     "budget_text",
+    "build_loader",
     "build_model",
     "load_generation_recipe",
-    "lr_factor",
+    "make_tokenizer",
+    "parse_generation_recipe",
     "recipe_file",
     "summary_table",
     "train_generation",

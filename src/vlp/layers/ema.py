@@ -2,7 +2,8 @@
 
 Used for ALBEF's momentum teacher (:class:`vlp.objectives.momentum.MomentumModel`, whose shadow
 tensors are the parameters of a frozen model copy) and for the engine's weight average
-(``train.ema_decay``, shadow copies saved as ``ema.safetensors``). Under FSDP the shadows are
+(``train.ema_decay``, shadow copies saved as ``ema.safetensors``; ``train.ema_warmup`` caps the decay
+by :func:`warmup_decay` while the run is young). Under FSDP the shadows are
 sharded like the parameters; :meth:`WeightEMA.state_dict` gathers them.
 """
 
@@ -12,6 +13,15 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+
+def warmup_decay(decay: float, updates: int) -> float:
+    """``min(decay, (1 + n) / (10 + n))`` after ``n`` updates: the warm-up of TensorFlow's
+    ExponentialMovingAverage (``num_updates``), so the random initial weights do not dominate a short run's
+    average (at decay 0.999 they would still weigh ``0.999 ** 1000 = 37 %`` of it after 1000 steps)."""
+    if updates < 0:
+        raise ValueError(f"EMA warm-up: updates must be >= 0, got {updates}")
+    return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -84,4 +94,4 @@ class WeightEMA:
             params[name].copy_(shadow)
 
 
-__all__ = ["WeightEMA"]
+__all__ = ["WeightEMA", "warmup_decay"]

@@ -67,6 +67,16 @@ class TrainConfig:
     num_workers: int = 2
     max_bad_steps: int = 5  # non-finite losses in a row before the run aborts
     ema_decay: float = 0.0  # engine-kept EMA of the weights (saved as ema.safetensors); 0 = off
+    # cap the EMA decay at (1 + n) / (10 + n) after n steps, so a short run's average is not mostly the init
+    ema_warmup: bool = False
+    # a time budget besides train.steps; 0 = none. The run checkpoints and stops when it is spent, and the
+    # lr decay follows whichever of steps and time is further along, so a budgeted run ends annealed on any
+    # machine (at the price of an lr that depends on the machine's speed: no exact resume then)
+    time_budget_minutes: float = 0.0
+    # wall: elapsed time. cpu: this process's CPU time / torch threads, i.e. the wall time the run would
+    # take with its threads to itself (for a machine shared with other jobs)
+    budget_clock: Literal["wall", "cpu"] = "wall"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
     # weights a pretraining run starts from: a model folder, checkpoint, run folder or .safetensors
@@ -85,6 +95,9 @@ class TrainConfig:
         _check(self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         _check(self.max_bad_steps >= 1, f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        budget = self.time_budget_minutes
+        _check(budget >= 0, f"time_budget_minutes must be >= 0 (0 = none), got {budget}")
+        _check(self.threads >= 0, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         _check(not self.init_parts or bool(self.init), f"init_parts {self.init_parts} needs init (a weights path)")
         _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _check(

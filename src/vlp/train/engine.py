@@ -14,6 +14,11 @@ all-reduce of a few numbers (loss, non-finite flags, stop request, samples) that
 keeps ranks in agreement, then the optimizer step or — for a non-finite loss —
 a skipped step. Checkpoints are written only between optimizer steps, so a
 resumed run continues exactly where the saved one was.
+
+``train.time_budget_minutes`` ends a run early: the budget spent (the ranks'
+mean, agreed in the same all-reduce, and carried across resumes in the
+checkpoint) also moves the lr decay along, and when it is spent the run
+checkpoints and stops with ``stopped_by = "time budget"``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ from torch import nn
 
 from vlp.config import ConfigError
 from vlp.io.checkpoints import CheckpointError, CheckpointManager
-from vlp.layers.ema import WeightEMA
+from vlp.layers.ema import WeightEMA, warmup_decay
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.train import distributed as dist_utils
 from vlp.train.guards import (
@@ -53,6 +59,7 @@ from vlp.train.schedule import LRSchedule
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # what _restore reads from a checkpoint's state.pt (see _save)
 _STATE_KEYS = ("step", "epoch", "batches_in_epoch", "optimizer", "schedule", "scaler", "guard", "ranks")
+BUDGET_STOP = "time budget"  # TrainResult.stopped_by when train.time_budget_minutes ended the run (not a signal)
 
 
 @dataclass
@@ -94,6 +101,15 @@ def set_epoch(loader: Any, epoch: int) -> None:
             return
 
 
+def budget_clock(kind: str) -> Callable[[], float]:
+    """Seconds on the clock of ``train.budget_clock``: ``wall`` (elapsed) or ``cpu`` (this process's CPU time
+    over its torch threads: the wall time the run would take with its threads to itself)."""
+    if kind == "cpu":
+        threads = max(1, torch.get_num_threads())
+        return lambda: time.process_time() / threads
+    return time.perf_counter
+
+
 def _on_main(info: dist_utils.DistInfo, fn, *args: Any) -> Any:
     """Run ``fn`` on rank 0 and hand its result (or its ConfigError) to every rank,
     so that an error on rank 0 does not leave the others waiting forever."""
@@ -125,8 +141,12 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         dist: dist_utils.DistInfo | None = None,
+        resume_may_change: tuple[str, ...] = (),
     ) -> None:
+        """``resume_may_change``: recipe keys besides :data:`~vlp.train.run_dir.RESUME_MAY_CHANGE` that a
+        resumed run may change (settings of what the job does after training)."""
         self.module, self.loader = module, loader
+        self.resume_may_change = resume_may_change
         self.train, self.optim_cfg, self.schedule_cfg = train, optim, schedule
         self.run_dir = Path(run_dir)
         self.recipe = recipe
@@ -137,10 +157,13 @@ class Trainer:
         self._iter = None
         self._replay = 0  # batches to skip on the first iteration (loaders without state_dict)
         self._pending: Any = None  # the first batch, drawn in _setup to check the data before any file is written
+        self.budget_used = 0.0  # seconds of train.time_budget_minutes spent (restored on resume)
 
     # ----------------------------------------------------------------- set-up
     def _setup(self) -> None:
         info, train = self.info, self.train
+        if train.threads:
+            torch.set_num_threads(train.threads)
         if train.precision == "fp16" and info.device.type != "cuda":
             raise ConfigError("train.precision: fp16 needs a CUDA device (with a grad scaler); use bf16 on CPU")
         if self.schedule_cfg.warmup_steps > train.steps:
@@ -238,7 +261,7 @@ class Trainer:
             before = self.checkpoints.step_of(Path(path))
         weights, state, ema_state = loaded
         if self.recipe is not None and state.get("recipe"):
-            check_resume_recipe(self.run_dir, state["recipe"], self.recipe)
+            check_resume_recipe(self.run_dir, state["recipe"], self.recipe, self.resume_may_change)
         dist_utils.load_model_state(self.model, weights)
         dist_utils.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -251,6 +274,7 @@ class Trainer:
                 self.ema.load_state_dict(ema_state)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batches_in_epoch = int(state["batches_in_epoch"])
+        self.budget_used = float(state.get("budget_used_s", 0.0))  # absent in checkpoints of older versions
         ranks = state["ranks"]
         if len(ranks) != info.world_size:
             dist_utils.main_print(
@@ -321,6 +345,7 @@ class Trainer:
                 "schedule": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "guard": self.guard.state_dict(),
+                "budget_used_s": self.budget_used,
                 "ranks": ranks,
                 "world_size": self.info.world_size,
                 "recipe": self.recipe or {},
@@ -341,10 +366,17 @@ class Trainer:
         start_step, start_time = self.step, time.perf_counter()
         interval_start, interval_samples, total_samples = start_time, 0.0, 0.0
         loss_value, stopped_by, last_checkpoint = None, None, None
+        saved_step = self.step  # a resumed run's step has its checkpoint; step 0 needs none
+        budget_s = train.time_budget_minutes * 60.0
+        clock = budget_clock(train.budget_clock)
+        clock_start, used_before = clock(), self.budget_used
         try:
             with StopSignals() as signals:
                 while self.step < train.steps:
-                    lr_factor = self.schedule.apply(self.step)
+                    if budget_s and self.budget_used >= budget_s:  # the agreed value of the last all-reduce
+                        stopped_by = BUDGET_STOP
+                        break
+                    lr_factor = self.schedule.apply(self.step, self.budget_used / budget_s if budget_s else 0.0)
                     loss_sum, logs_sum, micro, n_samples = self._forward_backward(autocast)
                     dist_utils.sync_replicated_grads(self.model)  # FSDP's unsharded scalars
                     self.scaler.unscale_(self.optimizer)  # no-op unless fp16
@@ -352,7 +384,8 @@ class Trainer:
                     if self.optim_cfg.grad_clip > 0:
                         grad_norm = dist_utils.clip_grad_norm(self.params, self.optim_cfg.grad_clip).float()
                     # one small all-reduce (and the step's only host sync) keeps the ranks' decisions identical
-                    flags = torch.tensor([float(signals.requested is not None), float(n_samples)])
+                    used = used_before + clock() - clock_start
+                    flags = torch.tensor([float(signals.requested is not None), float(n_samples), used])
                     stats = torch.cat(
                         [
                             torch.stack([loss_sum, grad_norm]),
@@ -361,8 +394,9 @@ class Trainer:
                         ]
                     )
                     dist_utils.all_reduce_sum(stats)
-                    loss_total, norm_total, bad_loss, bad_grad, stop, samples = stats.tolist()
+                    loss_total, norm_total, bad_loss, bad_grad, stop, samples, used = stats.tolist()
                     loss_value = loss_total / (accum * info.world_size)
+                    self.budget_used = used / info.world_size  # the ranks' mean: one lr and one stop for all
 
                     # fp16 overflow in the gradients is the scaler's business, not an error
                     if bad_loss > 0 or (bad_grad > 0 and not self.scaler.is_enabled()):
@@ -377,7 +411,9 @@ class Trainer:
                         if callable(after_step):
                             after_step()
                         if self.ema is not None:
-                            self.ema.update()
+                            # step + 1 updates so far, this one included
+                            warm = warmup_decay(train.ema_decay, self.step + 1) if train.ema_warmup else None
+                            self.ema.update(decay=warm)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step += 1
                     interval_samples += samples
@@ -393,18 +429,28 @@ class Trainer:
                         if self.optim_cfg.grad_clip > 0:
                             record["grad_norm"] = norm_total / info.world_size
                         record.update(skipped=self.guard.skipped, elapsed_s=now - start_time)
+                        if budget_s:
+                            record["budget_used_s"] = self.budget_used
                         self.metrics.write(record)
                         interval_start, interval_samples = now, 0.0
-                    self.progress.update(1, loss_value, self.optim_cfg.lr * lr_factor, rate)
+                    budget = self.budget_used / budget_s if budget_s else None
+                    self.progress.update(1, loss_value, self.optim_cfg.lr * lr_factor, rate, budget)
 
                     periodic = train.checkpoint_every and self.step % train.checkpoint_every == 0
                     if stop > 0 or periodic or self.step == train.steps:
-                        last_checkpoint = self._save()
+                        last_checkpoint, saved_step = self._save(), self.step
                     if stop > 0:
                         name = signal.Signals(signals.requested).name if signals.requested else "a signal"
                         stopped_by = name if signals.requested else "a signal on another rank"
                         self.progress.write(f"stopped by {stopped_by} at step {self.step}; saved {last_checkpoint}")
                         break
+                if stopped_by == BUDGET_STOP:
+                    if saved_step != self.step:
+                        last_checkpoint, saved_step = self._save(), self.step
+                    self.progress.write(
+                        f"time budget of {train.time_budget_minutes:g} min ({train.budget_clock} clock) spent at "
+                        f"step {self.step}; saved {last_checkpoint or 'nothing new'}"
+                    )
         except (RuntimeError, MemoryError) as err:
             if is_out_of_memory(err):
                 raise TrainingAborted(

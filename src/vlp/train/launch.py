@@ -61,11 +61,20 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, *extra]
 
 
+def exit_code(stopped_by: str | None) -> int:
+    """0 for a run that ended (its steps or its time budget), 143 / 130 for one a signal stopped."""
+    from vlp.train.engine import BUDGET_STOP
+
+    if stopped_by in (None, BUDGET_STOP):
+        return 0
+    return 143 if stopped_by == "SIGTERM" else 130
+
+
 def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..., object], name: str) -> int:
     """Join the process group, build the job (``build(rank=, world_size=)``), train it.
 
-    Returns the exit code: 0 done, 1 aborted by a guard, 130 / 143 stopped by SIGINT / SIGTERM
-    (after writing a checkpoint).
+    Returns the exit code: 0 done (its steps or its time budget), 1 aborted by a guard, 130 / 143 stopped by
+    SIGINT / SIGTERM (after writing a checkpoint).
     """
     from vlp.config import ConfigError
     from vlp.train import distributed as dist_utils
@@ -92,7 +101,7 @@ def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..
             return 1
     finally:
         dist_utils.cleanup()
-    code = 143 if result.stopped_by == "SIGTERM" else 130 if result.stopped_by else 0
+    code = exit_code(result.stopped_by)
     if info.world_size > 1:
         dist_utils.exit_process(code)
     return code

@@ -93,7 +93,16 @@ class Progress:
             total=total, initial=initial, disable=not (is_main and show_bar), unit="step", dynamic_ncols=True
         )
 
-    def update(self, steps: int, loss: float | None = None, lr: float | None = None, rate: float | None = None):
+    def update(
+        self,
+        steps: int,
+        loss: float | None = None,
+        lr: float | None = None,
+        rate: float | None = None,
+        budget: float | None = None,
+    ) -> None:
+        """``budget``: the fraction of a time budget spent (the bar's total is train.steps, which the budget
+        may cut short)."""
         self.rate = rate if rate is not None else self.rate  # shown until the next measurement
         if loss is not None:
             parts = {"loss": f"{loss:.4g}"}
@@ -101,6 +110,8 @@ class Progress:
                 parts["lr"] = f"{lr:.3g}"
             if self.rate is not None:
                 parts["samples/s"] = f"{self.rate:.1f}"
+            if budget is not None:
+                parts["time budget"] = f"{budget:.0%}"
             self.bar.set_postfix(parts, refresh=False)
         self.bar.update(steps)
 

@@ -72,7 +72,8 @@ RESUME_MAY_CHANGE = (
     *(f"train.{key}" for key in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "progress")),
     *(f"train.{key}" for key in ("tensorboard", "num_workers", "max_bad_steps", "device", "compile")),
     *(f"train.{key}" for key in ("grad_checkpointing", "distributed", "find_unused_parameters", "precision")),
-    *(f"train.{key}" for key in ("ema_decay", "init", "init_parts")),
+    *(f"train.{key}" for key in ("ema_decay", "ema_warmup", "init", "init_parts")),
+    *(f"train.{key}" for key in ("time_budget_minutes", "budget_clock", "threads")),
     *(f"optim.{key}" for key in ("lr", "weight_decay", "betas", "eps", "grad_clip")),
     "schedule",
     "init",
@@ -89,22 +90,23 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
-def _may_change(key: str, in_both: bool) -> bool:
-    if any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE):
+def _may_change(key: str, in_both: bool, also: tuple[str, ...] = ()) -> bool:
+    if any(key == k or key.startswith(f"{k}.") for k in (*RESUME_MAY_CHANGE, *also)):
         return True
     # a module's lr may change, but not which modules have their own lr (that changes the optimizer's groups)
     return in_both and key.startswith("optim.module_lr.")
 
 
-def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"key: A in the run, B now"`` for every dotted key that differs and a resumed run may not change."""
+def recipe_differences(saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...] = ()) -> list[str]:
+    """``"key: A in the run, B now"`` for every dotted key that differs and a resumed run may not change
+    (``may_change``: dotted keys a job adds to :data:`RESUME_MAY_CHANGE`, e.g. what it does after training)."""
     # compare as YAML sees them (tuples are lists, as in the saved recipe.yaml)
     old = _flatten(yaml.safe_load(yaml.safe_dump(saved)) or {})
     new = _flatten(yaml.safe_load(yaml.safe_dump(current)) or {})
     found = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if a == b or _may_change(key, a is not _ABSENT and b is not _ABSENT):
+        if a == b or _may_change(key, a is not _ABSENT and b is not _ABSENT, may_change):
             continue
         shown = ["(absent)" if v is _ABSENT else yaml.safe_dump(v, default_flow_style=True).strip() for v in (a, b)]
         shown = [v[: -len("...")].strip() if v.endswith("...") else v for v in shown]  # YAML's end-of-document
@@ -112,10 +114,12 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return found
 
 
-def check_resume_recipe(run_dir: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def check_resume_recipe(
+    run_dir: str | Path, saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...] = ()
+) -> None:
     """Refuse to resume the run in ``run_dir`` (trained with ``saved``) with a recipe that differs in what
     its checkpoint holds; the error names each differing key and both values."""
-    found = recipe_differences(saved, current)
+    found = recipe_differences(saved, current, may_change)
     if found:
         shown = "; ".join(found[:12]) + (f"; ... ({len(found)} in all)" if len(found) > 12 else "")
         raise ConfigError(
