@@ -13,7 +13,7 @@ import pytest
 import vlp
 
 SRC = Path(vlp.__file__).parent
-PACKAGES = ["captioning", "decoding", "refexp", "vqa"]
+PACKAGES = ["captioning", "decoding", "perception", "probe", "refexp", "retrieval", "tagging", "vqa", "zeroshot"]
 ENTRY_POINTS = ("evaluate", "finetune", "predict")
 TOP_LAYER = ("commands", "cli", "cli.py", "demo")
 

@@ -13,8 +13,8 @@ from typing import Any
 from vlp.config import to_dict
 from vlp.data.config import DataConfig
 from vlp.io.folders import LoadedModel, load_model
-from vlp.tasks.captioning import DecodeOptions
 from vlp.tasks.common import eval_data_config, model_data_config, resolve_device
+from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.reporting import metrics_table, write_json, write_results
 from vlp.tasks.zeroshot import BY
 

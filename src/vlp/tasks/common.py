@@ -13,13 +13,22 @@ pixel statistics always come from the model's recipe, so evaluation sees what tr
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+import torch
+from PIL import Image
+
+from vlp.config import ConfigError, apply_overrides, family_name, from_dict, read_yaml, to_dict
+from vlp.data import build_dataset
+from vlp.data.batch import Batch
+from vlp.data.collate import LoaderCollate
 from vlp.data.config import DataConfig
 from vlp.data.detect import DATA_KINDS, detect_data
+from vlp.data.image_io import ImageError, decode_image
+from vlp.data.transforms import ImageTransform, Item
 from vlp.io.folders import LoadedModel, load_model
 
 # the table and JSON writers live in their own module; re-exported for the tasks and callers of ``common``
@@ -39,8 +48,6 @@ def task_recipe_path(name: str) -> Path:
 
 def resolve_device(device: str = "auto") -> Any:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
-    import torch
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -113,8 +120,6 @@ def eval_data_config(
 
 def build_eval_dataset(config: DataConfig, split: str, tokenizer: Any = None) -> Any:
     """The evaluation dataset of ``split`` (eval transform; caption formats indexed one record per image)."""
-    from vlp.data import build_dataset
-
     return build_dataset(config, split, tokenizer, train=False, shuffle=False)
 
 
@@ -134,8 +139,6 @@ def iterate_batches(
     """
     from torch.utils.data import DataLoader
 
-    from vlp.data.collate import LoaderCollate
-
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     collate = LoaderCollate(tokenizer, max_text_len, num_answers)
@@ -147,16 +150,23 @@ def iterate_batches(
             yield item.batch
 
 
+def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
+    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
+    out = []
+    for i, image in enumerate(images):
+        if not isinstance(image, (str, Path, Image.Image)):
+            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
+        try:
+            out.append(decode_image(image, None, max_pixels)[0])
+        except ImageError as err:
+            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
+    return out
+
+
 def preprocess_images(images: Sequence[Any], config: DataConfig) -> Any:
     """PIL images or paths -> normalized ``(B, 3, S, S)`` float tensor with the eval transform of ``config``."""
-    import random
-
-    import torch
-    from PIL import Image
-
-    from vlp.data.image_io import ImageError, decode_image
-    from vlp.data.transforms import ImageTransform, Item
-
     if isinstance(images, (str, Path, Image.Image)):
         raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
     transform = ImageTransform(config.image_size, config.transform, train=False)
@@ -190,11 +200,7 @@ def check_texts(texts: Sequence[str], name: str = "texts") -> list[str]:
 
 def image_batch(model: Any, images: Sequence[Any]) -> Any:
     """A :class:`~vlp.data.batch.Batch` of preprocessed ``images`` for ``model`` (pixel models only)."""
-    from vlp.data.batch import Batch
-
     vision = getattr(getattr(model, "cfg", None), "vision", None)
-    from vlp.config import family_name
-
     if vision is not None and family_name(vision) == "region":
         raise ValueError(
             "this model reads detector region features, not pixels: predict from PIL images needs a pixel "

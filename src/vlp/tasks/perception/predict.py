@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vlp.tasks.common import model_data_config, preprocess_images
+from vlp.tasks.common import load_upright, model_data_config, preprocess_images
 from vlp.tasks.perception.head import check_dense, dense_similarity, heat_box, heat_to_image
-from vlp.tasks.refexp.inputs import load_upright
 from vlp.tasks.zeroshot.head import class_embeddings, encode_texts
 
 

@@ -36,6 +36,7 @@ boxes -> a batch), ``finetune``, ``evaluate`` and ``predict``; the metrics are i
 """
 
 from vlp.metrics.refexp import centre_box_chance, pixel_ious, view_box_to_pixels
+from vlp.tasks.common import load_upright
 from vlp.tasks.refexp.evaluate import eval_data_for, evaluate
 from vlp.tasks.refexp.finetune import (
     BoxRegressor,
@@ -58,7 +59,7 @@ from vlp.tasks.refexp.head import (
     resolve_mode,
     trained_mode,
 )
-from vlp.tasks.refexp.inputs import load_upright, pixels_to_view_box
+from vlp.tasks.refexp.inputs import pixels_to_view_box
 from vlp.tasks.refexp.predict import locate, predict
 from vlp.tasks.refexp.proposals import proposal_scores
 

@@ -1,6 +1,5 @@
-"""A user's inputs to referring-expression inference -> a batch: images loaded upright, region files
-or dicts, candidate boxes in pixels mapped into the model's view. :func:`load_upright` is shared
-with the perception task."""
+"""A user's inputs to referring-expression inference -> a batch: region files or dicts, and candidate
+boxes in pixels mapped into the model's view."""
 
 from __future__ import annotations
 
@@ -9,27 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vlp.data.batch import Batch
 from vlp.data.collate import collate, pad_sample_regions
-from vlp.data.image_io import ImageError, decode_image
 from vlp.data.sources.regions import RegionError, load_regions
-
-
-def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
-    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
-    if isinstance(images, (str, Path, Image.Image)):
-        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
-    out = []
-    for i, image in enumerate(images):
-        if not isinstance(image, (str, Path, Image.Image)):
-            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
-        try:
-            out.append(decode_image(image, None, max_pixels)[0])
-        except ImageError as err:
-            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
-    return out
 
 
 def region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tuple[Batch, list[tuple[float, float]]]:
@@ -86,4 +68,4 @@ def candidate_boxes(candidates: list[Any], sizes: list[tuple[int, int]], eval_cr
     return padded["region_boxes"], padded["region_mask"]
 
 
-__all__ = ["candidate_boxes", "load_upright", "pixels_to_view_box", "region_batch"]
+__all__ = ["candidate_boxes", "pixels_to_view_box", "region_batch"]

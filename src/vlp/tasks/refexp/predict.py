@@ -13,9 +13,9 @@ import torch
 
 from vlp.data.batch import Batch
 from vlp.metrics.refexp import view_box_to_pixels
-from vlp.tasks.common import check_texts, model_data_config, preprocess_images
+from vlp.tasks.common import check_texts, load_upright, model_data_config, preprocess_images
 from vlp.tasks.refexp.head import predict_normalized, trained_mode
-from vlp.tasks.refexp.inputs import candidate_boxes, load_upright, region_batch
+from vlp.tasks.refexp.inputs import candidate_boxes, region_batch
 
 
 def predict(
