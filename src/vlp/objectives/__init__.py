@@ -5,8 +5,9 @@ A recipe lists them by name with their options::
     objectives: {itc: {weight: 1.0}, itm: {weight: 1.0, negatives: hard},
                  mlm: {weight: 1.0, strategy: whole_word, prob: 0.15}}
 
-``validate_objectives`` checks such a mapping (unknown objective or option ->
-ConfigError naming ``objectives.<name>.<key>``) and fills in the defaults;
+Each key names a member of the :class:`ObjectiveConfig` family. ``validate_objectives``
+checks such a mapping (unknown objective or option -> ConfigError naming
+``objectives.<name>.<key>``) and returns the typed configs, defaults filled in;
 ``build_objectives`` turns it into ``{name: (weight, module)}`` and
 ``Pretraining(model, objectives)`` sums them for the training engine.
 """
