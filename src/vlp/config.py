@@ -151,7 +151,11 @@ def _at_default(config: Any, f: dataclasses.Field) -> bool:
 
 
 def part(family: type[Family], name: str, module_cls: Callable[..., Any]) -> Callable[[type[T]], type[T]]:
-    """Register a config dataclass as family member ``name`` that builds ``module_cls``."""
+    """Register a config dataclass as family member ``name`` that builds ``module_cls``.
+
+    ``module_cls`` takes the config as its only argument (:func:`build`), except for heads, whose
+    builder also takes the model's widths: ``builder(cfg, ctx)`` (:func:`vlp.models.heads.build_heads`).
+    """
 
     def decorate(config_cls: type[T]) -> type[T]:
         config_cls.builds = module_cls  # type: ignore[attr-defined]
