@@ -71,6 +71,8 @@ def test_center_crop_hand_worked() -> None:
     # 40/60; then the crop starts at x = (53 - 40) // 2 = 6: box x 10..30 -> 0.625..13.875, y 20..50 -> 13.33..33.33
     out = CenterCrop(40)(_scene(), random.Random(0))
     np.testing.assert_allclose(out.boxes[0], [10 * 53 / 80 - 6, 20 * 2 / 3, 30 * 53 / 80 - 6, 50 * 2 / 3])
+    # what the 40x40 output shows of the 80x60 original: resized x 6..46 at 53/80 pixels per pixel, all of y
+    np.testing.assert_allclose(CenterCrop(40).view(80, 60), [6 * 80 / 53, 0, 46 * 80 / 53, 60])
     # resized to a shorter side of 45 (60x45), then the centred 40x40 from (10, 2): x scales by 0.75, y too
     config = TransformConfig(eval_crop="center", eval_size=(45, 45), mean=(0, 0, 0), std=(1, 1, 1))
     tensor, item = ImageTransform(40, config)(_scene(), random.Random(0))

@@ -158,9 +158,18 @@ class ResizeCrop:
         left, top = (new_w - crop_w) // 2, (new_h - crop_h) // 2
         return (new_w, new_h), (left, top, left + crop_w, top + crop_h)
 
+    def view(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width x height`` image the output shows, xyxy in that image's pixels (for mapping
+        a box or map in the model's view back onto the original image)."""
+        (new_w, new_h), (left, top, right, bottom) = self.window(width, height)
+        sx, sy = width / new_w, height / new_h
+        return left * sx, top * sy, right * sx, bottom * sy
+
     def __call__(self, item: Item, rng: random.Random) -> Item:
         width, height = item.image.size
         (new_w, new_h), (left, top, right, bottom) = self.window(width, height)
+        # resize all, then crop, as transformers does: one resize of just the crop box (PIL's box=) would
+        # resample fewer pixels (a 4:3 image at 224: ~0.3 ms less) but changes a few pixel values by 1-18 levels
         image = item.image if (new_w, new_h) == (width, height) else item.image.resize((new_w, new_h), self.resample)
         if (left, top, right, bottom) != (0, 0, new_w, new_h):
             image = image.crop((left, top, right, bottom))
