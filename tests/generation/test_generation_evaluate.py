@@ -97,3 +97,42 @@ def test_evaluate_generation_end_to_end(tiny_model, tokenizer):
     assert set(results["clip_score"]) == {"generated", "real", "mismatched"}
     assert all(0 <= v <= 100 for v in results["clip_score"].values())
     assert "CLIP-score" in format_results(results)
+
+
+def test_eval_generation_on_the_captions_of_a_caption_folder(tiny_model, tokenizer, tmp_path, capsys):
+    """`vlp eval generation --data FOLDER`: the val captions are the prompts; the real CLIP-score equals one
+    computed here from the image files, the mismatched one pairs each image with the caption half the list away."""
+    import json
+
+    from PIL import Image
+
+    from vlp.cli import main
+    from vlp.generation.model import save_generator
+
+    colours = {"red": (215, 38, 38), "blue": (40, 90, 220), "green": (40, 160, 60), "yellow": (230, 200, 30)}
+    folder = tmp_path / "folder"
+    (folder / "images").mkdir(parents=True)
+    records = []
+    for i, (name, rgb) in enumerate(colours.items()):
+        Image.new("RGB", (16, 16), rgb).save(folder / "images" / f"{name}.png")
+        sentence = {"raw": f"a {name} circle", "tokens": ["a", name, "circle"], "sentid": i}
+        records.append({"filepath": "images", "filename": f"{name}.png", "split": "val", "sentences": [sentence]})
+    (folder / "dataset_colours.json").write_text(json.dumps({"images": records}))
+    torch.manual_seed(0)
+    dual = vlp.create_model("clip-tiny").eval()
+    vlp.save_pretrained(dual, tmp_path / "dual", tokenizer=tokenizer)
+    save_generator(tiny_model, tmp_path / "gen")
+    args = ["eval", "generation", "--model", str(tmp_path / "gen"), "--data", str(folder), "--sampling-steps", "2"]
+    args += ["--prompts", "4", "--out", str(tmp_path / "out")]
+    assert main(args) == 2  # CLIP-score needs the encoder
+    assert "--data: scoring the captions of other data needs --dual-encoder" in capsys.readouterr().err
+    assert main(args + ["--dual-encoder", str(tmp_path / "dual")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert "attribute_accuracy" not in results and results["settings"]["images"] == 4
+    captions = [f"a {name} circle" for name in colours]
+    pixels = torch.stack([torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1 for rgb in colours.values()])
+    real = pixels[:, :, None, None].expand(4, 3, 16, 16)
+    expected = float(clip_scores(dual, tokenizer, real, captions).mean())
+    assert results["clip_score"]["real"] == pytest.approx(expected, abs=1e-4)
+    assert 0 <= results["clip_score"]["generated"] <= 100 and 0 <= results["clip_score"]["mismatched"] <= 100
+    assert "CLIP-score" in capsys.readouterr().out

@@ -13,6 +13,11 @@ ShapesWorld renders of the same prompts:
 - CLIP-score, given a vlp dual encoder: generated vs real images with their prompts,
   and generated images with mismatched prompts (another shape and another colour).
 
+A model trained on other captions (``vlp train-generation --data FOLDER``) is scored on a split of a
+caption dataset instead (:func:`evaluate_on_captions`, ``vlp eval generation --data FOLDER``): its
+captions are the prompts, CLIP-score against the real images of those captions and against the captions
+of other images. Attribute accuracy and layout IoU need ShapesWorld's known shapes and colours.
+
 This module only imports torch inside its functions, since ``vlp eval`` imports it to
 build its parser.
 """
@@ -23,6 +28,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from vlp.config import ConfigError
 
 CHANCE = {"shape": 1 / 6, "color": 1 / 7, "both": 1 / 42}
 
@@ -160,14 +167,7 @@ def evaluate_generation(
             "kind": model.cfg.control.kind,
         }
     if dual_encoder is not None:
-        if isinstance(dual_encoder, (str, Path)):
-            from vlp.io.saving import load, load_tokenizer
-
-            folder = dual_encoder
-            dual_encoder = load(folder)
-            dual_tokenizer = dual_tokenizer or load_tokenizer(folder)
-        if dual_tokenizer is None:
-            raise ValueError("dual_encoder given as a model: pass dual_tokenizer too")
+        dual_encoder, dual_tokenizer = _dual(dual_encoder, dual_tokenizer)
         mismatched = _other_prompt(prompts, samples)  # wrong shape and wrong colour
         results["clip_score"] = {
             "generated": float(clip_scores(dual_encoder, dual_tokenizer, images, prompts).mean()),
@@ -177,8 +177,115 @@ def evaluate_generation(
     return results
 
 
+def caption_pairs(
+    data: Any, image_size: int, tokenizer: Any, split: str = "val", count: int = 64
+) -> tuple[list[str], Any]:
+    """The first ``count`` (caption, image) pairs of ``split`` of a caption dataset: the captions and the images
+    ``(N, 3, image_size, image_size)`` in [-1, 1]. ``data``: a :class:`vlp.data.DataConfig` or a folder whose
+    format is recognised (Karpathy, ALBEF JSON, manifest, WebDataset)."""
+    import dataclasses
+
+    import torch
+
+    from vlp.data import build_loader
+    from vlp.data.config import DataConfig
+    from vlp.data.detect import DATA_KINDS, detect_data
+    from vlp.data.registry import LOADERS
+    from vlp.generation.data import CaptionImages
+
+    if not isinstance(data, DataConfig):
+        data = DataConfig(**detect_data(data, DATA_KINDS["captions"]).data_section())
+    options = dict(data.options)
+    spec = LOADERS.get(data.type)
+    if spec is not None and "mode" in {f.name for f in dataclasses.fields(spec.options)}:
+        options.setdefault("mode", "pairs")  # one caption per sample, not the retrieval layout
+    data = dataclasses.replace(data, image_size=image_size, options=options)
+    loader = CaptionImages(build_loader(data, split, tokenizer, min(count, 64), train=False), data.transform)
+    captions, images = [], []
+    for batch in loader:
+        captions += batch.captions
+        images.append(batch.images)
+        if len(captions) >= count:
+            break
+    if len(captions) < 2:
+        raise ValueError(f"data ({data.type}, split {split!r}): {len(captions)} caption(s); scoring needs at least 2")
+    return captions[:count], torch.cat(images)[:count]
+
+
+def evaluate_on_captions(
+    model: Any,
+    data: Any,
+    dual_encoder: Any,
+    *,
+    split: str = "val",
+    count: int = 64,
+    steps: int = 50,
+    guidance: float = 3.0,
+    eta: float = 0.0,
+    seed: int = 0,
+    dual_tokenizer: Any = None,
+    batch_size: int = 64,
+    grid: str | Path | None = None,
+) -> dict[str, Any]:
+    """CLIP-score of ``model``'s images for the captions of a caption dataset's ``split`` (one image each):
+    ``generated`` (with their captions), ``real`` (the dataset's images with their captions) and ``mismatched``
+    (generated images with the caption of the image half the list away)."""
+    import torch
+
+    from vlp.generation.data import to_uint8
+    from vlp.generation.model import load_generator
+    from vlp.generation.scoring import clip_scores
+
+    if isinstance(model, (str, Path)):
+        model = load_generator(model)
+    dual_encoder, dual_tokenizer = _dual(dual_encoder, dual_tokenizer)
+    prompts, real = caption_pairs(data, model.cfg.image_size, model.tokenizer, split, count)
+    device = model.null_context.device
+    generated = []
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        tokens = model.tokenizer(prompts[start : start + batch_size], max_length=model.text.cfg.max_positions)
+        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
+        tokens = tokens.to(device)
+        generated.append(model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator).cpu())
+    images = torch.cat(generated)
+    if grid is not None:
+        from vlp.generation.images import save_grid
+
+        save_grid(to_uint8(images), rows=1, path=grid, scale=2)
+    half = len(prompts) // 2
+    mismatched = prompts[half:] + prompts[:half]
+    return {
+        "clip_score": {
+            "generated": float(clip_scores(dual_encoder, dual_tokenizer, images, prompts).mean()),
+            "real": float(clip_scores(dual_encoder, dual_tokenizer, real, prompts).mean()),
+            "mismatched": float(clip_scores(dual_encoder, dual_tokenizer, images, mismatched).mean()),
+        },
+        "settings": {"images": len(prompts), "split": split, "steps": steps, "guidance": guidance, "seed": seed},
+    }
+
+
+def _dual(dual_encoder: Any, dual_tokenizer: Any) -> tuple[Any, Any]:
+    """A dual encoder and its tokenizer from a folder (or as given)."""
+    if isinstance(dual_encoder, (str, Path)):
+        from vlp.io.saving import load, load_tokenizer
+
+        folder = dual_encoder
+        dual_encoder = load(folder)
+        dual_tokenizer = dual_tokenizer or load_tokenizer(folder)
+    if dual_tokenizer is None:
+        raise ValueError("dual_encoder given as a model: pass dual_tokenizer too")
+    return dual_encoder, dual_tokenizer
+
+
 def format_results(results: dict[str, Any]) -> str:
-    """A small plain-text table of :func:`evaluate_generation`'s results."""
+    """A small plain-text table of :func:`evaluate_generation`'s (or :func:`evaluate_on_captions`') results."""
+    if "attribute_accuracy" not in results:
+        cs, s = results["clip_score"], results["settings"]
+        return (
+            f"CLIP-score              generated {cs['generated']:.2f}  real {cs['real']:.2f}  "
+            f"mismatched {cs['mismatched']:.2f}\n({s['images']} captions of split {s['split']}, {s['steps']} DDIM "
+            f"steps, guidance {s['guidance']}, seed {s['seed']})"
+        )
     lines = ["attribute accuracy      shape   colour  both"]
     for row in ("generated", "real", "chance"):
         acc = results["attribute_accuracy"][row]
@@ -209,7 +316,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = evaluate_generation(
+    if args.data:
+        if not args.dual_encoder:
+            raise ConfigError("--data: scoring the captions of other data needs --dual-encoder (CLIP-score)")
+        results = evaluate_on_captions(
+            args.model, args.data, args.dual_encoder, split=args.split, count=args.prompts, steps=args.sampling_steps,
+            guidance=args.guidance, eta=args.eta, seed=args.seed, grid=args.grid,
+        )  # fmt: skip
+    else:
+        results = _shapes_results(args)
+    print(format_results(results))
+    if args.out:
+        path = Path(args.out) / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+def _shapes_results(args: argparse.Namespace) -> dict[str, Any]:
+    return evaluate_generation(
         args.model,
         samples=args.samples,
         steps=args.sampling_steps,
@@ -222,13 +348,6 @@ def run_eval(args: argparse.Namespace) -> int:
         grid=args.grid,
         progress=True,
     )
-    print(format_results(results))
-    if args.out:
-        path = Path(args.out) / "results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"wrote {path}")
-    return 0
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -248,6 +367,12 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dual-encoder", default=None, help="vlp dual-encoder model folder for CLIP-score")
     parser.add_argument("--no-control", action="store_true", help="ignore the model's ControlNet branch")
+    parser.add_argument(
+        "--data", default=None, metavar="FOLDER", help="score the captions of a caption dataset instead of "
+        "ShapesWorld's 42 attribute prompts (CLIP-score only: needs --dual-encoder)",
+    )  # fmt: skip
+    parser.add_argument("--split", default="val", help="split of --data whose captions are the prompts")
+    parser.add_argument("--prompts", type=int, default=64, help="captions of --data to generate for")
     parser.add_argument("--grid", default=None, metavar="FILE",
                         help="PNG file to write the generated images to (rows = prompts)")  # fmt: skip
     parser.add_argument("--out", default=None, help="folder for results.json (default: print only)")
@@ -255,4 +380,12 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_eval)
 
 
-__all__ = ["CHANCE", "attribute_prompts", "evaluate_generation", "format_results", "register_eval"]
+__all__ = [
+    "CHANCE",
+    "attribute_prompts",
+    "caption_pairs",
+    "evaluate_generation",
+    "evaluate_on_captions",
+    "format_results",
+    "register_eval",
+]
