@@ -119,8 +119,9 @@ def test_no_file_outside_the_indexed_roots_is_named_or_sent(served_files, loaded
         status, body = request(running.url + "/search?q=a+red+circle&k=10")
         assert status == 200 and sorted(r["id"] for r in body["results"]) == list(range(8))
         assert all("secret" not in r["name"] and ".." not in r["name"] for r in body["results"])
-        for path in ("/image/8", "/image/9", "/image/10", "/image/-1", "/image/..%2F..%2Fsecret.png",
-                     "/image/%2e%2e/secret.png", "/static/..%2F..%2Fsecret.png", "/static/../../secret.png"):  # fmt: skip
+        attempts = ["/image/8", "/image/9", "/image/10", "/image/-1", "/image/..%2F..%2Fsecret.png",
+                    "/image/%2e%2e/secret.png", "/static/..%2F..%2Fsecret.png", "/static/../../secret.png"]  # fmt: skip
+        for path in attempts:
             req = urllib.request.Request(running.url + path)
             try:
                 with urllib.request.urlopen(req, timeout=10) as response:
