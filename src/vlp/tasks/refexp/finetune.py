@@ -136,7 +136,7 @@ def build_finetuning(
     mode = resolve_mode(model, opts.mode)
     ensure_refexp_head(model, mode, opts.hidden, opts.cells)
     name = head_name(mode)
-    recipe.model.heads[name] = dict(model.cfg.heads.get(name, {}))  # the run's saved recipe rebuilds the head
+    recipe.model.heads[name] = model.cfg.heads[name]  # the run's saved recipe rebuilds the head
     loader = build_loader(
         recipe.data, "train", tokenizer, recipe.train.batch_size, num_workers=recipe.train.num_workers,
         rank=rank, world_size=world_size, pin_memory=torch.cuda.is_available(),

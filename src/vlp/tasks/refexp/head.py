@@ -10,7 +10,7 @@ import torch
 from vlp.config import ConfigError, family_name
 from vlp.data.batch import Batch
 from vlp.metrics.boxes import elementwise_box_iou
-from vlp.models.heads import HeadContext, build_heads
+from vlp.models.heads import HeadContext, build_heads, validate_heads
 from vlp.tasks.common import has_fusion
 from vlp.tasks.refexp.proposals import fused_image_width, proposal_scores
 
@@ -65,7 +65,7 @@ def ensure_refexp_head(model: Any, mode: str, hidden: int = 0, cells: int = 2) -
         raise ConfigError("refexp mode regions: the fusion module does not update the image tokens")
     device = next(model.parameters()).device
     model.heads[name] = build_heads({name: options}, ctx)[name].to(device)
-    model.cfg.heads[name] = options
+    model.cfg.heads[name] = validate_heads({name: options})[name]
 
 
 def _fuse(model: Any, batch: Batch) -> tuple[Any, Any]:

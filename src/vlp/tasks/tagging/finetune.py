@@ -80,6 +80,6 @@ def build_finetuning(
     if opts.class_names and opts.class_names != names:
         raise ConfigError(f"task.class_names: {opts.class_names} differ from the data's categories {names}; remove it")
     ensure_tagging_head(model, names, opts.pool)
-    recipe.model.heads[HEAD] = dict(model.cfg.heads[HEAD])  # the run's saved recipe rebuilds the head
+    recipe.model.heads[HEAD] = model.cfg.heads[HEAD]  # the run's saved recipe rebuilds the head
     task["class_names"] = names
     return TaggingClassifier(model, opts.min_area, recipe.data.image_size), loader

@@ -10,7 +10,7 @@ import torch
 
 from vlp.config import ConfigError, from_dict
 from vlp.data.batch import Batch
-from vlp.models.heads import HeadContext, TaggingHeadConfig, build_heads
+from vlp.models.heads import HeadContext, TaggingHeadConfig, build_heads, validate_heads
 
 HEAD = "tagging"
 
@@ -43,11 +43,11 @@ def ensure_tagging_head(model: Any, class_names: Sequence[str], pool: str = "aut
         current = head_options(model)
         same = (current.num_classes, current.pool) == (len(class_names), pool)
         if same and current.class_names in ([], options["class_names"]):
-            model.cfg.heads[HEAD] = options
+            model.cfg.heads[HEAD] = validate_heads({HEAD: options})[HEAD]
             return
     device = next(model.parameters()).device
     model.heads[HEAD] = build_heads({HEAD: options}, HeadContext(vision_dim=model.vision.dim))[HEAD].to(device)
-    model.cfg.heads[HEAD] = options
+    model.cfg.heads[HEAD] = validate_heads({HEAD: options})[HEAD]
 
 
 def tag_logits(model: Any, batch_or_images: Batch | torch.Tensor, pool: str | None = None) -> torch.Tensor:

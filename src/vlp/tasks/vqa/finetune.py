@@ -119,7 +119,7 @@ def build_finetuning(
         if opts.answer_vocab and opts.answer_vocab != vocab:
             raise ConfigError("task.answer_vocab: differs from the vocabulary the data loader built; remove it")
         ensure_vqa_head(model, len(vocab), opts.hidden)
-        recipe.model.heads["vqa"] = dict(model.cfg.heads["vqa"])  # the run's saved recipe rebuilds the head
+        recipe.model.heads["vqa"] = model.cfg.heads["vqa"]  # the run's saved recipe rebuilds the head
         module: nn.Module = VQAClassifier(model)
     else:
         module = VQAGenerator(model, tokenizer, opts.style, opts.label_smoothing, recipe.data.max_text_len)

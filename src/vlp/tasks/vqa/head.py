@@ -9,7 +9,7 @@ import torch
 
 from vlp.config import ConfigError
 from vlp.data.batch import Batch
-from vlp.models.heads import HeadContext, build_heads
+from vlp.models.heads import HeadContext, build_heads, validate_heads
 from vlp.tasks.common import has_fusion
 from vlp.tasks.decoding import DecodeOptions
 
@@ -33,7 +33,7 @@ def ensure_vqa_head(model: Any, num_answers: int, hidden: int = 0) -> None:
     ctx = HeadContext(pooled_dim=model.fusion.pooled_dim)
     device = next(model.parameters()).device
     model.heads["vqa"] = build_heads({"vqa": options}, ctx)["vqa"].to(device)
-    model.cfg.heads["vqa"] = options
+    model.cfg.heads["vqa"] = validate_heads({"vqa": options})["vqa"]
 
 
 def dataset_vocab(dataset: Any) -> list[str]:
