@@ -121,12 +121,15 @@ class LoadedModel:
     source: str = ""
 
 
-def load_model(path: str | Path, tokenizer: Any = None, device: Any = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path, tokenizer: Any = None, device: Any = "cpu", require_tokenizer: bool = True
+) -> LoadedModel:
     """Load a model, run or checkpoint folder (see the module docstring) for use.
 
     Weights must cover every parameter and buffer of the model; a missing one is an error that
     names it (evaluating a half-initialized model silently would be worse). ``tokenizer``: a
-    Tokenizer, a tokenizer path, or None = found by :func:`tokenizer_for`.
+    Tokenizer, a tokenizer path, or None = found by :func:`tokenizer_for`; with
+    ``require_tokenizer=False`` a model without one loads with ``tokenizer=None`` (image-only use).
     """
     path = Path(path)
     folder, weights_file = weights_of(path, "--model")
@@ -151,8 +154,38 @@ def load_model(path: str | Path, tokenizer: Any = None, device: Any = "cpu") -> 
         raise ConfigError(f"{weights_file}: shapes do not fit the model: {', '.join(bad[:5])}")
     model.load_state_dict({k: weights[k] for k in own})
     model.to(device).eval()
-    found = tokenizer_for(tokenizer, folder, recipe, data.get("init"))
+    try:
+        found = tokenizer_for(tokenizer, folder, recipe, data.get("init"))
+    except ConfigError:
+        if require_tokenizer or tokenizer is not None:
+            raise
+        found = None
     return LoadedModel(model, found, recipe, dict(task), str(weights_file))
+
+
+def load_any(
+    path: str | Path, tokenizer: Any = None, device: Any = "cpu", require_tokenizer: bool = True
+) -> LoadedModel:
+    """Any model a user holds, ready for use: a model, run or checkpoint folder (:func:`load_model`), or a
+    transformers folder, OpenCLIP checkpoint or hub model id read as it is (:func:`from_pretrained`) with the
+    tokenizer files that came with it (or ``tokenizer``). Image preprocessing is the model's own either way
+    (the recipe's data section, which a converted or read checkpoint takes from its processor settings)."""
+    local = Path(path)
+    # vlp's own folders: a model or run folder holds recipe.yaml; a checkpoint folder sits in checkpoints/
+    own = (local / RECIPE_NAME).is_file() or (local / CHECKPOINTS).is_dir() or local.parent.name == CHECKPOINTS
+    if local.is_dir() and own:
+        return load_model(local, tokenizer, device, require_tokenizer)
+    try:
+        folder = resolve(path)
+        model = from_pretrained(folder)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--model: {err}") from err
+    model.to(device).eval()
+    home = folder if folder.is_dir() else folder.parent
+    found = None
+    if tokenizer is not None or has_tokenizer(home) or require_tokenizer:
+        found = tokenizer_for(tokenizer, home, getattr(model, "recipe", None))
+    return LoadedModel(model, found, getattr(model, "recipe", None), {}, str(folder))
 
 
 def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any) -> Any:
@@ -194,6 +227,7 @@ __all__ = [
     "from_pretrained",
     "has_tokenizer",
     "is_model_folder",
+    "load_any",
     "load_model",
     "load_tokenizer",
     "model_weights",
