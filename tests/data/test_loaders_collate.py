@@ -91,3 +91,13 @@ def test_loader_collate_sets_skips_aside() -> None:
     assert item.skips == [skipped] and item.consumed == 3 and len(item.batch) == 2
     empty = LoaderCollate()([skipped])
     assert empty.batch is None and empty.consumed == 1
+
+
+def test_images_of_different_sizes_are_named() -> None:
+    """An eval rule that keeps the aspect ratio (eval_resize vilt) gives each image its own size: the batch
+    error names the sizes and the way out instead of torch.stack's bare message."""
+    samples = [{"image": torch.zeros(3, 32, 48), "meta": {"image": "a.png"}},
+               {"image": torch.zeros(3, 32, 32), "meta": {"image": "b.png"}}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"images of different sizes in one batch: \(32, 48\) \(a.png\), "
+                                         r"\(32, 32\) \(b.png\).*batch size 1"):  # fmt: skip
+        collate(samples)

@@ -77,6 +77,14 @@ def collate(
     if not samples:
         return Batch(**fields)
     if any("image" in s for s in samples):
+        sizes = [tuple(s["image"].shape[-2:]) if "image" in s else None for s in samples]
+        if len(set(sizes) - {None}) > 1:  # an eval rule that keeps the aspect ratio (transform.eval_resize: vilt)
+            named = ", ".join(f"{size} ({m.get('image', '?')})" for size, m in zip(sizes, meta) if size is not None)
+            raise ValueError(
+                f"images of different sizes in one batch: {named} (height, width); the transform keeps each "
+                "image's aspect ratio (transform.eval_resize vilt or none): evaluate with batch size 1, or set "
+                "eval_resize: exact"
+            )
         fields["images"] = torch.stack([s["image"] for s in samples])
     if all("text" in s for s in samples):
         texts = [s["text"] for s in samples]
