@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import vlp
 from vlp.config import ConfigError
-from vlp.data.config import CLIP_MEAN, CLIP_STD, DataConfig
+from vlp.data.config import CLIP_MEAN, CLIP_STD, DataConfig, TransformConfig
 from vlp.tasks import common
 from vlp.text import Tokenizer
 
@@ -91,6 +91,10 @@ def test_preprocess_images_resizes_and_normalizes(tmp_path):
             torch.testing.assert_close(out[row, c], torch.full((16, 16), expected), atol=1e-5, rtol=0)
     with pytest.raises(TypeError, match="single image"):
         common.preprocess_images(path, DataConfig())
+    # ViLT's rule keeps the aspect ratio: 50x40 -> 20x16, 32x32 -> 16x16 (multiples of 4); named, not a stack error
+    vilt = DataConfig(image_size=16, transform=TransformConfig(eval_resize="vilt", size_divisor=4))
+    with pytest.raises(ValueError, match=r"different sizes \[\(16, 20\), \(16, 16\)\] \(height, width\)"):
+        common.preprocess_images([path, Image.new("RGB", (32, 32))], vilt)
 
 
 def test_metrics_table_and_results_json(tmp_path):

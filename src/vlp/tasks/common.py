@@ -182,6 +182,12 @@ def preprocess_images(images: Sequence[Any], config: DataConfig) -> Any:
         tensors.append(tensor)
     if not tensors:
         raise ValueError("images: got an empty list")
+    sizes = [tuple(t.shape[-2:]) for t in tensors]
+    if len(set(sizes)) > 1:  # an eval rule that keeps the aspect ratio (transform.eval_resize vilt or none)
+        raise ValueError(
+            f"images come out at different sizes {sizes} (height, width) under transform.eval_resize "
+            f"{config.transform.eval_resize!r}: pass them one at a time"
+        )
     return torch.stack(tensors)
 
 
