@@ -11,7 +11,9 @@ import torch
 from PIL import Image, ImageDraw
 
 import vlp
+from vlp.io.embeddings import EmbeddingWriter
 from vlp.recipe import recipe_dict
+from vlp.tasks.common import image_batch, load_model
 from vlp.text import Tokenizer
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -48,15 +50,11 @@ def image_folder(root: Path) -> list[Path]:
 
 
 def write_embeddings(model_folder: Path, paths: list[Path], out: Path, listed: list[str] | None = None) -> np.ndarray:
-    """``out/meta.json`` + ``out/embeddings-00000.npy`` + ``out/paths.txt`` (``listed`` overrides the path lines)."""
-    loaded = vlp.tasks.common.load_model(model_folder)
+    """An embeddings folder of ``paths`` as ``vlp predict embed`` writes it (``listed`` overrides the keys)."""
+    loaded = load_model(model_folder)
     with torch.no_grad():
-        vectors = loaded.model.encode_image(vlp.tasks.common.image_batch(loaded.model, paths)).numpy()
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "embeddings-00000.npy", vectors.astype(np.float32))
-    (out / "paths.txt").write_text("\n".join(listed or [str(p) for p in paths]) + "\n", encoding="utf-8")
-    meta = {"dim": int(vectors.shape[1]), "count": len(paths), "shards": ["embeddings-00000.npy"]}
-    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        vectors = loaded.model.encode_image(image_batch(loaded.model, paths)).numpy()
+    EmbeddingWriter(out, str(model_folder)).write_shard(listed or [str(p) for p in paths], vectors)
     return vectors
 
 

@@ -173,30 +173,41 @@ def test_a_streamed_body_over_the_limit_is_cut_off_with_413(server):
 def test_gate_bounds_concurrent_calls_and_answers_503_and_504_without_waiting_on_speed():
     import asyncio
 
-    release, inside, peak, lock = threading.Event(), [0], [0], threading.Lock()
+    def holder(release: threading.Event, counts: dict[str, int], lock: threading.Lock):
+        def held() -> str:
+            with lock:
+                counts["inside"] += 1
+                counts["peak"] = max(counts["peak"], counts["inside"])
+            release.wait(20)  # held until the test lets go, whatever the machine's speed
+            with lock:
+                counts["inside"] -= 1
+            return "done"
 
-    def held() -> str:
-        with lock:
-            inside[0] += 1
-            peak[0] = max(peak[0], inside[0])
-        release.wait(20)  # held until the test lets go, whatever the machine's speed
-        with lock:
-            inside[0] -= 1
-        return "done"
+        return held
 
-    async def scenario() -> tuple[list, int, int]:
+    async def scenario() -> tuple[list, list, dict]:
+        first, second, lock = threading.Event(), threading.Event(), threading.Lock()
+        stuck = {"inside": 0, "peak": 0}
         gate = Gate(limit=2, timeout_s=0.3)
-        outcomes = await asyncio.gather(*(gate.run(held) for _ in range(3)), return_exceptions=True)
-        statuses = sorted(o.status for o in outcomes if isinstance(o, RequestError))
+        outcomes = await asyncio.gather(
+            *(gate.run(holder(first, stuck, lock)) for _ in range(3)), return_exceptions=True
+        )
         # the two admitted calls passed the deadline (504), the third never got a slot (503)
-        release.set()
+        statuses = sorted(o.status for o in outcomes if isinstance(o, RequestError))
+        first.set()
+        counts = {"inside": 0, "peak": 0}
         waiting = Gate(limit=2, timeout_s=20)
-        done = await asyncio.gather(*(waiting.run(held) for _ in range(5)))
-        return statuses, done, peak[0]
+        calls = asyncio.gather(*(waiting.run(holder(second, counts, lock)) for _ in range(5)))
+        for _ in range(2000):  # until two calls are inside (bounded: 20 s)
+            if counts["inside"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        second.set()
+        return statuses, await calls, counts
 
-    statuses, done, most = asyncio.run(scenario())
+    statuses, done, counts = asyncio.run(scenario())
     assert statuses == [503, 504, 504]
-    assert done == ["done"] * 5 and most <= 2
+    assert done == ["done"] * 5 and counts["peak"] == 2
 
 
 def test_serve_binds_to_localhost_unless_told_otherwise_and_limits_are_options():

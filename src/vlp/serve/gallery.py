@@ -8,13 +8,14 @@ in it, a symlink out of the roots or a file that is gone is never served.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlp.io.embeddings import META_NAME, read_embeddings
 
 
 class Gallery:
@@ -108,39 +109,25 @@ class Gallery:
 
 
 def open_gallery(folder: str | Path, roots: Sequence[str | Path] | None = None) -> Gallery:
-    """The gallery of an embeddings folder: ``meta.json`` (its ``shards``: ``.npy`` files of ``(n, D)``
-    float32 rows, in order) + ``paths.txt`` (one image path per row, relative paths relative to the folder)
-    and optionally ``captions.txt``; or a ``vlp index build`` folder, searched through its own index."""
+    """The gallery of a ``vlp index build`` folder (searched through its own index) or of an embeddings
+    folder as ``vlp predict embed`` writes it (:mod:`vlp.io.embeddings`; searched exactly).
+
+    Relative image paths are taken from the current folder, as ``vlp predict embed`` was given them.
+    ``roots``: the folders whose images may be shown; default: the index's own, else the deepest folder
+    holding every listed image.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--index: {folder} is not a folder")
     opened = _retrieval_index(folder, roots)
     if opened is not None:
         return opened
-    meta_file, paths_file = folder / "meta.json", folder / "paths.txt"
-    for needed in (meta_file, paths_file):
-        if not needed.is_file():
-            raise FileNotFoundError(
-                f"--index: {folder} has no {needed.name}; expected a `vlp index build` folder or embeddings "
-                "(meta.json + .npy shards + paths.txt, as `vlp predict embed` writes them)"
-            )
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    shards = meta.get("shards") if isinstance(meta, dict) else None
-    if not isinstance(shards, list) or not shards:
-        raise ValueError(f"{meta_file}: expected a 'shards' list of .npy files, got {shards!r}")
-    parts = [np.load(folder / (s if isinstance(s, str) else s["file"]), allow_pickle=False) for s in shards]
-    vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    paths = [_absolute(line, folder) for line in paths_file.read_text(encoding="utf-8").splitlines() if line]
-    captions_file = folder / "captions.txt"
-    captions = captions_file.read_text(encoding="utf-8").splitlines() if captions_file.is_file() else None
-    if len(paths) != len(vectors):
-        raise ValueError(f"{paths_file}: {len(paths)} paths for {len(vectors)} embeddings; they must match row by row")
-    return Gallery(vectors, paths, roots if roots else meta.get("roots"), captions)
-
-
-def _absolute(line: str, folder: Path) -> str:
-    path = Path(line)
-    return str(path if path.is_absolute() else folder / path)
+    if not (folder / META_NAME).is_file():
+        raise FileNotFoundError(
+            f"--index: {folder} has no {META_NAME}; expected a `vlp index build` folder or `vlp predict embed` output"
+        )
+    vectors, keys = read_embeddings(folder)
+    return Gallery(vectors, [os.path.abspath(k) for k in keys], roots or None)
 
 
 def _retrieval_index(folder: Path, roots: Sequence[str | Path] | None) -> Gallery | None:
