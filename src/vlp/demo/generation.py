@@ -6,7 +6,8 @@ The demo's own models are fastest on one thread, so the second core of a 2-core 
 the time budget, so the run ends annealed), and the report labels the samples with how long the model
 trained. The full recipe (``vlp train-generation t2i-shapes``) trains for 15 minutes on 2 cores;
 ``vlp demo --generator RUN/model`` draws from such a model instead. Training renders its own one-object
-ShapesWorld scenes (:class:`vlp.generation.data.ShapesStream`), so it needs nothing from the demo's data.
+ShapesWorld scenes (:class:`vlp.generation.data.ShapesStream`), so it needs nothing from the demo's data, and
+runs on the training engine like every vlp run (its checkpoints are in ``runs/generation/checkpoints``).
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@
 - :mod:`~vlp.generation.diffusion`: noise schedules, DDPM loss, DDIM sampler, guidance.
 - :mod:`~vlp.generation.controlnet`: the trainable encoder copy joined by zero-initialised convs.
 - :mod:`~vlp.generation.model`: :class:`TextToImageModel` (vlp text encoder + U-Net), save / load.
-- :mod:`~vlp.generation.data`: ShapesWorld scenes rendered on the fly, captions, layout / edge maps.
-- :mod:`~vlp.generation.train`: recipe-driven training (``vlp train-generation``).
-- :mod:`~vlp.generation.evaluate`: attribute accuracy, layout IoU and CLIP-score (``vlp eval generation``).
+- :mod:`~vlp.generation.data`: ShapesWorld scenes rendered on the fly, captions, layout / edge maps, and any
+  caption dataset of :mod:`vlp.data` as training batches.
+- :mod:`~vlp.generation.train`: recipes, run on the training engine (``vlp train-generation``).
+- :mod:`~vlp.generation.evaluate`: attribute accuracy, layout IoU and CLIP-score (``vlp eval generation``), or
+  CLIP-score on the captions of any caption dataset.
 
 Submodules are imported on first use so that ``vlp --help`` stays fast.
 """
