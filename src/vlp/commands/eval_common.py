@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlp.config import to_dict
+from vlp.config import ConfigError, to_dict
 from vlp.data.config import DataConfig
 from vlp.io.folders import LoadedModel, load_model
 from vlp.tasks.common import eval_data_config, model_data_config, resolve_device
@@ -19,8 +21,10 @@ from vlp.tasks.reporting import metrics_table, write_json, write_results
 from vlp.tasks.zeroshot import BY
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "test") -> None:
-    """The options every ``vlp eval TASK`` shares."""
+def add_eval_arguments(
+    parser: argparse.ArgumentParser, default_split: str | None = "test", split_help: str | None = None
+) -> None:
+    """The options every ``vlp eval TASK`` shares (``split_help`` replaces ``--split``'s help text)."""
     parser.add_argument("--model", required=True, help="save_pretrained folder, run folder or checkpoint folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: saved with the model)")
     parser.add_argument(
@@ -31,7 +35,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser, default_split: str = "te
         "--format", default=None, help="read --data as this loader type instead of recognising it: shapesworld, "
         "karpathy, albef, manifest, vqav2, refcoco, coco_instances, webdataset (default: recognised)",
     )  # fmt: skip
-    parser.add_argument("--split", default=default_split, help=f"split to evaluate (default: {default_split})")
+    parser.add_argument("--split", default=default_split,
+                        help=split_help or f"split to evaluate (default: {default_split})")  # fmt: skip
     parser.add_argument("--out", default=None, help="folder for results.json and predictions (default: print only)")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per forward pass (default: 64)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -122,6 +127,44 @@ def decode_options(args: argparse.Namespace) -> DecodeOptions:
         min_new_tokens=args.min_new_tokens, length_penalty=args.length_penalty, top_p=args.top_p,
         repetition_penalty=args.repetition_penalty, seed=args.seed,
     )  # fmt: skip
+
+
+def class_names_option(value: str | None, data: DataConfig) -> tuple[list[str] | None, DataConfig]:
+    """``--class-names``: comma-separated names, or a file (one name per line, a JSON list, or for an
+    image folder a JSON mapping folder -> name). Returns ``(names, data)``: a file naming an image
+    folder's classes goes into the data options (the reader maps folders to names) and names is None."""
+    if not value:
+        return None, data
+    path = Path(value).expanduser()
+    if path.is_file():
+        if data.type == "image_folder":
+            options = {**data.options, "class_names": str(path.resolve())}
+            return None, dataclasses.replace(data, options=options)
+        names = read_class_names_list(path)
+        return names, data
+    if path.suffix.lower() in (".txt", ".json", ".csv"):
+        raise ConfigError(f"--class-names: {path}: file not found (or pass comma-separated names)")
+    return [n.strip() for n in value.split(",") if n.strip()], data
+
+
+def read_class_names_list(path: Path) -> list[str]:
+    """Class names in order from a text file (one per line) or a JSON list."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--class-names: {path}: cannot read it as UTF-8 text ({err})") from err
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--class-names: {path}: not valid JSON ({err})") from err
+    if isinstance(data, dict):
+        raise ConfigError(f"--class-names: {path}: a mapping folder -> name names the classes of an image folder; "
+                          "for this data give the names in order (one per line or a JSON list)")  # fmt: skip
+    if not isinstance(data, list) or not all(isinstance(n, str) and n.strip() for n in data):
+        raise ConfigError(f"--class-names: {path}: expected a JSON list of non-empty names")
+    return [n.strip() for n in data]
 
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:

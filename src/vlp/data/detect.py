@@ -5,7 +5,8 @@ say what they are) in the folder, its ``annotations/`` sub-folder and its ``shar
 never reading a whole file: a Karpathy ``dataset_*.json``, VQAv2 question / annotation files,
 ``refs(*).p`` + ``instances.json``, COCO ``instances_*.json``, ALBEF/BLIP caption lists,
 WebDataset ``.tar`` shards, JSONL / CSV manifests, a ShapesWorld folder (``meta.json`` written by
-``vlp data synth``), and an image folder with one sub-folder per class. A file name that contains
+``vlp data synth``), and an image folder with one sub-folder per class (directly, or under split
+folders ``train/``, ``val/``, ``test/`` as ImageNet lays it out). A file name that contains
 a split (``train``, ``val2014``, ...) becomes a ``{split}`` template, so every split is found.
 
 The caller names the loader types it can read (a task's ``wants``); exactly one match is used
@@ -14,12 +15,14 @@ and said, none or several is a :class:`~vlp.config.ConfigError` that lists what 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError
+from vlp.data.sources.image_folder import SPLIT_FOLDERS  # ImageNet's layout: <split>/<class>/<image>
 
 SPLITS = ("train", "restval", "val", "minival", "test", "testdev", "dev", "holdout")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -31,7 +34,7 @@ DATA_KINDS: dict[str, tuple[str, ...]] = {
     "captions": ("albef", "karpathy", "manifest", "webdataset"),
     "vqa": ("vqav2",),
     "refcoco": ("refcoco",),
-    "instances": ("coco_instances",),
+    "instances": ("coco_instances", "image_folder"),  # zero-shot and probe read class folders too
 }
 
 
@@ -81,7 +84,13 @@ def _templated(files: list[Path], root: Path) -> dict[str, list[str]]:
 
 
 def _is_image_folder(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+    """True when an image file lies in ``folder`` or below it (ImageFolder reads class folders recursively);
+    the walk stops at the first image."""
+    for _, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files if not f.startswith(".")):
+            return True
+    return False
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -143,13 +152,28 @@ def find_candidates(root: str | Path) -> list[Detected]:
         pattern = re.sub(r"\d+(?=\.tar$)", "*", template) if "{split}" in template else template
         if not any(d.type == "webdataset" and d.paths["shards"] == pattern for d in found):
             add("webdataset", "shards", pattern, covered)
-    classes = _class_folders(root)
+    split_classes = _split_class_folders(root)
+    classes = [] if split_classes else _class_folders(root)  # train/ val/ of class folders are no classes
     if classes:
         names = [p.name for p in classes]
         found.append(
             Detected("image_folder", str(root), {}, {}, [f"{len(names)} class folders: {', '.join(names[:5])}"])
         )
+    if split_classes:
+        names = sorted({p.name for folders in split_classes.values() for p in folders})
+        splits = ", ".join(f"{s}/" for s in split_classes)
+        evidence = [f"{splits} of {len(names)} class folders: {', '.join(names[:5])}"]
+        found.append(Detected("image_folder", str(root), {}, {}, evidence))
     return found
+
+
+def _split_class_folders(root: Path) -> dict[str, list[Path]]:
+    """ImageNet's layout: every sub-folder is a split (train/, val/, ...) of class folders; else {}."""
+    subfolders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if not subfolders or not all(p.name.lower() in SPLIT_FOLDERS for p in subfolders):
+        return {}
+    found = {p.name.lower(): _class_folders(p) for p in subfolders}
+    return found if all(found.values()) else {}
 
 
 def _expand(template: str) -> list[str]:

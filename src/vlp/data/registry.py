@@ -29,6 +29,7 @@ from vlp.data.config import DataConfig
 from vlp.data.sources.albef import read_albef
 from vlp.data.sources.coco_instances import read_coco_instances
 from vlp.data.sources.common import SourceIndex, read_json
+from vlp.data.sources.image_folder import read_image_folder
 from vlp.data.sources.karpathy import read_karpathy
 from vlp.data.sources.manifest import CsvFormat, read_manifest
 from vlp.data.sources.refcoco import read_refcoco
@@ -321,6 +322,23 @@ def _coco_instances(ctx: Context) -> SourceIndex:
     options = ctx.options
     return read_coco_instances(ctx.paths["instances"], ctx.paths["images"], options.include_crowd,
                                options.skip_empty, ctx.config.strict)  # fmt: skip
+
+
+@dataclass
+class ImageFolderOptions(CommonOptions):
+    class_names: str = ""  # a file naming the classes (lines / JSON list in sorted-folder order, or folder -> name)
+    test_fraction: float = 0.3  # one folder without split folders: the seeded share of each class in "test"
+    split_seed: int = 0
+
+
+@register_loader("image_folder", ImageFolderOptions, {"images": ""},
+                 "one sub-folder of images per class (ImageFolder), optionally under train/ val/ test/")  # fmt: skip
+def _image_folder(ctx: Context) -> SourceIndex:
+    options = ctx.options
+    names = Path(options.class_names).expanduser() if options.class_names else None
+    if names is not None and not names.is_absolute():
+        names = ctx.root / names
+    return read_image_folder(ctx.paths["images"], ctx.split, names, options.test_fraction, options.split_seed)
 
 
 register_loader("webdataset", StreamOptions, {"shards": None}, "WebDataset tar shards (img2dataset layout)")(None)

@@ -1,4 +1,5 @@
-"""Single-label classification metrics: top-k accuracy, mean per-class accuracy, top-1 accuracy."""
+"""Single-label classification metrics: top-k accuracy, mean per-class accuracy (= mean per-class recall),
+top-1 accuracy, per-class recall and the confusion matrix."""
 
 from __future__ import annotations
 
@@ -26,9 +27,41 @@ def mean_class_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * sum(per) / len(per)
 
 
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(C, C)`` counts: row = true class, column = predicted class (scikit-learn's orientation)."""
+    if pred.shape != labels.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and labels {tuple(labels.shape)} must match")
+    for name, values in (("pred", pred), ("labels", labels)):
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got [{int(values.min())}, {int(values.max())}]")
+    flat = labels.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_recall(matrix: torch.Tensor) -> list[float | None]:
+    """Recall (percent) of each class of a confusion matrix; None for a class without images."""
+    totals = matrix.sum(1)
+    return [100.0 * float(matrix[c, c]) / float(totals[c]) if totals[c] else None for c in range(matrix.shape[0])]
+
+
+def mean_per_class_recall(matrix: torch.Tensor) -> float:
+    """Mean over the classes that have images of their recall (clip_benchmark's ``mean_per_class_recall``)."""
+    recalls = [r for r in per_class_recall(matrix) if r is not None]
+    if not recalls:
+        raise ValueError("mean per-class recall: the confusion matrix holds no images")
+    return sum(recalls) / len(recalls)
+
+
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent of predicted class indices ``pred (N,)`` against ``labels (N,)``."""
     return 100.0 * (pred == labels).double().mean().item()
 
 
-__all__ = ["accuracy", "mean_class_accuracy", "topk_accuracy"]
+__all__ = [
+    "accuracy",
+    "confusion_matrix",
+    "mean_class_accuracy",
+    "mean_per_class_recall",
+    "per_class_recall",
+    "topk_accuracy",
+]

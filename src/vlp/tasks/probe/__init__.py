@@ -13,16 +13,20 @@ classifier on L2-normalized features (``prototype``) and the logistic-regression
 fixed ``C`` (``probe``). A class with fewer than ``k`` images uses all it has.
 
 Labels and features come from :mod:`vlp.tasks.zeroshot.labels` (COCO instances; ShapesWorld: shape,
-colour or colour-shape of the main object). ``vlp eval probe`` runs both protocols. The probe is
-evaluation-only: it fits on frozen features and has no fine-tuning step or predict API.
+colour or colour-shape of the main object; or an image folder with one sub-folder per class). Without
+a val split of its own (an image folder's train/ + val/ layout, or one folder split by seed), ``C``
+is chosen on a seeded part of the train split (:func:`carve_validation`). ``vlp eval probe`` runs
+both protocols. The probe is evaluation-only: it fits on frozen features and has no fine-tuning
+step or predict API.
 """
 
-from vlp.tasks.probe.evaluate import DEFAULT_CS, evaluate, few_shot, linear_probe, sample_shots
+from vlp.tasks.probe.evaluate import DEFAULT_CS, carve_validation, evaluate, few_shot, linear_probe, sample_shots
 from vlp.tasks.probe.head import LinearClassifier, fit_logistic, prototype_classifier
 
 __all__ = [
     "DEFAULT_CS",
     "LinearClassifier",
+    "carve_validation",
     "evaluate",
     "few_shot",
     "fit_logistic",

@@ -58,6 +58,23 @@ def sample_shots(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
+def carve_validation(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit indices, validation indices)``: a seeded ``fraction`` of each class's examples held out
+    (at least one of a class with two or more, never all), for choosing ``C`` without a val split."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"probe: the validation fraction must lie in (0, 1), got {fraction}")
+    held = []
+    for c in sorted(labels.unique().tolist()):
+        members = (labels == c).nonzero().flatten().tolist()
+        take = min(max(round(len(members) * fraction), 1), len(members) - 1) if len(members) >= 2 else 0
+        held.extend(random.Random(f"{seed}:{c}").sample(members, take))
+    held_set = set(held)
+    fit = [i for i in range(len(labels)) if i not in held_set]
+    if not held:
+        raise ConfigError("probe: no class has two training images, so none can be held out to choose C")
+    return torch.tensor(fit, dtype=torch.long), torch.tensor(sorted(held), dtype=torch.long)
+
+
 def few_shot(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
@@ -103,8 +120,10 @@ def evaluate(
     objects: str = "largest",
     features: str = "embed",
     train_split: str = "train",
-    val_split: str = "val",
+    val_split: str | None = "val",
     split: str = "test",
+    val_fraction: float = 0.2,
+    val_seed: int = 0,
     Cs: Sequence[float] = DEFAULT_CS,
     shots: Sequence[int] = (1, 5),
     seeds: int = 3,
@@ -115,22 +134,37 @@ def evaluate(
 ) -> dict[str, Any]:
     """Linear probe and few-shot accuracy (percent) of ``model``'s frozen image features.
 
-    ``data``: a DataConfig of COCO instances (ShapesWorld format ``instances``). The class names
-    come from the train split. Few-shot probes use the ``C`` the linear probe chose. Returns
+    ``data``: a DataConfig of COCO instances (ShapesWorld format ``instances``) or of an image
+    folder (``image_folder``, labelled by class folder). The class names come from the train split.
+    ``val_split`` None: ``C`` is chosen on a seeded ``val_fraction`` of each class of the train
+    split (:func:`carve_validation`), the linear probe refits on all of train, and few-shot draws
+    from all of train. Few-shot probes use the ``C`` the linear probe chose. Returns
     ``linear_probe`` (``accuracy``, ``C``, ``val``), ``few_shot`` (see :func:`few_shot`),
-    ``n_train``/``n_val``/``n_test``, ``n_classes``, ``class_names`` and ``chance``
+    ``n_train``/``n_val``/``n_test``, ``n_classes``, ``class_names``, ``split_sources`` (image
+    folders: which images the train, val and test splits hold) and ``chance``
     (``uniform``, ``majority``: always the most frequent training class, scored on test).
     """
 
-    def split_features(name: str, names: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    sources: dict[str, str] = {}  # an image folder says which images each split holds
+
+    def split_features(name: str, names: Any, role: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         dataset = build_eval_dataset(data, name, tokenizer)
+        extras = getattr(getattr(dataset, "index", None), "extras", {})
+        if "split_source" in extras:
+            sources[role] = extras["split_source"]
         return labelled_features(model, dataset, by, objects, names, data.root, features, batch_size, num_workers)
 
-    train_x, train_y, names = split_features(train_split, None)
-    val_x, val_y, _ = split_features(val_split, names)
-    test_x, test_y, _ = split_features(split, names)
+    train_x, train_y, names = split_features(train_split, None, "train")
+    test_x, test_y, _ = split_features(split, names, "test")
     num = len(names)
-    probe = linear_probe((train_x, train_y), (val_x, val_y), (test_x, test_y), num, Cs, backend)
+    if val_split is None:
+        fit, held = carve_validation(train_y, val_fraction, val_seed)
+        val_x, val_y = train_x[held], train_y[held]
+        sources["val"] = f"a seeded {val_fraction:g} of each class of the train split (seed {val_seed}), to choose C"
+        probe = linear_probe((train_x[fit], train_y[fit]), (val_x, val_y), (test_x, test_y), num, Cs, backend)
+    else:
+        val_x, val_y, _ = split_features(val_split, names, "val")
+        probe = linear_probe((train_x, train_y), (val_x, val_y), (test_x, test_y), num, Cs, backend)
     shots_out = few_shot((train_x, train_y), (test_x, test_y), num, shots, seeds, methods, probe["C"], backend)
     majority = torch.bincount(train_y, minlength=num).argmax()
     return {
@@ -141,4 +175,5 @@ def evaluate(
         "class_names": names,
         "features": features,
         "chance": {"uniform": 100.0 / num, "majority": accuracy(majority.expand_as(test_y), test_y)},
+        **({"split_sources": sources} if sources else {}),
     }  # fmt: skip

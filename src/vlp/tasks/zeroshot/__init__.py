@@ -4,11 +4,14 @@ Each class name is put into every prompt template ("a photo of a {}."); the text
 one class are L2-normalized, averaged over templates and renormalized (CLIP's ensembling), and an
 image is scored by ``exp(logit_scale) * image_embed @ class_embed`` (softmax = class probabilities):
 :mod:`vlp.tasks.zeroshot.head`. Metrics (:mod:`vlp.metrics.classification`): top-1 and top-5
-accuracy (top-k with ``k = min(5, classes)``) and mean per-class accuracy, in percent; ``chance``:
-uniform guessing (``k / C``) and always answering the most frequent class.
+accuracy (top-k with ``k = min(5, classes)``), mean per-class accuracy (= mean per-class recall) and
+per-class recall, in percent, and the confusion matrix (:func:`save_confusion_png` draws it);
+``chance``: uniform guessing (``k / C``) and always answering the most frequent class.
 
-Labelled images come from COCO instances (ShapesWorld: ``options.format: instances``;
-:mod:`vlp.tasks.zeroshot.labels`): the label of an image is its main object (``objects: largest``,
+Labelled images come from an image folder with one sub-folder per class (``image_folder``, as
+torchvision's ImageFolder and clip_benchmark lay it out; the class is the folder, named by the folder
+or by a class-names file) or from COCO instances (ShapesWorld: ``options.format: instances``;
+:mod:`vlp.tasks.zeroshot.labels`), where the label of an image is its main object (``objects: largest``,
 the biggest box) or the image is used only when it holds exactly one object (``objects: single``).
 ``by`` picks what is classified: the ``shape`` (the COCO category), the ``color`` (the
 ``attributes.color`` ShapesWorld writes) or the pair (``color_shape``, class names like "red
@@ -23,7 +26,7 @@ probe and few-shot protocols are in :mod:`vlp.tasks.probe`.
 Predict: :func:`classify` ``(model, tok, images, class_names, templates) -> (labels, probs)``.
 """
 
-from vlp.tasks.zeroshot.evaluate import evaluate, zero_shot_scores
+from vlp.tasks.zeroshot.evaluate import evaluate, save_confusion_png, zero_shot_scores
 from vlp.tasks.zeroshot.finetune import PromptContrastive, ZeroShotTask, build_finetuning
 from vlp.tasks.zeroshot.head import (
     TEMPLATE_SETS,
@@ -39,6 +42,7 @@ from vlp.tasks.zeroshot.labels import (
     class_vocabulary,
     dataset_colors,
     encode_images,
+    folder_labels,
     labelled_features,
     labelled_subset,
     record_label,
@@ -60,11 +64,13 @@ __all__ = [
     "encode_texts",
     "ensemble",
     "evaluate",
+    "folder_labels",
     "labelled_features",
     "labelled_subset",
     "logit_scale",
     "predict",
     "record_label",
     "resolve_templates",
+    "save_confusion_png",
     "zero_shot_scores",
 ]

@@ -1,6 +1,6 @@
-"""Labelled images of a COCO-instances split: the class of each image (its main object's shape, colour
-or both), the class vocabulary, and the frozen image features of the labelled images (zero-shot
-evaluation and the linear probe read them)."""
+"""Labelled images of a COCO-instances split (the class of each image is its main object's shape, colour
+or both) or of an image folder (the class is the image's class folder), the class vocabulary, and the
+frozen image features of the labelled images (zero-shot evaluation and the linear probe read them)."""
 
 from __future__ import annotations
 
@@ -65,13 +65,20 @@ def labelled_subset(
     """``(dataset indices, label indices, class names)`` of the images of a COCO-instances dataset.
 
     ``class_names`` (e.g. those a model was fine-tuned with) fixes the label order; images whose
-    label is not among them are an error, since they could never be classified correctly.
+    label is not among them are an error, since they could never be classified correctly. An
+    image-folder dataset is labelled by its class folders (:func:`folder_labels`; ``by`` and
+    ``objects`` do not apply).
     """
     if objects not in ("largest", "single"):
         raise ConfigError(f"objects: {objects!r} is not one of largest, single")
     index = getattr(dataset, "index", None)
+    if index is not None and "classes" in index.extras:
+        return folder_labels(index, class_names)
     if index is None or "categories" not in index.extras:
-        raise ConfigError("zero-shot data must be COCO instances (ShapesWorld: --format shapesworld reads them)")
+        raise ConfigError(
+            "zero-shot data must be COCO instances (ShapesWorld: --format shapesworld reads them) or an image "
+            "folder with one sub-folder per class (--format image_folder)"
+        )
     records, categories = index.records, index.extras["categories"]
     names = list(class_names) if class_names else class_vocabulary(by, categories, dataset_colors(root, records))
     position = {n: i for i, n in enumerate(names)}
@@ -87,6 +94,26 @@ def labelled_subset(
     if not indices:
         raise ConfigError(f"zero-shot: no image of the data qualifies (objects: {objects})")
     return indices, labels, names
+
+
+def folder_labels(index: Any, class_names: Sequence[str] | None = None) -> tuple[list[int], list[int], list[str]]:
+    """``(record indices, labels, class names)`` of an image-folder index (every image has its folder's class).
+
+    ``class_names`` renames the classes in sorted-folder order (one name per class folder).
+    """
+    names = list(index.extras["classes"])
+    if class_names:
+        if len(class_names) != len(names):
+            folders = index.extras.get("class_folders", names)
+            raise ConfigError(
+                f"class names: {len(class_names)} given for {len(names)} class folders "
+                f"({', '.join(folders[:5])}{', ...' if len(folders) > 5 else ''}); give one per folder in "
+                "sorted-folder order"
+            )
+        names = list(class_names)
+    if not index.records:
+        raise ConfigError("zero-shot: the image folder split holds no image")
+    return list(range(len(index.records))), [int(r["label"]) for r in index.records], names
 
 
 def batch_labels(batch: Batch, by: str, objects: str, categories: Sequence[str], names: Sequence[str]) -> torch.Tensor:
