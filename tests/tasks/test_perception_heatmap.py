@@ -61,7 +61,7 @@ def test_otsu_components_and_boxes_on_designed_maps():
     flat = perception.threshold_mask(np.ones((3, 3)))  # nothing exceeds the threshold: the peak is kept
     assert flat.any()
     # center crop: a 2x2 map covers the centred 4x4 square of a 6x4 image; outside it holds the minimum
-    heat = perception.heat_to_image(np.array([[0.0, 1.0], [2.0, 3.0]]), 6, 4, "center")
+    heat = perception.heat_to_image(np.array([[0.0, 1.0], [2.0, 3.0]]), 6, 4, (1, 0, 5, 4))
     assert heat.shape == (4, 6) and (heat[:, 0] == 0).all() and (heat[:, 5] == 0).all() and heat[3, 4] == 3.0
 
 

@@ -15,6 +15,8 @@ from torch import nn
 import vlp
 from vlp.config import ConfigError
 from vlp.data.batch import Batch
+from vlp.data.config import TransformConfig
+from vlp.data.transforms import eval_geometry
 from vlp.metrics import elementwise_box_iou
 from vlp.tasks import refexp
 from vlp.tasks.common import preprocess_images
@@ -160,9 +162,17 @@ def test_evaluate_counts_a_pixel_iou_of_exactly_one_half_as_a_hit(tok, monkeypat
 
 def test_view_box_to_pixels_follows_the_eval_transform():
     box = (0.5, 0.25, 1.0, 1.0)
-    assert refexp.view_box_to_pixels(box, 64, 48, "resize") == pytest.approx([32, 12, 64, 48])
+    assert refexp.view_box_to_pixels(box, (0, 0, 64, 48)) == pytest.approx([32, 12, 64, 48])
     # center: the model saw the centred 48 x 48 square, which starts at x = 8
-    assert refexp.view_box_to_pixels(box, 64, 48, "center") == pytest.approx([32, 12, 56, 48])
+    center = eval_geometry(48, TransformConfig(eval_crop="center")).view(64, 48)
+    assert refexp.view_box_to_pixels(box, center) == pytest.approx([32, 12, 56, 48])
+    # a 4:3 image at 7 px: resized to 9 x 7 (int(7 * 64 / 48)), crop offset (9 - 7) // 2 = 1 resized pixel,
+    # i.e. 64 / 9 original pixels; the view spans 7 resized pixels = 7 * 64 / 9
+    left, top, right, bottom = eval_geometry(7, TransformConfig(eval_crop="center")).view(64, 48)
+    assert (left, top, right, bottom) == pytest.approx((64 / 9, 0, 8 * 64 / 9, 48))
+    assert refexp.pixels_to_view_box(
+        refexp.view_box_to_pixels(box, (left, top, right, bottom)), (left, top, right, bottom)
+    ) == pytest.approx(list(box))
 
 
 def test_locate_returns_pixels_for_box_and_region_models(tok, tmp_path):

@@ -7,7 +7,7 @@ maps them back through the evaluation transform (``resize`` or ``center`` crop).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,37 +15,38 @@ import torch
 from vlp.metrics.boxes import elementwise_box_iou
 
 
-def view_box_to_pixels(box: Any, width: float, height: float, eval_crop: str = "resize") -> list[float]:
-    """A normalized xyxy box in the model's view of the image -> pixels of the original image.
+def view_box_to_pixels(box: Any, view: Sequence[float]) -> list[float]:
+    """A normalized xyxy box in the model's view -> pixels of the original image.
 
-    ``resize`` views the whole image squashed to a square; ``center`` views the centred square of
-    side ``min(width, height)`` (the transforms of :mod:`vlp.data.transforms`).
+    ``view``: the part of the original image the model saw, xyxy in its pixels (the whole image
+    ``(0, 0, width, height)`` when it was squashed; the crop window of a centre crop, as
+    :meth:`vlp.data.transforms.ResizeCrop.view` gives it).
     """
+    left, top, right, bottom = (float(v) for v in view)
     x1, y1, x2, y2 = (float(v) for v in box)
-    if eval_crop == "center":
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        return [left + x1 * side, top + y1 * side, left + x2 * side, top + y2 * side]
-    return [x1 * width, y1 * height, x2 * width, y2 * height]
+    w, h = right - left, bottom - top
+    return [left + x1 * w, top + y1 * h, left + x2 * w, top + y2 * h]
 
 
 def pixel_ious(pred: torch.Tensor, target: torch.Tensor, metas: Sequence[dict[str, Any]], records: Any,
-               eval_crop: str = "resize") -> torch.Tensor:  # fmt: skip
+               view_of: Callable[[int, int], Sequence[float]] | None = None) -> torch.Tensor:  # fmt: skip
     """``(N,)`` float64 IoU of predicted and target boxes (``(N, 4)`` normalized xyxy in the model's view).
 
     Where a sample's record (``records[meta["index"]]``) gives the image size and the pixel
     ``target_box``, both boxes are compared in float64 pixels of the original image, as RefCOCO's
     evaluation does; a prediction within 1e-3 pixel of one of the record's candidate ``boxes`` (the
     proposals it was picked from, normalized through float32) is that candidate exactly. Otherwise
-    the view boxes are compared in float64.
+    the view boxes are compared in float64. ``view_of(width, height)``: the part of an image the model
+    saw (see :func:`view_box_to_pixels`); default the whole image.
     """
+    view_of = view_of or (lambda width, height: (0.0, 0.0, width, height))
     pred_px, target_px = pred.double().tolist(), target.double().tolist()
     for k, meta in enumerate(metas):
         record = records[meta["index"]] if records is not None and "index" in meta else {}
         width, height, box = record.get("width"), record.get("height"), record.get("target_box")
         if not (width and height and box is not None):
             continue
-        guess = view_box_to_pixels(pred_px[k], width, height, eval_crop)
+        guess = view_box_to_pixels(pred_px[k], view_of(width, height))
         exact = [c for c in record.get("boxes") or [] if max(abs(a - b) for a, b in zip(c, guess)) < 1e-3]
         pred_px[k] = [float(v) for v in (exact[0] if exact else guess)]
         target_px[k] = [float(v) for v in box]

@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 
 from vlp.config import ConfigError
 from vlp.data.config import DataConfig
+from vlp.data.transforms import eval_geometry
 from vlp.metrics.boxes import elementwise_box_iou
 from vlp.metrics.refexp import centre_box_chance
 from vlp.tasks.common import build_eval_dataset, iterate_batches, model_data_config
@@ -33,10 +34,10 @@ def unique_queries(record: dict[str, Any], categories: list[str]) -> list[tuple[
     return [(name, box) for name, box in pairs if counts[name] == 1]
 
 
-def _score(sim: np.ndarray, record: dict[str, Any], target: list[float], crop: str, method: str,
+def _score(sim: np.ndarray, record: dict[str, Any], target: list[float], geometry: Any, method: str,
            k: float) -> dict[str, Any]:  # fmt: skip
     """One query: the box of its heat map at image size, and whether the map's peak hits the target."""
-    heat = heat_to_image(sim, record["width"], record["height"], crop)
+    heat = heat_to_image(sim, record["width"], record["height"], geometry.view(record["width"], record["height"]))
     box, _ = heat_box(heat, method, k)
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     hit = target[0] <= peak_x + 0.5 <= target[2] and target[1] <= peak_y + 0.5 <= target[3]
@@ -64,6 +65,7 @@ def evaluate(
     """
     check_dense(model)
     config = data if isinstance(data, DataConfig) else model_data_config(model)
+    geometry = eval_geometry(config.image_size, config.transform)
     dataset = build_eval_dataset(data, split, tokenizer) if isinstance(data, DataConfig) else data
     index = getattr(dataset, "index", None)
     if index is None or "categories" not in index.extras:
@@ -96,7 +98,7 @@ def evaluate(
                     record = index.records[meta["index"]]
                     for name, target in queries[meta["index"]]:
                         sim = (patches[b] @ text[position[name]].float().cpu()).view(h, w).numpy()
-                        row = _score(sim, record, target, config.transform.eval_crop, threshold, k)
+                        row = _score(sim, record, target, geometry, threshold, k)
                         rows.append({"image_id": record.get("image_id"), "query": name, **row})
     finally:
         model.train(was_training)

@@ -35,20 +35,19 @@ def dense_similarity(model: Any, images: torch.Tensor, text_embeds: torch.Tensor
     return sim.view(-1, h, w)
 
 
-def heat_to_image(heat: np.ndarray, width: int, height: int, eval_crop: str = "resize") -> np.ndarray:
+def heat_to_image(heat: np.ndarray, width: int, height: int, view: Any = None) -> np.ndarray:
     """Bilinear upsampling of an ``(h, w)`` map to the ``(height, width)`` original image.
 
-    ``resize`` (the model saw the whole image squashed): the map covers the image. ``center``: it
-    covers the centred square; outside it the map holds its minimum.
+    ``view``: the part of the image the model saw, xyxy pixels (default: all of it, the image was
+    squashed); the map covers that window (rounded to whole pixels) and outside it holds its minimum.
     """
     grid = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
-    if eval_crop != "center":
-        return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-    side = min(width, height)
-    inner = F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
+    left, top, right, bottom = (round(float(v)) for v in (view or (0, 0, width, height)))
+    inner = F.interpolate(grid, size=(bottom - top, right - left), mode="bilinear", align_corners=False)[0, 0].numpy()
+    if (left, top, right, bottom) == (0, 0, width, height):
+        return inner
     out = np.full((height, width), inner.min(), dtype=np.float32)
-    top, left = (height - side) // 2, (width - side) // 2
-    out[top : top + side, left : left + side] = inner
+    out[top:bottom, left:right] = inner
     return out
 
 

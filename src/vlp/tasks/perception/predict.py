@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from vlp.data.transforms import eval_geometry
 from vlp.tasks.common import load_upright, model_data_config, preprocess_images
 from vlp.tasks.perception.head import check_dense, dense_similarity, heat_box, heat_to_image
 from vlp.tasks.zeroshot.head import class_embeddings, encode_texts
@@ -35,7 +36,8 @@ def heatmap(model: Any, tokenizer: Any, image: Any, text: str, templates: Any = 
             sim = dense_similarity(model, preprocess_images([upright], config).to(device), query)[0]
     finally:
         model.train(was_training)
-    return heat_to_image(sim.float().cpu().numpy(), *upright.size, config.transform.eval_crop)
+    view = eval_geometry(config.image_size, config.transform).view(*upright.size)
+    return heat_to_image(sim.float().cpu().numpy(), *upright.size, view)
 
 
 def locate_text(

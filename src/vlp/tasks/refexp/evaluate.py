@@ -9,6 +9,7 @@ import torch
 
 from vlp.config import ConfigError
 from vlp.data.config import DataConfig
+from vlp.data.transforms import eval_geometry
 from vlp.metrics.refexp import centre_box_chance, pixel_ious, random_candidate_chance, view_box_to_pixels
 from vlp.tasks.common import build_eval_dataset, iterate_batches, model_data_config
 from vlp.tasks.refexp.head import is_region_model, predict_normalized, trained_mode
@@ -60,7 +61,8 @@ def evaluate(
         model.train(was_training)
     if not metas:
         raise ConfigError("refexp: the evaluation data yielded no expressions")
-    iou = pixel_ious(torch.cat(boxes), torch.cat(targets), metas, records, config.transform.eval_crop)
+    view_of = eval_geometry(config.image_size, config.transform).view
+    iou = pixel_ious(torch.cat(boxes), torch.cat(targets), metas, records, view_of)
     if mode in ("regions", "proposals"):
         chance = {
             "accuracy": 100 * torch.cat(chance_acc).double().mean().item(),
@@ -77,18 +79,18 @@ def evaluate(
         "chance": chance,
     }
     if keep_predictions:
-        metrics["predictions"] = _predictions(torch.cat(boxes), iou, metas, records, config.transform.eval_crop)
+        metrics["predictions"] = _predictions(torch.cat(boxes), iou, metas, records, view_of)
     return metrics
 
 
 def _predictions(boxes: torch.Tensor, iou: torch.Tensor, metas: list[dict[str, Any]], records: Any,
-                 eval_crop: str) -> list[dict[str, Any]]:  # fmt: skip
+                 view_of: Any) -> list[dict[str, Any]]:  # fmt: skip
     out = []
     for box, value, meta in zip(boxes.tolist(), iou.tolist(), metas):
         record = records[meta["index"]] if records is not None and "index" in meta else {}
         width, height = record.get("width"), record.get("height")
         if width and height:
-            box = view_box_to_pixels(box, width, height, eval_crop)
+            box = view_box_to_pixels(box, view_of(width, height))
         out.append({"ref_id": meta.get("ref_id"), "sent_id": meta.get("sent_id"), "image_id": meta.get("image_id"),
                     "expression": meta.get("text"), "box": [round(v, 2) for v in box], "iou": value})  # fmt: skip
     return out

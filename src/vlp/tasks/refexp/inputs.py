@@ -41,29 +41,27 @@ def region_batch(regions: list[Any], sizes: list[tuple[int, int] | None]) -> tup
     return collate(samples), out_sizes
 
 
-def pixels_to_view_box(box: Any, width: float, height: float, eval_crop: str = "resize") -> list[float]:
-    """A pixel xyxy box of the original image -> normalized xyxy in the model's view, clipped to it
-    (the inverse of :func:`vlp.metrics.refexp.view_box_to_pixels`)."""
+def pixels_to_view_box(box: Any, view: Any) -> list[float]:
+    """A pixel xyxy box of the original image -> normalized xyxy in the model's ``view`` of it (xyxy
+    pixels of the part it saw), clipped to it (the inverse of :func:`vlp.metrics.refexp.view_box_to_pixels`)."""
+    left, top, right, bottom = (float(v) for v in view)
     x1, y1, x2, y2 = (float(v) for v in box)
-    if eval_crop == "center":
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        out = [(x1 - left) / side, (y1 - top) / side, (x2 - left) / side, (y2 - top) / side]
-    else:
-        out = [x1 / width, y1 / height, x2 / width, y2 / height]
+    w, h = right - left, bottom - top
+    out = [(x1 - left) / w, (y1 - top) / h, (x2 - left) / w, (y2 - top) / h]
     return [min(1.0, max(0.0, v)) for v in out]
 
 
-def candidate_boxes(candidates: list[Any], sizes: list[tuple[int, int]], eval_crop: str) -> tuple[torch.Tensor, ...]:
-    """Per-image ``(R_i, 4)`` pixel boxes -> padded normalized ``(B, R, 4)`` boxes and keep-mask ``(B, R)``."""
+def candidate_boxes(candidates: list[Any], views: list[Any]) -> tuple[torch.Tensor, ...]:
+    """Per-image ``(R_i, 4)`` pixel boxes -> padded normalized ``(B, R, 4)`` boxes in each image's ``view``
+    (xyxy pixels of the part the model saw) and keep-mask ``(B, R)``."""
     samples = []
-    for i, (boxes, (w, h)) in enumerate(zip(candidates, sizes)):
+    for i, (boxes, view) in enumerate(zip(candidates, views)):
         array = np.asarray(boxes, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != 4 or not len(array):
             raise ValueError(
                 f"candidates[{i}]: expected a non-empty (R, 4) list of xyxy pixel boxes, got {boxes!r:.80}"
             )
-        samples.append({"region_boxes": torch.tensor([pixels_to_view_box(b, w, h, eval_crop) for b in array.tolist()])})
+        samples.append({"region_boxes": torch.tensor([pixels_to_view_box(b, view) for b in array.tolist()])})
     padded = pad_sample_regions(samples)
     return padded["region_boxes"], padded["region_mask"]
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from vlp.data.batch import Batch
+from vlp.data.transforms import eval_geometry
 from vlp.metrics.refexp import view_box_to_pixels
 from vlp.tasks.common import check_texts, load_upright, model_data_config, preprocess_images
 from vlp.tasks.refexp.head import predict_normalized, trained_mode
@@ -42,6 +43,7 @@ def predict(
         raise ValueError(f"got {len(images)} images but {len(texts)} expressions; pass one expression per image")
     mode = trained_mode(model, mode)
     config = model_data_config(model)
+    geometry = eval_geometry(config.image_size, config.transform)
     device = device if device is not None else next(model.parameters()).device
     if mode == "regions":
         if regions is None or len(regions) != len(texts):
@@ -57,7 +59,7 @@ def predict(
         if mode == "proposals":
             if candidates is None or len(candidates) != len(texts):
                 raise ValueError("predict (proposals): pass candidates=[one list of xyxy pixel boxes per image]")
-            boxes, keep = candidate_boxes(list(candidates), sizes, config.transform.eval_crop)
+            boxes, keep = candidate_boxes(list(candidates), [geometry.view(w, h) for w, h in sizes])
             batch = batch.replace(region_boxes=boxes, region_mask=keep)
     tok = tokenizer(texts, max_length=config.max_text_len)
     batch = batch.replace(input_ids=tok.input_ids, attention_mask=tok.attention_mask.bool(),
@@ -69,8 +71,9 @@ def predict(
             boxes = predict_normalized(model, batch, mode).cpu().tolist()
     finally:
         model.train(was_training)
-    crop = "resize" if mode == "regions" else config.transform.eval_crop  # region boxes are whole-image
-    return [tuple(view_box_to_pixels(b, w, h, crop)) for b, (w, h) in zip(boxes, sizes)]
+    # region boxes are normalized to the whole image; the others to the model's view of it
+    views = [(0.0, 0.0, w, h) if mode == "regions" else geometry.view(w, h) for w, h in sizes]
+    return [tuple(view_box_to_pixels(b, view)) for b, view in zip(boxes, views)]
 
 
 def locate(
