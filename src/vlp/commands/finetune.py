@@ -8,12 +8,13 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vlp.commands.run_args import overrides_of, run_options
     from vlp.config import apply_overrides, from_dict
     from vlp.recipe import recipe_dict
     from vlp.recipe.run import TrainConfig
     from vlp.tasks import task_spec
     from vlp.train.jobs import build_finetuning_job, load_tokenizer_for
-    from vlp.train.launch import overrides_of, run_job, with_data_folder
+    from vlp.train.launch import run_job, with_data_folder
 
     data = recipe_dict(args.task_recipe)
     if args.data is not None:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
             data, rank=rank, world_size=world_size, init=args.init, tokenizer=tokenizer, where=where
         )
 
-    return run_job(args, train.device, train.seed, build, where)
+    return run_job(build, device=train.device, seed=train.seed, **run_options(args, where))
 
 
 def task_recipes_help() -> str:
@@ -44,7 +45,7 @@ def task_recipes_help() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vlp.train.launch import MULTI_NODE_HELP, add_run_arguments
+    from vlp.commands.run_args import MULTI_NODE_HELP, add_run_arguments
 
     parser = subparsers.add_parser(
         "finetune",

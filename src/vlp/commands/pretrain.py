@@ -8,9 +8,10 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vlp.commands.run_args import overrides_of, run_options
     from vlp.recipe import parse_recipe, recipe_dict
     from vlp.train.jobs import build_pretraining_job, load_tokenizer_for
-    from vlp.train.launch import overrides_of, run_job, with_data_folder
+    from vlp.train.launch import run_job, with_data_folder
 
     data = with_data_folder(recipe_dict(args.recipe), args.data, "captions")
     recipe = parse_recipe(data, overrides_of(args), where=Path(str(args.recipe)).stem)
@@ -21,11 +22,12 @@ def run(args: argparse.Namespace) -> int:
     def build(rank: int, world_size: int):
         return build_pretraining_job(recipe, rank=rank, world_size=world_size, tokenizer=tokenizer)
 
-    return run_job(args, recipe.train.device, recipe.train.seed, build, Path(str(args.recipe)).stem)
+    name = Path(str(args.recipe)).stem
+    return run_job(build, device=recipe.train.device, seed=recipe.train.seed, **run_options(args, name))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vlp.train.launch import MULTI_NODE_HELP, add_run_arguments
+    from vlp.commands.run_args import MULTI_NODE_HELP, add_run_arguments
 
     parser = subparsers.add_parser(
         "pretrain",

@@ -1,41 +1,14 @@
-"""Shared plumbing of ``vlp pretrain`` and ``vlp finetune``: arguments, process
-group, seeding, the run-folder check, the Trainer, exit codes."""
+"""Shared plumbing of ``vlp pretrain``, ``vlp finetune`` and ``vlp train-generation``: a data folder
+in a recipe, the process group, seeding, the run-folder check, the Trainer, exit codes."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vlp.data.detect import DATA_KINDS, detect_data
-
-MULTI_NODE_HELP = """\
-distributed (PyTorch's engine; nccl on GPUs, gloo on CPUs; DDP, or FSDP with --set train.distributed=fsdp):
-  one machine, 8 GPUs:
-    torchrun --standalone --nproc_per_node 8 -m vlp.cli pretrain RECIPE
-  2 machines x 8 GPUs (run on each machine, --node_rank 0 on the first, 1 on the second):
-    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d \\
-             --rdzv_endpoint HOST0:29500 -m vlp.cli pretrain RECIPE
-  train.batch_size is per rank: the global batch is batch_size x grad_accum x ranks.
-"""
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<recipe name>)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set train.batch_size=8 (repeatable)",
-    )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (same as --set train.steps=N)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: the recipe's)")
-    parser.add_argument(
-        "--data", default=None, metavar="FOLDER", help="dataset folder to train on; its format is recognised from "
-        "its files and said (sets data.type, data.root and data.paths; --set data.KEY=VALUE still wins)",
-    )  # fmt: skip
 
 
 def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> dict[str, Any]:
@@ -56,11 +29,6 @@ def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> d
     return {**recipe, "data": data}
 
 
-def overrides_of(args: argparse.Namespace) -> list[str]:
-    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
-    return [*args.overrides, *extra]
-
-
 def exit_code(stopped_by: str | None) -> int:
     """0 for a run that ended (its steps or its time budget), 143 / 130 for one a signal stopped."""
     from vlp.train.engine import BUDGET_STOP
@@ -70,8 +38,17 @@ def exit_code(stopped_by: str | None) -> int:
     return 143 if stopped_by == "SIGTERM" else 130
 
 
-def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..., object], name: str) -> int:
-    """Join the process group, build the job (``build(rank=, world_size=)``), train it.
+def run_job(
+    build: Callable[..., object],
+    *,
+    out: str | Path,
+    device: str,
+    seed: int,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: str = "train",
+) -> int:
+    """Join the process group, build the job (``build(rank=, world_size=)``), train it in run folder ``out``.
 
     Returns the exit code: 0 done (its steps or its time budget), 1 aborted by a guard, 130 / 143 stopped by
     SIGINT / SIGTERM (after writing a checkpoint).
@@ -83,8 +60,8 @@ def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..
     from vlp.train.rng import seed_everything
     from vlp.train.run_dir import holds_run
 
-    out = Path(args.out or Path("runs") / name)
-    if holds_run(out) and not (args.resume or args.overwrite):  # fail before building anything
+    out = Path(out)
+    if holds_run(out) and not (resume or overwrite):  # fail before building anything
         raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to start again")
     info = dist_utils.init_distributed(device)
     try:
@@ -92,12 +69,12 @@ def run_job(args: argparse.Namespace, device: str, seed: int, build: Callable[..
         job = build(rank=info.rank, world_size=info.world_size)
         trainer = Trainer(
             job.module, job.loader, train=job.train, optim=job.optim, schedule=job.schedule, run_dir=out,
-            recipe=job.recipe, resume=args.resume, overwrite=args.overwrite, dist=info,
+            recipe=job.recipe, resume=resume, overwrite=overwrite, dist=info,
         )  # fmt: skip
         try:
             result = trainer.fit()
         except TrainingAborted as err:
-            print(f"vlp {args.command}: aborted (rank {info.rank}): {err}", file=sys.stderr)
+            print(f"vlp {command}: aborted (rank {info.rank}): {err}", file=sys.stderr)
             return 1
     finally:
         dist_utils.cleanup()
