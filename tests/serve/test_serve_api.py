@@ -236,3 +236,31 @@ def test_page_and_its_files_load_nothing_from_elsewhere(server):
         with urllib.request.urlopen(server.url + path, timeout=10) as response:
             text = response.read().decode()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+
+
+def test_vlp_serve_command_serves_until_its_deadline(served_files, capsys):
+    import socket
+    import time
+
+    from vlp.cli import main
+
+    with socket.socket() as probe:  # a free port for the command's own --port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["serve", str(served_files["model"]), "--index", str(served_files["index"]), "--port", str(port),
+            "--stop-after", "10", "--threads", "1"]  # fmt: skip
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    thread.start()
+    health = None
+    for _ in range(300):  # up to 30 s for the model to load and the server to listen
+        try:
+            health = request(f"http://127.0.0.1:{port}/health")
+            break
+        except OSError:
+            time.sleep(0.1)
+    assert health is not None and health[0] == 200 and health[1]["index"]["images"] == 8
+    thread.join(40)  # --stop-after ends it by itself
+    assert codes == [0]
+    out = capsys.readouterr().out
+    assert f"http://127.0.0.1:{port}/" in out and "/caption   model" in out
