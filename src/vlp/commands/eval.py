@@ -13,7 +13,7 @@ import importlib
 from vlp.tasks import TASKS
 
 # one command module per task (vlp.commands.eval_<task>), and text-to-image's evaluation
-EVAL_MODULES = (*(f"vlp.commands.eval_{name}" for name in TASKS), "vlp.generation.evaluate")
+EVAL_MODULES = (*(f"vlp.commands.eval_{name}" for name in TASKS), "vlp.commands.eval_generation")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,5 +27,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             if err.name != name:  # a real missing dependency inside the task, not an absent task
                 raise
             continue
-        register_eval = getattr(module, "register", None) or getattr(module, "register_eval", None)
-        register_eval(tasks)
+        module.register(tasks)
