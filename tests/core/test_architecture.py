@@ -144,3 +144,14 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_import_cycles():
     graph = {a: {b for b in t if b != "vlp"} for a, t in GRAPH.items() if a != "vlp"}
     assert cycles(graph) == []
+
+
+def test_argparse_lives_only_in_the_command_layer():
+    top = len(LAYERS) - 1
+    users = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        if "argparse" in names and layer_of(module) != top:
+            users.append(module)
+    assert users == []
