@@ -242,7 +242,7 @@ def _common(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--out", default=None, help=out_help)
     parser.add_argument("--overwrite", action="store_true", help="replace --out instead of resuming it")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder/file (default: saved with the model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
