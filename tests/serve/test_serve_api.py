@@ -264,3 +264,15 @@ def test_vlp_serve_command_serves_until_its_deadline(served_files, capsys):
     assert codes == [0]
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{port}/" in out and "/caption   model" in out
+
+
+def test_a_fine_tuned_vqa_head_answers_before_a_decoder_fallback(loaded):
+    from types import SimpleNamespace
+
+    heads = {"vqa": None}
+    classifier = SimpleNamespace(
+        model=SimpleNamespace(heads=heads, cfg=None, decoder=None), task={"answer_vocab": ["a"]}
+    )
+    predictor = Predictor([("blip", loaded), ("vqa-run", classifier)])
+    assert predictor.route["vqa"].name == "vqa-run" and predictor.route["caption"].name == "blip"
+    assert predictor.describe()["models"][1]["can"] == {"vqa": "classify"}

@@ -1,7 +1,8 @@
 """What ``vlp serve`` computes, on top of the tasks' predict APIs: which loaded model answers which
 endpoint, and the calls themselves on decoded PIL images. No HTTP here (see :mod:`vlp.serve.app`).
 
-Each endpoint goes to the first model (in the order given) that can do it: ``embed`` / ``search`` /
+Each endpoint goes to the first model (in the order given) that can do it, a fine-tuned head before a
+fallback (a VQA classifier before a decoder, a refexp box head before a heat map): ``embed`` / ``search`` /
 ``zeroshot`` need a dual-encoder side (CLIP, ALBEF, BLIP), ``caption`` a text decoder (BLIP), ``vqa``
 a trained ``vqa`` head with its answer vocabulary or a decoder (generative), ``ground`` a fine-tuned
 refexp box head or, for a dual encoder with a ViT, the text's heat-map box (zero-shot perception).
@@ -82,8 +83,13 @@ class Predictor:
         if not models:
             raise ConfigError("vlp serve: give at least one model")
         self.models = [Served(name, loaded, abilities(loaded)) for name, loaded in models]
+        # a fine-tuned head (VQA classifier, refexp box head) before a fallback (generation, heat map), else
+        # the first model given
         self.route: dict[str, Served | None] = {
-            e: next((s for s in self.models if e in s.abilities), None) for e in ENDPOINTS
+            e: min(
+                (s for s in self.models if e in s.abilities), key=lambda s: s.abilities[e] in _FALLBACKS, default=None
+            )
+            for e in ENDPOINTS
         }
         self.gallery = gallery
         self.templates = resolve_templates(templates)
@@ -167,6 +173,7 @@ class Predictor:
         return [round(float(v), 2) for v in box], how
 
 
+_FALLBACKS = ("generate", "heat map (zero-shot perception)")
 _NEEDS = {
     "embed": "a dual encoder such as CLIP, ALBEF or BLIP",
     "search": "a dual encoder such as CLIP, ALBEF or BLIP",
