@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.data.shapesworld import COLORS, SHAPES, render_scene, sample_scene
-from vlp.generation.data import to_unit
+from vlp.generation.data import to_uint8, to_unit
+from vlp.generation.scoring import object_box
+from vlp.io.saving import load_weights
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 WEIGHTS_FILE = "attribute_classifier.safetensors"
@@ -49,9 +51,6 @@ def crop_objects(images: torch.Tensor, size: int) -> torch.Tensor:
     The square is the blob's box grown to its longer side plus one pixel of margin on each
     side (clipped to the image), resized bilinearly; images without a blob are resized whole.
     """
-    from vlp.generation.data import to_uint8
-    from vlp.generation.scoring import object_box
-
     h, w = images.shape[-2:]
     crops = []
     for image, pixels in zip(images, to_uint8(images)):
@@ -176,8 +175,6 @@ def save_classifier(model: AttributeClassifier, folder: str | Path) -> Path:
 
 def load_classifier(folder: str | Path) -> AttributeClassifier:
     """The classifier saved by :func:`save_classifier` in ``folder`` (strict weights, eval mode)."""
-    from vlp.io.saving import load_weights
-
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():

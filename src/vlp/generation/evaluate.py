@@ -27,13 +27,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlp.data import build_loader
+from vlp.data.config import DataConfig
+from vlp.data.detect import DATA_KINDS, detect_data
+from vlp.data.registry import LOADERS
+from vlp.data.shapesworld import COLORS, SHAPES, render_layers
+from vlp.generation.classifier import AttributeClassifier, load_or_train_classifier, render_objects
+from vlp.generation.data import CaptionImages, box_pixels, control_map, to_uint8
+from vlp.generation.images import save_grid
+from vlp.generation.model import load_generator
+from vlp.generation.scoring import box_iou, clip_scores, object_box
+from vlp.io.saving import load, load_tokenizer
+
 CHANCE = {"shape": 1 / 6, "color": 1 / 7, "both": 1 / 42}
 
 
 def attribute_prompts() -> list[tuple[str, str, str]]:
     """``(prompt, shape, colour)`` for every ShapesWorld (shape, colour) pair, shape-major."""
-    from vlp.data.shapesworld import COLORS, SHAPES
-
     return [(f"a {color} {shape}", shape, color) for shape in SHAPES for color in COLORS]
 
 
@@ -81,12 +91,6 @@ def evaluate_generation(
     import numpy as np
     import torch
 
-    from vlp.data.shapesworld import render_layers
-    from vlp.generation.classifier import AttributeClassifier, load_or_train_classifier, render_objects
-    from vlp.generation.data import box_pixels, control_map, to_uint8
-    from vlp.generation.model import load_generator
-    from vlp.generation.scoring import box_iou, clip_scores, object_box
-
     if isinstance(model, (str, Path)):
         model = load_generator(model)
     if model.tokenizer is None:
@@ -130,8 +134,6 @@ def evaluate_generation(
         generated.append(out.cpu())
     images = torch.cat(generated)
     if grid is not None:
-        from vlp.generation.images import save_grid
-
         save_grid(to_uint8(images), rows=len(table), path=grid, scale=2)
 
     results: dict[str, Any] = {
@@ -183,12 +185,6 @@ def caption_pairs(
 
     import torch
 
-    from vlp.data import build_loader
-    from vlp.data.config import DataConfig
-    from vlp.data.detect import DATA_KINDS, detect_data
-    from vlp.data.registry import LOADERS
-    from vlp.generation.data import CaptionImages
-
     if not isinstance(data, DataConfig):
         data = DataConfig(**detect_data(data, DATA_KINDS["captions"]).data_section())
     options = dict(data.options)
@@ -228,10 +224,6 @@ def evaluate_on_captions(
     (generated images with the caption of the image half the list away)."""
     import torch
 
-    from vlp.generation.data import to_uint8
-    from vlp.generation.model import load_generator
-    from vlp.generation.scoring import clip_scores
-
     if isinstance(model, (str, Path)):
         model = load_generator(model)
     dual_encoder, dual_tokenizer = _dual(dual_encoder, dual_tokenizer)
@@ -245,8 +237,6 @@ def evaluate_on_captions(
         generated.append(model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator).cpu())
     images = torch.cat(generated)
     if grid is not None:
-        from vlp.generation.images import save_grid
-
         save_grid(to_uint8(images), rows=1, path=grid, scale=2)
     half = len(prompts) // 2
     mismatched = prompts[half:] + prompts[:half]
@@ -263,8 +253,6 @@ def evaluate_on_captions(
 def _dual(dual_encoder: Any, dual_tokenizer: Any) -> tuple[Any, Any]:
     """A dual encoder and its tokenizer from a folder (or as given)."""
     if isinstance(dual_encoder, (str, Path)):
-        from vlp.io.saving import load, load_tokenizer
-
         folder = dual_encoder
         dual_encoder = load(folder)
         dual_tokenizer = dual_tokenizer or load_tokenizer(folder)

@@ -23,11 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+import vlp.text  # noqa: F401  registers the text parts
 from vlp.config import ConfigError, build, from_dict, read_yaml
 from vlp.generation.controlnet import ControlConfig, ControlNet
 from vlp.generation.data import GenerationBatch
 from vlp.generation.diffusion import DiffusionConfig, NoiseSchedule, ddim_sample, ddpm_loss, guided
 from vlp.generation.unet import UNet, UNetConfig
+from vlp.interop.bert import text_encoder_from_pretrained
+from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, load, load_tokenizer, load_weights, save_pretrained
 from vlp.text.config import TextConfig
 from vlp.text.encoder import BertTextConfig
 
@@ -72,8 +75,6 @@ class TextToImageModel(nn.Module):
 
     def __init__(self, cfg: TextToImageConfig) -> None:
         super().__init__()
-        import vlp.text  # noqa: F401  registers the text parts
-
         self.text = build(cfg.text)
         self.unet = UNet(dataclasses.replace(cfg.unet, context_dim=self.text.dim))
         self.null_context = nn.Parameter(torch.zeros(1, self.text.dim))
@@ -244,15 +245,11 @@ class TextToImageModel(nn.Module):
 
 def save_generator(model: TextToImageModel, folder: str | Path, recipe: Any = None, overwrite: bool = False) -> Path:
     """Write ``model.safetensors``, ``recipe.yaml`` (with ``model`` = the model's config) and the tokenizer."""
-    from vlp.io.saving import save_pretrained
-
     return save_pretrained(model, folder, recipe=recipe, tokenizer=model.tokenizer, overwrite=overwrite)
 
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> TextToImageModel:
     """The model saved by :func:`save_generator` (weights loaded strictly, tokenizer attached, eval mode)."""
-    from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, load_tokenizer, load_weights
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: model folder not found")
@@ -273,15 +270,11 @@ def load_text_tower(folder: str | Path) -> tuple[nn.Module, Any]:
     """``(text encoder, tokenizer)`` from a vlp model folder (``recipe.yaml``) or a transformers BERT folder."""
     folder = Path(folder)
     if (folder / "recipe.yaml").is_file():
-        from vlp.io.saving import load, load_tokenizer
-
         source = load(folder)
         if getattr(source, "text", None) is None:
             raise ConfigError(f"{folder}: this vlp model has no text encoder to condition on")
         return source.text, load_tokenizer(folder)
     if (folder / "config.json").is_file():
-        from vlp.interop.bert import text_encoder_from_pretrained
-
         return text_encoder_from_pretrained(folder)
     raise ConfigError(
         f"model.text_from={str(folder)!r}: expected a vlp model folder (recipe.yaml) or a transformers BERT "

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlp.data.config import CLIP_MEAN, CLIP_STD
 from vlp.metrics.masks import largest_component, mask_to_box
 
 # margin of channel spread over the image's median spread that marks an object pixel: the least
@@ -58,8 +59,6 @@ def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | 
 
 def dual_encoder_inputs(model: Any) -> tuple[int, tuple[float, ...], tuple[float, ...], int]:
     """``(image_size, mean, std, max_text_len)`` the dual encoder was trained with (from its recipe, else CLIP's)."""
-    from vlp.data.config import CLIP_MEAN, CLIP_STD
-
     recipe = getattr(model, "recipe", None)
     data = getattr(recipe, "data", None)
     vision = getattr(getattr(model, "cfg", None), "vision", None)

@@ -35,14 +35,20 @@ from typing import Any
 
 import torch
 
+import vlp.text  # noqa: F401  registers the text parts
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
+from vlp.data import build_loader as data_loader
 from vlp.data.config import DataConfig
 from vlp.generation.data import CaptionImages, ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
+from vlp.generation.images import save_grid
 from vlp.generation.model import TextToImageConfig, TextToImageModel, load_generator, load_text_tower, save_generator
 from vlp.io.checkpoints import CheckpointManager
+from vlp.io.folders import load_tokenizer
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
+from vlp.text import Tokenizer
 from vlp.train import distributed as dist_utils
 from vlp.train.engine import BUDGET_STOP, Trainer
+from vlp.train.launch import with_data_folder
 from vlp.train.rng import seed_everything
 from vlp.train.run_dir import check_run_dir
 
@@ -112,8 +118,6 @@ def _is_rendered(section: dict[str, Any]) -> bool:
 
 def parse_generation_recipe(data: dict[str, Any], where: str = "recipe") -> GenerationRecipe:
     """A generation recipe from plain data; errors name ``where`` and the dotted key."""
-    import vlp.text  # noqa: F401  registers text parts for model.text.type
-
     data = dict(data)
     section = dict(data.get("data") or {})
     if _is_rendered(section):
@@ -133,8 +137,6 @@ def load_generation_recipe(
     path = recipe_file(name_or_path)
     data = read_yaml(path)
     if data_folder is not None:
-        from vlp.train.launch import with_data_folder
-
         # what a caption folder keeps of a rendered-data section: the sizes and the seed
         kept = {k: v for k, v in (data.get("data") or {}).items() if k in ("image_size", "max_text_len", "seed")}
         data = with_data_folder({**data, "data": kept}, data_folder, "captions")
@@ -169,16 +171,12 @@ def make_tokenizer(recipe: GenerationRecipe) -> Any:
     """``recipe.tokenizer`` when set; for rendered data, a WordPiece tokenizer trained on the renderer's
     captions (their own seed stream, so it never shifts the training scenes)."""
     if recipe.tokenizer:
-        from vlp.io.folders import load_tokenizer
-
         return load_tokenizer(recipe.tokenizer, "tokenizer")
     if not isinstance(recipe.data, ShapesDataConfig):
         raise ConfigError(
             f"tokenizer: empty, and data.type={recipe.data.type!r} brings no tokenizer; pass --tokenizer DIR "
             "(train one with `vlp tokenizer train --input CAPTIONS --out DIR`) or set model.text_from"
         )
-    from vlp.text import Tokenizer
-
     return Tokenizer.train(tokenizer_corpus(recipe.data), vocab_size=recipe.data.vocab_size)
 
 
@@ -200,8 +198,6 @@ def build_loader(recipe: GenerationRecipe, model: TextToImageModel, rank: int = 
             f"model.control ({control.kind} maps): only rendered ShapesWorld data (data.type: render) provides "
             f"control maps; data.type is {data.type!r}"
         )
-    from vlp.data import build_loader as data_loader
-
     loader = data_loader(
         data, "train", model.tokenizer, train.batch_size, num_workers=train.num_workers, rank=rank,
         world_size=world_size, pin_memory=torch.cuda.is_available(),
@@ -232,8 +228,6 @@ def _resume_step(out: Path) -> int:
 def _run_tokenizer(recipe: GenerationRecipe, out: Path, resuming: bool, info: dist_utils.DistInfo) -> Any:
     """The run's tokenizer: saved in ``out/tokenizer`` when the run starts (by rank 0, which alone trains one,
     so every rank has the same) and read back from there by other ranks and by a resumed run."""
-    from vlp.io.saving import load_tokenizer
-
     folder = out / "tokenizer"
     if resuming:
         return load_tokenizer(folder)
@@ -330,8 +324,6 @@ def train_generation(
 
 
 def _save_samples(model: TextToImageModel, cfg: GenerationTrainConfig, path: Path) -> None:
-    from vlp.generation.images import save_grid
-
     images = model.generate(cfg.sample_prompts, samples=4, seed=0, steps=cfg.sample_steps, guidance=cfg.guidance)
     save_grid(to_uint8(images), rows=len(cfg.sample_prompts), path=path)
 

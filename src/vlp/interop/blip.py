@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlp.config import family_name
 from vlp.interop.bert import _LAYER_TABLE as BERT_BLOCK
 from vlp.interop.clip import add_blocks
 from vlp.interop.common import ACTS_BACK, Converter, StateMapping, Table, act_of, get, need
@@ -160,8 +161,6 @@ class BlipConverter(Converter):
         return state
 
     def matches(self, cfg: Any) -> bool:
-        from vlp.config import family_name
-
         if cfg.vision is None or family_name(cfg.vision) != "patch":
             return False
         captioner = cfg.decoder is not None and cfg.text is None and cfg.fusion is None

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from vlp.config import family_name
 from vlp.interop.common import (
     ACTS_BACK,
     Converter,
@@ -146,8 +147,6 @@ class ClipConverter(Converter):
         return StateMapping(table)
 
     def matches(self, cfg: Any) -> bool:
-        from vlp.config import family_name
-
         return (
             cfg.fusion is not None
             and family_name(cfg.fusion) == "none"
@@ -160,8 +159,6 @@ class ClipConverter(Converter):
         return "CLIPModel"
 
     def hf_config(self, cfg: Any, base: dict[str, Any], architecture: str) -> dict[str, Any]:
-        from vlp.config import family_name
-
         t, v = cfg.text, cfg.vision
         need(family_name(v) == "patch", "only a ViT image tower exports to transformers' CLIPModel (no ResNet class)")
         need(

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlp.interop.bert import read_state_dict
+
 # Buffers (not weights) that transformers checkpoints may contain: position ids are ``arange``,
 # ViLT's token type ids are zeros. Nothing in vlp needs them; they are the only names skipped.
 BUFFER_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
@@ -62,8 +64,6 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint folder or file (safetensors, sharded index, or ``.bin``/``.pt`` read
     with ``torch.load(weights_only=True)``, never with full unpickling)."""
-    from vlp.interop.bert import read_state_dict
-
     state = read_state_dict(path)
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from vlp.config import family_name
 from vlp.interop.bert import _LAYER_TABLE as BERT_BLOCK
 from vlp.interop.clip import add_blocks
 from vlp.interop.common import ACTS_BACK, Converter, StateMapping, Table, act_of, get, need
@@ -109,8 +110,6 @@ class LxmertConverter(Converter):
         return StateMapping(table)
 
     def matches(self, cfg: Any) -> bool:
-        from vlp.config import family_name
-
         return (
             cfg.fusion is not None
             and family_name(cfg.fusion) == "co_attention"

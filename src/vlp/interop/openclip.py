@@ -65,6 +65,8 @@ from vlp.interop.openclip_config import (
 from vlp.interop.preprocess import fit_data_section
 from vlp.io.factory import build_model
 from vlp.io.saving import save_pretrained
+from vlp.recipe import recipe_dict
+from vlp.text.bpe import ClipTokenizer
 
 # non-tensor or non-weight entries of OpenAI / OpenCLIP state dicts
 IGNORED = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -393,8 +395,6 @@ def _load(
     config: str | Path | OpenClipConfig | None,
 ) -> tuple[Any, Any, OpenClipConfig | None, list[str]]:
     """``(model, preprocess, config, vlp parameters set to fixed values)``."""
-    from vlp.recipe import recipe_dict
-
     path = Path(path)
     weights, cfg = _locate(path, config)
     state = read_openclip(weights)
@@ -447,8 +447,6 @@ def import_openclip(
         tokenizer = path
     tok = None
     if tokenizer is not None:
-        from vlp.text.bpe import ClipTokenizer
-
         tok = ClipTokenizer.load(tokenizer)
         if tok.vocab_size > model.cfg.text.vocab_size:
             raise ConversionError(

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlp.data.config import CLIP_MEAN, CLIP_STD
 from vlp.interop.common import ConversionError, read_json
+from vlp.interop.preprocess import Preprocess
 
 CONFIG_NAME = "open_clip_config.json"
 # a hub folder's weights, in order of preference (safetensors never unpickles)
@@ -236,9 +238,6 @@ def image_size_of(config: OpenClipConfig) -> tuple[int, int]:
 
 def preprocess_of(config: OpenClipConfig | None, image_size: int) -> Any:
     """OpenCLIP's eval image transform as a :class:`vlp.interop.preprocess.Preprocess`."""
-    from vlp.data.config import CLIP_MEAN, CLIP_STD
-    from vlp.interop.preprocess import Preprocess
-
     pre = config.preprocess if config is not None else {}
     size = pre.get("size", image_size_of(config) if config is not None else image_size)
     size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

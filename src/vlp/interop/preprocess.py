@@ -32,6 +32,7 @@ from vlp.data.config import CLIP_MEAN, CLIP_STD, TransformConfig
 from vlp.data.image_io import to_rgb
 from vlp.data.transforms import ImageTransform, Item, eval_geometry
 from vlp.interop.common import ConversionError, read_json
+from vlp.io.saving import load_config
 
 PREPROCESS_NAME = "preprocess.json"
 HF_NAME = "preprocessor_config.json"
@@ -316,8 +317,6 @@ def load_preprocess(folder: str | Path) -> Preprocess:
     if found is not None:
         return found
     if (folder / "recipe.yaml").is_file():
-        from vlp.io.saving import load_config
-
         _, recipe = load_config(folder)
         if recipe is not None:
             return from_recipe(recipe)

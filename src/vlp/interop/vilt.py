@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from vlp.config import family_name
 from vlp.interop.clip import add_blocks
 from vlp.interop.common import ACTS_BACK, Converter, StateMapping, Table, act_of, get, need
 
@@ -139,8 +140,6 @@ class ViltConverter(Converter):
         )
 
     def matches(self, cfg: Any) -> bool:
-        from vlp.config import family_name
-
         return (
             cfg.fusion is not None
             and family_name(cfg.fusion) == "single_stream"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlp.config import family_name
 from vlp.interop.bert import _LAYER_TABLE as BERT_BLOCK
 from vlp.interop.clip import add_blocks
 from vlp.interop.common import ACTS_BACK, Converter, StateMapping, Table, act_of, get, need
@@ -107,8 +108,6 @@ class VisualBertConverter(Converter):
         return StateMapping(table)
 
     def matches(self, cfg: Any) -> bool:
-        from vlp.config import family_name
-
         return (
             cfg.fusion is not None
             and family_name(cfg.fusion) == "single_stream"

@@ -21,7 +21,13 @@ import torch
 import yaml
 from torch import nn
 
+import vlp.parts  # noqa: F401  registers every part type, so that recipes' type keys resolve
 from vlp.config import ConfigError, from_dict, read_yaml, to_dict
+from vlp.models.config import ModelConfig
+from vlp.models.model import VisionLanguageModel
+from vlp.recipe import parse_recipe
+from vlp.text import Tokenizer
+from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
@@ -193,16 +199,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def load_config(folder: str | Path) -> tuple[Any, Any]:
     """``(ModelConfig, Recipe or None)`` from ``folder/recipe.yaml``; errors name the file."""
-    import vlp.parts  # noqa: F401
-    from vlp.models.config import ModelConfig
-
     path = Path(folder) / RECIPE_NAME
     data = read_yaml(path)
     if "model" not in data:
         raise ConfigError(f"{path}: has no 'model' section")
     if set(data) - {"model"}:
-        from vlp.recipe import parse_recipe
-
         recipe = parse_recipe(data, where=str(path))
         return recipe.model, recipe
     return from_dict(ModelConfig, data["model"], f"{path}:model"), None
@@ -210,8 +211,6 @@ def load_config(folder: str | Path) -> tuple[Any, Any]:
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved in ``folder`` and load its weights strictly; returned in eval mode."""
-    from vlp.models.model import VisionLanguageModel
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: model folder not found")
@@ -225,9 +224,6 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 def load_tokenizer(folder: str | Path) -> Any:
     """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``; CLIP's BPE files give a
     :class:`vlp.text.bpe.ClipTokenizer`)."""
-    from vlp.text import Tokenizer
-    from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
-
     folder = Path(folder)
     if is_clip_tokenizer(folder):
         return ClipTokenizer.load(folder)

@@ -17,6 +17,7 @@ from torch import nn
 
 from vlp.config import ConfigError, KeyedFamily
 from vlp.core.outputs import VisualTokens
+from vlp.objectives.distributed import dist_info
 
 
 class ObjectiveConfig(KeyedFamily):
@@ -104,7 +105,5 @@ def make_generator(seed: int | None, device: torch.device, cache: dict[str, torc
         return None
     key = str(device)
     if key not in cache:
-        from vlp.objectives.distributed import dist_info
-
         cache[key] = torch.Generator(device=device).manual_seed(seed + dist_info()[0])
     return cache[key]

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+import vlp.parts  # noqa: F401  registers every part type, so that recipes' type keys resolve
 from vlp.config import ConfigError, apply_overrides, from_dict, read_yaml, to_dict
 from vlp.data.config import DataConfig
 from vlp.models.config import ModelConfig
@@ -101,8 +102,6 @@ def recipe_dict(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def parse_recipe(data: dict[str, Any], overrides: list[str] | None = None, where: str = "recipe") -> Recipe:
-    import vlp.parts  # noqa: F401  registers every part so that `type` keys resolve
-
     data = apply_overrides(copy.deepcopy(data), overrides)
     return from_dict(Recipe, data, where)
 

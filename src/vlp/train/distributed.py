@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vlp.config import ConfigError
+from vlp.layers import TransformerBlock
 
 
 @dataclass
@@ -141,8 +142,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 def _fsdp_units(module: nn.Module) -> list[nn.Module]:
     """Modules that get their own FSDP shard group: every transformer block."""
-    from vlp.layers import TransformerBlock
-
     blocks = (TransformerBlock, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
     return [m for m in module.modules() if isinstance(m, blocks)]
 

@@ -8,7 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlp.config import ConfigError
 from vlp.data.detect import DATA_KINDS, detect_data
+from vlp.train import distributed as dist_utils
+from vlp.train.engine import BUDGET_STOP, Trainer
+from vlp.train.guards import TrainingAborted
+from vlp.train.rng import seed_everything
+from vlp.train.run_dir import holds_run
 
 
 def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> dict[str, Any]:
@@ -31,8 +37,6 @@ def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> d
 
 def exit_code(stopped_by: str | None) -> int:
     """0 for a run that ended (its steps or its time budget), 143 / 130 for one a signal stopped."""
-    from vlp.train.engine import BUDGET_STOP
-
     if stopped_by in (None, BUDGET_STOP):
         return 0
     return 143 if stopped_by == "SIGTERM" else 130
@@ -53,13 +57,6 @@ def run_job(
     Returns the exit code: 0 done (its steps or its time budget), 1 aborted by a guard, 130 / 143 stopped by
     SIGINT / SIGTERM (after writing a checkpoint).
     """
-    from vlp.config import ConfigError
-    from vlp.train import distributed as dist_utils
-    from vlp.train.engine import Trainer
-    from vlp.train.guards import TrainingAborted
-    from vlp.train.rng import seed_everything
-    from vlp.train.run_dir import holds_run
-
     out = Path(out)
     if holds_run(out) and not (resume or overwrite):  # fail before building anything
         raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to start again")
