@@ -30,6 +30,8 @@ the ``task:`` section may name other ``objectives``. By default: ``itc`` for dua
 negatives) for fusion-only models.
 
 Predict: :func:`retrieve` ``(model, tok, images, texts, k) -> RetrievalPrediction`` (top-k both ways).
+Search a user's own images (an index of image embeddings, exact or FAISS IVF-PQ, ITM re-ranking):
+:mod:`vlp.tasks.retrieval.index` (``build_index``, ``open_index``, ``search``).
 """
 
 from vlp.tasks.retrieval.evaluate import evaluate
