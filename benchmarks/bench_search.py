@@ -16,8 +16,9 @@ index of real model embeddings, the cost of returning 10k results, and embedding
    alone and with the top 4 x 10 and 10 x 10 candidates re-scored exactly (``vlp index build``: 10).
 3. Returning 10k results: ``vlp serve``'s gallery (search, then the metadata of each result: name under
    its root, caption) for k = 10 and k = 10 000, per query.
-4. Embedding images/s: ``vlp predict embed`` (decode, preprocess, batches, .npy shards) vs a plain loop
-   that opens each image with PIL and calls the same model on batches of the same size.
+4. Index build images/s: ``vlp index build`` (list inputs, decode, preprocess, batches, .npy shards, exact
+   index; model loading included) vs a plain loop that loads the same model, opens each image with PIL and
+   calls the model on batches of the same size.
 
 Run: ``python benchmarks/bench_search.py`` (about 3 minutes on 2 cores; ``--sizes 100000`` skips 1M).
 Needs faiss-cpu (``pip install 'vlp[faiss]'``).
@@ -209,12 +210,12 @@ def part_embed_rate(model_dir: Path, args, work: Path) -> None:
     print(
         f"\n4. embedding {len(paths)} images, batch {args.batch_size}, same model, {torch.get_num_threads()} thread(s)"
     )
-    rates = {"vlp predict embed": [], "plain loop": []}
+    rates = {"vlp index build": [], "plain loop": []}
     for round_ in range(args.rounds):
         t0 = time.perf_counter()
-        quiet(["predict", "embed", str(model_dir), *map(str, paths), "--out", str(work / f"rate{round_}"),
+        quiet(["index", "build", str(model_dir), *map(str, paths), "--out", str(work / f"rate{round_}"),
                "--batch-size", str(args.batch_size), "--no-progress"])  # fmt: skip
-        rates["vlp predict embed"].append(len(paths) / (time.perf_counter() - t0))
+        rates["vlp index build"].append(len(paths) / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         loaded = load_model(model_dir)  # loading counts on both sides
         with torch.no_grad():
@@ -225,7 +226,7 @@ def part_embed_rate(model_dir: Path, args, work: Path) -> None:
     for name, values in rates.items():
         each = ", ".join(f"{v:.0f}" for v in values)
         print(f"{name:<18} {max(values):8.0f} images/s (best of {args.rounds}; all: {each})")
-    print(f"ratio vlp / plain: {max(rates['vlp predict embed']) / max(rates['plain loop']):.2f}")
+    print(f"ratio vlp / plain: {max(rates['vlp index build']) / max(rates['plain loop']):.2f}")
 
 
 def main() -> None:

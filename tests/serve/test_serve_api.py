@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,3 +277,22 @@ def test_a_fine_tuned_vqa_head_answers_before_a_decoder_fallback(loaded):
     predictor = Predictor([("blip", loaded), ("vqa-run", classifier)])
     assert predictor.route["vqa"].name == "vqa-run" and predictor.route["caption"].name == "blip"
     assert predictor.describe()["models"][1]["can"] == {"vqa": "classify"}
+
+
+def test_serve_searches_a_vlp_index_build_folder_through_its_index(served_files, loaded, tmp_path):
+    from vlp.cli import main
+    from vlp.tasks.retrieval.index import open_index
+
+    out = tmp_path / "built"
+    assert main(["index", "build", str(served_files["model"]), str(served_files["images"]), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    gallery = open_gallery(out)
+    assert gallery.roots == [served_files["images"].resolve()] and gallery.ann is not None
+    predictor = Predictor([("tiny-blip", loaded)], gallery)
+    with BackgroundServer(build_app(predictor, LIMITS), stop_after=120) as running:
+        status, body = request(running.url + "/search?q=a+green+square&k=4")
+    query = predictor.embed_texts(["a green square"])
+    _, ids = open_index(out).search(query, 4)
+    assert status == 200 and [r["id"] for r in body["results"]] == ids[0].tolist()
+    names = {Path(p).name for p in open_index(out).paths}
+    assert {r["name"] for r in body["results"]} <= names  # link.png, the symlink out, is not among them

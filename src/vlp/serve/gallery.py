@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlp.io.embeddings import META_NAME, read_embeddings
+from vlp.tasks.retrieval.index import is_index_folder, open_index
 
 
 class Gallery:
@@ -130,23 +131,12 @@ def open_gallery(folder: str | Path, roots: Sequence[str | Path] | None = None) 
 
 
 def _retrieval_index(folder: Path, roots: Sequence[str | Path] | None) -> Gallery | None:
-    """A ``vlp index build`` folder as a gallery (None when ``folder`` is not one, or that module is absent)."""
-    try:
-        from vlp.tasks.retrieval import index as retrieval_index  # lands with `vlp index build`
-    except ImportError:
+    """A ``vlp index build`` folder as a gallery searched by its own index (None when ``folder`` is not one)."""
+    if not is_index_folder(folder):
         return None
-    is_index = getattr(retrieval_index, "is_index_folder", None)
-    if is_index is None or not is_index(folder):
-        return None
-    opened = retrieval_index.open_index(folder)
-    return Gallery(
-        None,
-        list(opened.paths),
-        roots if roots else getattr(opened, "roots", None),
-        getattr(opened, "captions", None),
-        ann=opened,
-        dim=opened.dim,
-    )
+    opened = open_index(folder)
+    listed = [os.path.abspath(p) for p in opened.paths]  # relative keys: from the folder the build ran in
+    return Gallery(None, listed, roots or opened.roots or None, opened.captions, ann=opened, dim=opened.dim)
 
 
 __all__ = ["Gallery", "open_gallery"]
