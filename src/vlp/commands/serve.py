@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from vlp.serve.limits import Limits
     from vlp.serve.predictor import Predictor
     from vlp.serve.server import run as run_server
-    from vlp.tasks.common import load_model, resolve_device
+    from vlp.tasks.common import resolve_device
 
     try:
         limits = Limits(
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    models = [(Path(path).name, load_model(path, device=device)) for path in args.model]
+    models = [(Path(path).name, _load(path, args.tokenizer, device)) for path in args.model]
     try:
         gallery = open_gallery(args.index, args.root) if args.index else None
     except (FileNotFoundError, ValueError) as err:
@@ -60,6 +60,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"vlp serve: http://{args.host}:{args.port}/  (Ctrl-C stops)", flush=True)
     run_server(build_app(predictor, limits), args.host, args.port, stop_after=args.stop_after)
     return 0
+
+
+def _load(path: str, tokenizer: str | None, device: object) -> object:
+    """A model as ``vlp predict`` loads it; ``--tokenizer`` serves the models that carry none of their own."""
+    from vlp.config import ConfigError
+    from vlp.io.folders import load_any
+
+    try:
+        return load_any(path, device=device)
+    except ConfigError as err:
+        if tokenizer is None or "tokenizer" not in str(err):
+            raise
+        return load_any(path, tokenizer, device=device)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prompt", help="caption prompt (default: the model's fine-tuning prompt, else 'a picture of ')"
     )
     parser.add_argument("--num-beams", type=int, default=3, help="caption beam size")
+    parser.add_argument("--tokenizer", help="tokenizer folder for the models that carry none (e.g. demo runs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--stop-after", type=float, help="stop by itself after this many seconds")
