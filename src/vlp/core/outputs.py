@@ -62,5 +62,6 @@ class ModelOutputs:
     text_embed: torch.Tensor | None = None
     image_embed: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None  # SigLIP's learnable bias (model.logit_bias), else None
     momentum: ModelOutputs | None = None
     extra: dict[str, Any] = field(default_factory=dict)

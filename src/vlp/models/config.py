@@ -33,9 +33,14 @@ class ModelConfig:
     # masked mean; "auto" picks "first" when the visual encoder has such a token. "max": the
     # channel-wise max over the kept tokens (a presence detector: measured to let a tiny ViT learn
     # which shapes are in a ShapesWorld image, where [CLS] and the mean did not)
-    image_pool: Literal["auto", "first", "mean", "max"] = "auto"
+    # "map": SigLIP's multihead attention pooling (a learned probe attends over the tokens; vlp.layers.map_pool)
+    image_pool: Literal["auto", "first", "mean", "max", "map"] = "auto"
     proj_bias: bool = True  # bias in text_proj / image_proj (ALBEF yes, CLIP no)
     temperature: float = 0.07  # initial ITC temperature; logit_scale starts at log(1 / temperature)
+    # SigLIP's learnable logit bias b (logit = exp(logit_scale) <x, y> + b), started at logit_bias_init;
+    # off by default so that models without it keep their parameter set (and old checkpoints load)
+    logit_bias: bool = False
+    logit_bias_init: float = -10.0
 
     def __post_init__(self) -> None:
         self.heads = validate_heads(self.heads)  # built in Python with plain dicts: the same typed configs
@@ -43,3 +48,5 @@ class ModelConfig:
             raise ValueError(f"model.embed_dim must be >= 0, got {self.embed_dim}")
         if self.temperature <= 0:
             raise ValueError(f"model.temperature must be > 0, got {self.temperature}")
+        if self.logit_bias and not self.embed_dim:
+            raise ValueError("model.logit_bias: true needs a dual-encoder side (model.embed_dim > 0)")

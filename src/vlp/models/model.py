@@ -19,6 +19,7 @@ from vlp.core.outputs import FusedOutput, ModelOutputs, VisualTokens
 from vlp.data.batch import Batch
 from vlp.fusion.base import FusionModule
 from vlp.layers import Transformer, masked_mean
+from vlp.layers.map_pool import MapPool
 from vlp.models.config import ModelConfig
 from vlp.models.heads import HeadContext, build_heads
 
@@ -58,6 +59,10 @@ class VisionLanguageModel(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)))
         else:
             self.text_proj = self.image_proj = self.logit_scale = None
+        # registered only when enabled: models without it keep exactly their old parameter names
+        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init))) if cfg.logit_bias else None
+        if cfg.image_pool == "map":
+            self.image_pool_head = self._map_pool()
         heads = dict(cfg.heads)
         if self.decoder is not None:
             heads.setdefault("lm", {})  # a decoder is only useful with its prediction head
@@ -240,7 +245,18 @@ class VisionLanguageModel(nn.Module):
             return image.tokens.masked_fill(~image.mask[..., None], float("-inf")).amax(dim=1)
         if how == "mean":
             return masked_mean(image.tokens, image.mask)
-        raise ValueError(f"pool: {pool!r} is not one of auto, first, max, mean")
+        if how == "map" and hasattr(self, "image_pool_head"):
+            return self.image_pool_head(image.tokens, image.mask)
+        raise ValueError(f"pool: {pool!r} is not one of auto, first, max, mean (or map with model.image_pool: map)")
+
+    def _map_pool(self) -> MapPool:
+        """SigLIP's attention-pooling head on the image tower's width, heads and MLP size."""
+        vision = getattr(self.vision, "config", None)
+        if self.vision is None or vision is None or not hasattr(vision, "heads"):
+            raise ConfigError("model.image_pool: map needs a transformer image tower (model.vision with heads)")
+        dim = self.vision.dim
+        mlp_dim = getattr(vision, "mlp_dim", 0) or 4 * dim
+        return MapPool(dim, vision.heads, mlp_dim, getattr(vision, "act", "gelu"), getattr(vision, "eps", 1e-6))
 
     def _image_pool(self) -> str:
         if self.cfg.image_pool != "auto":
@@ -301,7 +317,7 @@ class VisionLanguageModel(nn.Module):
             out.image = self.image_tokens(batch)
             if self.image_proj is not None:
                 out.image_embed = self._image_embed(out.image)
-        out.logit_scale = self.logit_scale
+        out.logit_scale, out.logit_bias = self.logit_scale, self.logit_bias
         return out
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

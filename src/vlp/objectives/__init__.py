@@ -23,6 +23,7 @@ from vlp.objectives.momentum import MomentumModel
 from vlp.objectives.pretraining import Pretraining
 from vlp.objectives.region import MRC, MRFR, MRCConfig, MRFRConfig
 from vlp.objectives.registry import build_objectives, objective_config, validate_objectives
+from vlp.objectives.siglip import SigLIP, SigLIPConfig
 
 __all__ = [
     "ITC",
@@ -41,6 +42,8 @@ __all__ = [
     "Objective",
     "ObjectiveConfig",
     "Pretraining",
+    "SigLIP",
+    "SigLIPConfig",
     "build_objectives",
     "logs_to_floats",
     "objective_config",

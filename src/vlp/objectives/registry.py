@@ -18,6 +18,7 @@ from vlp.objectives.itm import ITM
 from vlp.objectives.lm import LMConfig  # noqa: F401  registers lm
 from vlp.objectives.mlm import MLMConfig
 from vlp.objectives.region import MRCConfig, MRFRConfig  # noqa: F401  register mrc, mrfr
+from vlp.objectives.siglip import SigLIPConfig  # noqa: F401  registers siglip
 
 
 def objective_config(name: str, options: Mapping[str, Any] | ObjectiveOptions | None) -> ObjectiveOptions:
