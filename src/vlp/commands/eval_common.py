@@ -67,6 +67,18 @@ def prepare_eval(args: argparse.Namespace, shapes_format: str) -> EvalSetup:
     return EvalSetup(loaded, data, device)
 
 
+def prepare_labelled_eval(args: argparse.Namespace) -> tuple[EvalSetup, bool]:
+    """:func:`prepare_eval` for the classification evaluations (zero-shot, probe): ``(setup, True)`` when the
+    data is an image folder labelled by its class folders, where ``--by`` / ``--objects`` do not apply."""
+    setup = prepare_eval(args, "instances")
+    folder = setup.data.type == "image_folder"
+    if folder and (args.by or args.objects):
+        raise ConfigError(
+            "--by / --objects: an image folder is labelled by its class folders; they apply to COCO instances"
+        )
+    return setup, folder
+
+
 def finish_eval(
     args: argparse.Namespace,
     task: str,

@@ -9,7 +9,7 @@ from vlp.commands.eval_common import (
     add_eval_arguments,
     add_label_arguments,
     finish_eval,
-    prepare_eval,
+    prepare_labelled_eval,
 )
 from vlp.config import ConfigError
 from vlp.data.sources.image_folder import folder_layout
@@ -17,13 +17,8 @@ from vlp.tasks.probe import DEFAULT_CS, evaluate
 
 
 def run(args: argparse.Namespace) -> int:
-
-    setup = prepare_eval(args, "instances")
+    setup, folder = prepare_labelled_eval(args)
     task = setup.loaded.task
-    folder = setup.data.type == "image_folder"
-    if folder and (args.by or args.objects):
-        raise ConfigError("--by / --objects: an image folder is labelled by its class folders; they apply to "
-                          "COCO instances")  # fmt: skip
     by, objects = args.by or task.get("by", "shape"), args.objects or task.get("objects", "largest")
     val_split = args.val_split
     if val_split is None:

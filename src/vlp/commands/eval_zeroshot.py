@@ -10,7 +10,7 @@ from vlp.commands.eval_common import (
     add_label_arguments,
     class_names_option,
     finish_eval,
-    prepare_eval,
+    prepare_labelled_eval,
 )
 from vlp.config import ConfigError
 from vlp.data.sources.image_folder import folder_layout
@@ -19,13 +19,8 @@ from vlp.tasks.zeroshot import TEMPLATE_SETS, evaluate, save_confusion_png
 
 
 def run(args: argparse.Namespace) -> int:
-
-    setup = prepare_eval(args, "instances")
+    setup, folder = prepare_labelled_eval(args)
     task = setup.loaded.task
-    folder = setup.data.type == "image_folder"
-    if folder and (args.by or args.objects):
-        raise ConfigError("--by / --objects: an image folder is labelled by its class folders; they apply to "
-                          "COCO instances")  # fmt: skip
     if args.split is None:  # one folder of class folders has no split: every image is classified
         args.split = "all" if folder and not folder_layout(setup.data.root or ".").splits else "test"
     by = args.by or task.get("by", "shape")
