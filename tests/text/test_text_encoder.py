@@ -7,6 +7,7 @@ from vlp.config import ConfigError, build, from_dict
 from vlp.interop.bert import export_bert_state_dict, load_bert_weights
 from vlp.models.config import ModelConfig
 from vlp.text import BertTextConfig, BertTextEncoder, TextEmbeddings
+from vlp.text.encoder import pool_tokens
 
 TINY = dict(vocab_size=50, dim=16, layers=4, heads=2, mlp_dim=32, max_positions=20, dropout=0.0)
 
@@ -176,9 +177,17 @@ def test_config_builds_from_a_recipe_dict_and_validates():
     assert isinstance(build(cfg), BertTextEncoder)
     with pytest.raises(ConfigError, match=r"text: dim=16 is not divisible by heads=3"):
         from_dict(ModelConfig, {"text": {"type": "bert", **TINY, "heads": 3}})
-    with pytest.raises(ConfigError, match=r"text\.pooling: expected one of \['cls', 'eos', 'argmax', 'mean'\]"):
+    with pytest.raises(ConfigError, match=r"text\.pooling: expected one of \['cls', 'eos', 'argmax', 'mean', 'last'\]"):
         from_dict(ModelConfig, {"text": {"type": "bert", "pooling": "max"}})
     with pytest.raises(ConfigError, match="cross_attention_from=4"):
         from_dict(ModelConfig, {"text": {"type": "bert", **TINY, "cross_attention_from": 4}})
     with pytest.raises(ConfigError, match="act: unknown activation 'swish'"):
         from_dict(ModelConfig, {"text": {"type": "bert", "act": "swish"}})
+
+
+def test_last_pooling_takes_the_last_position_even_when_it_is_padding():
+    # SigLIP pools position -1 whatever the mask; eos without an id takes the last *kept* token
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float).reshape(2, 3, 2)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert torch.equal(pool_tokens(hidden, "last", mask), torch.stack([hidden[0, 2], hidden[1, 2]]))
+    assert torch.equal(pool_tokens(hidden, "eos", mask), torch.stack([hidden[0, 1], hidden[1, 2]]))

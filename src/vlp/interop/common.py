@@ -242,6 +242,9 @@ class Converter:
         """vlp ``ModelConfig`` -> transformers ``config.json`` (``base``: the imported one, to keep its extras)."""
         raise NotImplementedError
 
+    def check_export(self, model: nn.Module) -> None:
+        """Refuse, before export, weights the target class cannot hold (default: accept)."""
+
     def prepare(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Rewrite checkpoint tensors before the table applies (default: unchanged)."""
         return state

@@ -37,6 +37,7 @@ from vlp.interop.preprocess import (
     from_hf,
     from_recipe,
 )
+from vlp.interop.siglip import SiglipConverter
 from vlp.interop.vilt import ViltConverter
 from vlp.interop.visualbert import VisualBertConverter
 from vlp.io.factory import build_model
@@ -56,12 +57,24 @@ TOKENIZER_FILES = (
 HF_CONFIG_NAME = "transformers_config.json"
 INTEROP_NAME = "interop.json"
 # the transformers image processor class written on export, per family
-PROCESSORS = {"clip": "CLIPImageProcessor", "vilt": "ViltImageProcessor", "blip": "BlipImageProcessor"}
+PROCESSORS = {
+    "clip": "CLIPImageProcessor",
+    "vilt": "ViltImageProcessor",
+    "blip": "BlipImageProcessor",
+    "siglip": "SiglipImageProcessor",
+}
 
 
 def converters() -> list[Converter]:
-    """Every converter, one per model family."""
-    return [ClipConverter(), ViltConverter(), BlipConverter(), LxmertConverter(), VisualBertConverter()]
+    """Every converter, one per model family (SigLIP before CLIP: a SigLIP model is also a dual encoder)."""
+    return [
+        SiglipConverter(),
+        ClipConverter(),
+        ViltConverter(),
+        BlipConverter(),
+        LxmertConverter(),
+        VisualBertConverter(),
+    ]
 
 
 def _known() -> str:
@@ -217,6 +230,7 @@ def export_folder(src: str | Path, dst: str | Path, architecture: str | None = N
     # the class follows the model's heads (an imported ViltModel fine-tuned with a VQA head exports as
     # ViltForQuestionAnswering); an explicit one must be of the family and hold those heads
     arch = conv.architecture(model.cfg)
+    conv.check_export(model)
     if architecture is not None and architecture != arch:
         raise ConversionError(
             f"{src}: model {model.cfg.name!r} (heads: {sorted(model.cfg.heads) or 'none'}) exports as {arch}, "

@@ -198,10 +198,13 @@ def pool_tokens(
     end-of-text token), else the last kept token of the right-padded
     ``attention_mask`` (BERT's ``[SEP]``). ``argmax``: the first position of the
     highest id of each row (OpenAI CLIP, and transformers' CLIP with the legacy
-    ``eos_token_id: 2``: there <|endoftext|> is the highest id of ordinary text).
+    ``eos_token_id: 2``: there <|endoftext|> is the highest id of ordinary text). ``last``: the
+    last position, padding or not (SigLIP).
     """
     if mode == "cls":
         return hidden[:, 0]
+    if mode == "last":  # SigLIP: the last position whatever the mask (its tokenizer pads to a fixed length)
+        return hidden[:, -1]
     if mode == "argmax":
         if input_ids is None:
             raise ValueError("argmax pooling needs input_ids")
@@ -210,7 +213,7 @@ def pool_tokens(
         _check_mask(attention_mask, hidden, "attention_mask")
         return masked_mean(hidden, attention_mask)
     if mode != "eos":
-        raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos', 'argmax' or 'mean'")
+        raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos', 'argmax', 'mean' or 'last'")
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if eos_id >= 0:
         if input_ids is None:
@@ -255,7 +258,7 @@ class BertTextConfig(TextConfig):
     act: str = "gelu"
     norm_first: bool = False  # False = BERT post-norm blocks
     causal: bool = False  # default causal masking (CLIP text tower, BLIP decoder)
-    pooling: Literal["cls", "eos", "argmax", "mean"] = "cls"
+    pooling: Literal["cls", "eos", "argmax", "mean", "last"] = "cls"
     eos_id: int = -1  # eos pooling: token id to pool at; -1 = last kept token
     final_norm: bool = False  # LayerNorm after the last layer (pre-norm towers)
     embed_norm: bool = True  # LayerNorm after the embedding sum (BERT yes, CLIP no)
@@ -278,8 +281,8 @@ class BertTextConfig(TextConfig):
             raise ValueError(
                 f"cross_attention_from={self.cross_attention_from}: expected -1 or a layer in [0, {self.layers})"
             )
-        if self.pooling not in ("cls", "eos", "argmax", "mean"):
-            raise ValueError(f"pooling={self.pooling!r}: expected 'cls', 'eos', 'argmax' or 'mean'")
+        if self.pooling not in ("cls", "eos", "argmax", "mean", "last"):
+            raise ValueError(f"pooling={self.pooling!r}: expected 'cls', 'eos', 'argmax', 'mean' or 'last'")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
