@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from objectives_toy_model import ToyModel, ToyTokenizer, toy_batch
 
+import vlp
 from vlp.config import ConfigError
 from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
@@ -195,3 +196,11 @@ def test_checkpoint_of_another_queue_size_is_refused() -> None:
     pt(toy_batch())
     with pytest.raises(RuntimeError, match="queue has 6 entries but objectives.itc.queue_size is 4"):
         pretraining(queue_size=4).load_state_dict(pt.state_dict())
+
+
+@pytest.mark.parametrize(("name", "size"), [("albef", 65536), ("blip", 57600), ("albef-tiny", 256)])
+def test_recipes_queue_the_momentum_features(name: str, size: int) -> None:
+    with torch.device("meta"):
+        model = vlp.create_model(name)
+    assert model.cfg.momentum == 0.995  # the queue holds the momentum model's features
+    assert validate_objectives(model.recipe.objectives)["itc"]["queue_size"] == size
