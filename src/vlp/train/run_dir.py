@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from vlp.config import ConfigError
+from vlp.config import ConfigError, to_dict
+from vlp.recipe import parse_recipe
 
 # what a run writes; --overwrite removes exactly these and leaves anything else alone
 RUN_ARTIFACTS = (
@@ -97,12 +98,27 @@ def _may_change(key: str, in_both: bool, also: tuple[str, ...] = ()) -> bool:
     return in_both and key.startswith("optim.module_lr.")
 
 
+def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A saved vlp recipe mapping with every option the current vlp knows at its default where it was not
+    written (keys vlp adds to a run, such as a fine-tuning run's ``task``, are kept as they are); anything
+    that is not a parseable vlp recipe (e.g. a bare engine job's) is returned unchanged."""
+    if not isinstance(recipe, dict) or "model" not in recipe:
+        return recipe
+    sections = {k: v for k, v in recipe.items() if k in ("model", "data", "objectives", "optim", "schedule", "train")}
+    try:
+        filled = to_dict(parse_recipe(sections))
+    except (ConfigError, ValueError, TypeError):
+        return recipe
+    return {**recipe, **filled}
+
+
 def recipe_differences(saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...] = ()) -> list[str]:
     """``"key: A in the run, B now"`` for every dotted key that differs and a resumed run may not change
     (``may_change``: dotted keys a job adds to :data:`RESUME_MAY_CHANGE`, e.g. what it does after training)."""
-    # compare as YAML sees them (tuples are lists, as in the saved recipe.yaml)
-    old = _flatten(yaml.safe_load(yaml.safe_dump(saved)) or {})
-    new = _flatten(yaml.safe_load(yaml.safe_dump(current)) or {})
+    # compare as YAML sees them (tuples are lists, as in the saved recipe.yaml), each with every default filled
+    # in, so that an option added to vlp after the run started does not count as a change
+    old = _flatten(yaml.safe_load(yaml.safe_dump(with_defaults(saved))) or {})
+    new = _flatten(yaml.safe_load(yaml.safe_dump(with_defaults(current))) or {})
     found = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
