@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", action="append", default=[],
                         help="folder whose images may be shown (repeatable); default: the index's roots")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 exposes it to the network")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body")
     parser.add_argument("--max-megapixels", type=float, default=40.0, help="largest uploaded image (width x height)")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds one request may take")
@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-beams", type=int, default=3, help="caption beam size")
     parser.add_argument("--tokenizer", help="tokenizer folder for the models that carry none (e.g. demo runs)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--stop-after", type=float, help="stop by itself after this many seconds")
     parser.set_defaults(run=run)
