@@ -56,9 +56,7 @@ def task_recipe(world: Path, **task) -> dict:
 
 def test_average_precision_hand_worked_cases():
     # positives at ranks 1, 3, 5: precisions 1/1, 2/3, 3/5
-    assert average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1]) == pytest.approx(
-        (1 + 2 / 3 + 3 / 5) / 3
-    )
+    assert average_precision([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1]) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
     # a constant score is one block: precision = prevalence for every positive
     assert average_precision([0.3] * 4, [1, 0, 0, 1]) == pytest.approx(0.5)
     # blocks {0.9}, {0.5, 0.5}, {0.1}: the tied block adds one positive at precision 1/3, the last at 2/4
