@@ -15,7 +15,7 @@ import vlp
 SRC = Path(vlp.__file__).parent
 PACKAGES = ["captioning", "decoding", "perception", "probe", "refexp", "retrieval", "tagging", "vqa", "zeroshot"]
 ENTRY_POINTS = ("evaluate", "finetune", "predict")
-TOP_LAYER = ("commands", "cli", "cli.py", "demo")
+TOP_LAYER = ("commands", "cli", "cli.py", "demo", "serve")
 
 
 def python_files(package: str) -> list[Path]:
