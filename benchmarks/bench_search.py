@@ -12,7 +12,7 @@ index of real model embeddings, the cost of returning 10k results, and embedding
    separate cones, so an index trained on images can serve text queries worse (clip-retrieval issue 76).
    The model: ``--model`` (any vlp dual-encoder folder or run) on ``--data`` (a ShapesWorld folder); by
    default clip-tiny pretrained here with ITC for ``--train-steps`` on ``--images`` ShapesWorld renders.
-   Its embedding is 16-d; PQ with d/4 (``vlp index build``'s default), d/2 and d sub-quantizers, each
+   Its embedding is 16-d; PQ with d/4, d/2 (``vlp index build``'s default) and d sub-quantizers, each
    alone and with the top 4 x 10 and 10 x 10 candidates re-scored exactly (``vlp index build``: 10).
 3. Returning 10k results: ``vlp serve``'s gallery (search, then the metadata of each result: name under
    its root, caption) for k = 10 and k = 10 000, per query.

