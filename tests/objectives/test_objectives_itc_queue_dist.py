@@ -1,23 +1,16 @@
 """ALBEF's queue over 2 gloo ranks: both ranks enqueue the same gathered batch, and the loss equals one process's."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dist_itc_queue_worker as worker
 import pytest
 import torch
+from two_ranks import run_two_ranks
 
 
 @pytest.mark.slow
 def test_both_ranks_hold_the_queue_of_the_global_batch(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(Path(worker.__file__)), str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_ranks(worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name in worker.CASES:
         losses, queue = worker.run_case(name)  # one process, the whole global batch
