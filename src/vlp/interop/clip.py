@@ -100,6 +100,37 @@ def vision_section(v: dict[str, Any], where: str = "vision_config") -> dict[str,
     }
 
 
+def hf_text_fields(t: Any) -> dict[str, Any]:
+    """transformers' text-tower config fields of a vlp ``BertTextConfig`` (CLIP-style towers)."""
+    return {
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.dim,
+        "intermediate_size": t.mlp_dim,
+        "num_hidden_layers": t.layers,
+        "num_attention_heads": t.heads,
+        "max_position_embeddings": t.max_positions,
+        "hidden_act": ACTS_BACK[t.act],
+        "layer_norm_eps": t.eps,
+        "attention_dropout": t.attn_dropout or 0.0,
+    }
+
+
+def hf_vision_fields(v: Any) -> dict[str, Any]:
+    """transformers' ViT config fields of a vlp ``PatchConfig`` (CLIP-style towers)."""
+    return {
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "num_channels": v.in_channels,
+        "hidden_size": v.dim,
+        "intermediate_size": v.mlp_dim or 4 * v.dim,
+        "num_hidden_layers": v.layers,
+        "num_attention_heads": v.heads,
+        "hidden_act": ACTS_BACK[v.act],
+        "layer_norm_eps": v.eps,
+        "attention_dropout": v.attn_dropout,
+    }
+
+
 def text_table(table: Table, ours: str, theirs: str, layers: int) -> None:
     """CLIP text tower names (``theirs`` = ``text_model`` or ``""``)."""
     p = f"{theirs}." if theirs else ""
@@ -181,32 +212,12 @@ class ClipConverter(Converter):
         need(isinstance(v.image_size, int), f"CLIPModel needs a square image_size, got {v.image_size}")
         text = dict(get(base, "text_config", {}))
         text.update(
-            vocab_size=t.vocab_size,
-            hidden_size=t.dim,
-            intermediate_size=t.mlp_dim,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-            max_position_embeddings=t.max_positions,
-            hidden_act=ACTS_BACK[t.act],
-            layer_norm_eps=t.eps,
-            attention_dropout=t.attn_dropout or 0.0,
+            **hf_text_fields(t),
             eos_token_id=2 if t.pooling == "argmax" else t.eos_id,  # 2: transformers' legacy argmax pooling
             projection_dim=cfg.embed_dim,
         )
         vision = dict(get(base, "vision_config", {}))
-        vision.update(
-            image_size=v.image_size,
-            patch_size=v.patch_size,
-            num_channels=v.in_channels,
-            hidden_size=v.dim,
-            intermediate_size=v.mlp_dim or 4 * v.dim,
-            num_hidden_layers=v.layers,
-            num_attention_heads=v.heads,
-            hidden_act=ACTS_BACK[v.act],
-            layer_norm_eps=v.eps,
-            attention_dropout=v.attn_dropout,
-            projection_dim=cfg.embed_dim,
-        )
+        vision.update(**hf_vision_fields(v), projection_dim=cfg.embed_dim)
         out = {k: val for k, val in base.items() if k not in ("text_config", "vision_config")}
         out.update(model_type="clip", text_config=text, vision_config=vision, projection_dim=cfg.embed_dim)
         return out

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from vlp.config import family_name
-from vlp.interop.clip import add_blocks
-from vlp.interop.common import ACTS_BACK, ConversionError, Converter, StateMapping, Table, act_of, get, need
+from vlp.interop.clip import add_blocks, hf_text_fields, hf_vision_fields
+from vlp.interop.common import ConversionError, Converter, StateMapping, Table, act_of, get, need
 
 
 def text_section(t: dict[str, Any], where: str = "text_config") -> dict[str, Any]:
@@ -164,32 +164,9 @@ class SiglipConverter(Converter):
         need(cfg.proj_bias, "model.proj_bias: false: SiglipModel's text head has a bias")
         need(cfg.embed_dim == v.dim, f"model.embed_dim={cfg.embed_dim} must equal model.vision.dim={v.dim}")
         text = dict(get(base, "text_config", {}))
-        text.update(
-            vocab_size=t.vocab_size,
-            hidden_size=t.dim,
-            intermediate_size=t.mlp_dim,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-            max_position_embeddings=t.max_positions,
-            hidden_act=ACTS_BACK[t.act],
-            layer_norm_eps=t.eps,
-            attention_dropout=t.attn_dropout or 0.0,
-            projection_size=cfg.embed_dim,
-        )
+        text.update(**hf_text_fields(t), projection_size=cfg.embed_dim)
         vision = dict(get(base, "vision_config", {}))
-        vision.update(
-            image_size=v.image_size,
-            patch_size=v.patch_size,
-            num_channels=v.in_channels,
-            hidden_size=v.dim,
-            intermediate_size=v.mlp_dim or 4 * v.dim,
-            num_hidden_layers=v.layers,
-            num_attention_heads=v.heads,
-            hidden_act=ACTS_BACK[v.act],
-            layer_norm_eps=v.eps,
-            attention_dropout=v.attn_dropout,
-            vision_use_head=True,
-        )
+        vision.update(**hf_vision_fields(v), vision_use_head=True)
         out = {k: val for k, val in base.items() if k not in ("text_config", "vision_config")}
         out.update(model_type="siglip", text_config=text, vision_config=vision)
         return out
