@@ -113,6 +113,35 @@ def test_legacy_eos_config_pools_at_the_highest_id(tmp_path):
     check_against(model, hf)
 
 
+@pytest.mark.parametrize("eos", [EOT, 2], ids=["eos_id", "legacy_argmax"])
+def test_trimmed_text_equals_transformers_on_the_padded_batch(eos, tmp_path):
+    """model.text_trim: a batch padded to 16 runs the tower on 8 positions; embeddings, logits and the
+    hidden states at real tokens equal transformers' (and vlp's own untrimmed pass) on the padded batch."""
+    torch.manual_seed(2)
+    hf = perturb(transformers.CLIPModel(clip_config(eos=eos))).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model = vlp.create_model("clip", pretrained=tmp_path / "hf").eval()
+    assert model.cfg.text_trim == 8
+    ids, mask = padded_ids([5, 3, 2, 7], SOT, first=SOT, last=EOT, pad=EOT)
+    ids = torch.cat([ids, torch.full((4, 9), EOT)], 1)  # padded to max_position_embeddings, 16
+    mask = torch.cat([mask, torch.zeros(4, 9, dtype=torch.bool)], 1)
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    seen = []
+    model.text.embeddings.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask.long(), pixel_values=images)
+        out = model(vlp.Batch(input_ids=ids, attention_mask=mask, images=images))
+        text_embed, image_embed = model.encode_text(ids, mask), model.encode_image(images)
+        assert seen == [8, 8]
+        close(out.text_embed, ref.text_embeds)
+        close(text_embed, ref.text_embeds)
+        close(model.logit_scale.exp() * text_embed @ image_embed.T, ref.logits_per_text)
+        close(out.text[mask], ref.text_model_output.last_hidden_state[mask])
+        model.cfg.text_trim = 0  # vlp's own padded pass
+        torch.testing.assert_close(model.encode_text(ids, mask), text_embed, atol=1e-6, rtol=1e-6)
+    assert seen[-1] == 16
+
+
 def test_create_model_pretrained_and_family_check(hf_folder, converted):
     for source in (hf_folder, converted):
         model = vlp.create_model("clip-tiny", pretrained=source)

@@ -41,11 +41,17 @@ class ModelConfig:
     # off by default so that models without it keep their parameter set (and old checkpoints load)
     logit_bias: bool = False
     logit_bias_init: float = -10.0
+    # cut each text batch to its longest real length (attention_mask), rounded up to this multiple, before
+    # the text tower and the fusion module, and pad the outputs back with zeros: exact at every kept
+    # position and for every pooling but SigLIP's "last" (never cut); 0 = off (vlp.text.trim)
+    text_trim: int = 8
 
     def __post_init__(self) -> None:
         self.heads = validate_heads(self.heads)  # built in Python with plain dicts: the same typed configs
         if self.embed_dim < 0:
             raise ValueError(f"model.embed_dim must be >= 0, got {self.embed_dim}")
+        if self.text_trim < 0:
+            raise ValueError(f"model.text_trim must be >= 0 (0 = off), got {self.text_trim}")
         if self.temperature <= 0:
             raise ValueError(f"model.temperature must be > 0, got {self.temperature}")
         if self.logit_bias and not self.embed_dim:

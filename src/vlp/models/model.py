@@ -22,6 +22,7 @@ from vlp.layers import Transformer, masked_mean
 from vlp.layers.map_pool import MapPool
 from vlp.models.config import ModelConfig
 from vlp.models.heads import HeadContext, build_heads
+from vlp.text.trim import cut, pad_back, trimmed_length
 
 
 class VisionLanguageModel(nn.Module):
@@ -178,26 +179,52 @@ class VisionLanguageModel(nn.Module):
 
         Single-stream and MoME models: the embeddings. ALBEF: layers ``[0, from_layer)``.
         BLIP (``text_cross`` with ``restart``): the embeddings, since fusion re-runs every layer.
-        Co-attention and dual encoders: the whole text encoder.
+        Co-attention and dual encoders: the whole text encoder. With ``model.text_trim`` the tower runs on
+        the batch cut to its longest real length and the result is zero-padded back to ``L``
+        (:mod:`vlp.text.trim`: the same values at every kept position).
         """
-        text = self._need("text")
+        self._need("text")
         end = self.fusion.text_input_layers() if self.fusion is not None else None
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        return text(input_ids, attention_mask, token_type_ids, end_layer=end)
+        return self._run_text(input_ids, attention_mask, token_type_ids, end)
+
+    def _text_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+        """How far the text side may be cut (``model.text_trim``; see :mod:`vlp.text.trim`)."""
+        cfg = getattr(self.text, "cfg", None)
+        pooling, eos_id = getattr(cfg, "pooling", "last"), getattr(cfg, "eos_id", -1)
+        return trimmed_length(attention_mask, self.cfg.text_trim, input_ids, pooling, eos_id)
+
+    def _run_text(self, input_ids, attention_mask, token_type_ids, end: int | None) -> torch.Tensor:
+        """The text tower's layers ``[0, end)`` on the trimmed batch, padded back to the batch's length."""
+        length = input_ids.shape[1]
+        n = self._text_length(input_ids, attention_mask) if input_ids.dim() == 2 else length
+        if n >= length:
+            return self.text(input_ids, attention_mask, token_type_ids, end_layer=end)
+        tokens = self.text(cut(input_ids, n), cut(attention_mask, n), cut(token_type_ids, n), end_layer=end)
+        return pad_back(tokens, length)
 
     def image_tokens(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
         """Unimodal visual tokens (VisualTokens ``(B, N, D)`` + keep-mask) from a Batch or images ``(B, 3, H, W)``."""
         return self._need("vision")(batch_or_images)
 
     def fuse(self, text: torch.Tensor, text_mask: torch.Tensor, image: VisualTokens) -> FusedOutput:
-        """Joint representation of ``text`` (from :meth:`text_tokens`) and ``image`` (from :meth:`image_tokens`)."""
+        """Joint representation of ``text`` (from :meth:`text_tokens`) and ``image`` (from :meth:`image_tokens`).
+
+        With ``model.text_trim`` the fusion runs on the text cut to ``text_mask``'s longest real length;
+        ``text`` comes back zero-padded to ``L`` (every fusion design pools position 0 or the image).
+        """
         if not self.has_fusion:
             raise RuntimeError(
                 f"model {self.cfg.name!r} is a dual encoder (no fusion module): it has no fuse(); "
                 "use encode_text / encode_image"
             )
-        return self.fusion(text, text_mask, image)
+        length = text.shape[1]
+        n = trimmed_length(text_mask, self.cfg.text_trim) if text_mask is not None and text.dim() == 3 else length
+        if n >= length:
+            return self.fusion(text, text_mask, image)
+        fused = self.fusion(cut(text, n), cut(text_mask, n), image)  # every fusion design pools position 0
+        return FusedOutput(text=pad_back(fused.text, length), image=fused.image, pooled=fused.pooled)
 
     # ----------------------------------------------------------------- dual-encoder side
     def _need_dual(self) -> None:
@@ -211,13 +238,14 @@ class VisionLanguageModel(nn.Module):
         """(B, E) normalized text embedding; ``tokens`` = an already computed :meth:`text_tokens` output."""
         if self.towers_in_fusion:
             tokens = tokens if tokens is not None else self.text_tokens(input_ids, attention_mask, token_type_ids)
-            pooled = self.fusion.encode_text(tokens, attention_mask)[:, 0]
+            n = trimmed_length(attention_mask, self.cfg.text_trim)  # pooled at position 0
+            pooled = self.fusion.encode_text(cut(tokens, n), cut(attention_mask, n))[:, 0]
         else:
             fusion = self.fusion
             if fusion is not None and fusion.unimodal_text_layers() != fusion.text_input_layers():
                 # e.g. BLIP: the fusion input is the embeddings, the unimodal text is the whole stack
                 end = fusion.unimodal_text_layers()
-                tokens = self.text(input_ids, attention_mask, token_type_ids, end_layer=end)
+                tokens = self._run_text(input_ids, attention_mask, token_type_ids, end)
             elif tokens is None:
                 tokens = self.text_tokens(input_ids, attention_mask, token_type_ids)
             pooled = self.text.pool(tokens, input_ids, attention_mask)
