@@ -120,6 +120,27 @@ def test_train_step_loss_and_gradients_equal_the_padded_ones(name):
         assert float((grads[key] - ref_grads[key]).abs().max()) <= 1e-6 * scale, key
 
 
+def test_blip_decoder_logits_and_lm_loss_equal_the_padded_ones():
+    """BLIP's captioning decoder: logits at every real position and the LM loss (targets keep their shapes)."""
+    trimmed, padded = pair("blip-tiny")
+    b = batch()
+    seen = []
+    trimmed.decoder.layers[0].register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    lm = build_objectives({"lm": {}})["lm"][1]
+    with torch.no_grad():
+        out, ref = trimmed(b), padded(b)
+        logits = trimmed.decode(b.input_ids, b.attention_mask, out.image)
+        ref_logits = padded.decode(b.input_ids, b.attention_mask, ref.image)
+        assert logits.shape == ref_logits.shape
+        keep = b.attention_mask
+        torch.testing.assert_close(logits[keep], ref_logits[keep], **TOL)
+        loss, logs = lm.compute(out, b)
+        ref_loss, ref_logs = lm.compute(ref, b)
+    torch.testing.assert_close(loss, ref_loss, **TOL)
+    torch.testing.assert_close(logs["lm_acc"], ref_logs["lm_acc"])
+    assert seen and set(seen) == {24}
+
+
 def test_siglip_last_pooling_is_not_cut():
     trimmed, padded = pair("siglip-tiny", **{"model.text.pooling": "last"})  # as siglip.yaml pools
     b = batch()

@@ -310,13 +310,18 @@ class VisionLanguageModel(nn.Module):
     def decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image: VisualTokens) -> torch.Tensor:
         """Image-grounded causal decoding: ids ``(B, L)`` -> next-token logits ``(B, L, V)``.
 
-        Position ``i`` sees tokens ``<= i`` and every kept image token (cross-attention).
+        Position ``i`` sees tokens ``<= i`` and every kept image token (cross-attention). With
+        ``model.text_trim`` the decoder runs on the batch cut to ``attention_mask``'s longest real length
+        and the logits of the cut (padding) positions are zeros; losses ignore those targets.
         """
         decoder = self._need("decoder")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        states = decoder(input_ids, attention_mask, context=image.tokens, context_mask=image.mask, causal=True)
-        return self.heads["lm"](states)
+        length = input_ids.shape[1]
+        n = trimmed_length(attention_mask, self.cfg.text_trim)
+        ids, mask = cut(input_ids, n), cut(attention_mask, n)
+        states = decoder(ids, mask, context=image.tokens, context_mask=image.mask, causal=True)
+        return pad_back(self.heads["lm"](states), length)
 
     # ----------------------------------------------------------------- the shared pass
     def text_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
