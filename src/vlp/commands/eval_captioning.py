@@ -17,7 +17,6 @@ from vlp.tasks.decoding import DecodeOptions
 
 
 def run(args: argparse.Namespace) -> int:
-
     setup = prepare_eval(args, "captions")
     prompt = args.prompt if args.prompt is not None else setup.loaded.task.get("prompt", "a picture of ")
     options = decode_options(args)

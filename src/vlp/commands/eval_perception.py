@@ -11,7 +11,6 @@ from vlp.tasks.perception import evaluate, heatmap, save_overlay
 
 
 def run(args: argparse.Namespace) -> int:
-
     setup = prepare_eval(args, "instances")
     model, tokenizer = setup.loaded.model, setup.loaded.tokenizer
     metrics = evaluate(

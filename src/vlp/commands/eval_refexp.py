@@ -9,7 +9,6 @@ from vlp.tasks.refexp import MODES, eval_data_for, evaluate
 
 
 def run(args: argparse.Namespace) -> int:
-
     setup = prepare_eval(args, "refcoco")
     model = setup.loaded.model
     mode = args.mode if args.mode != "auto" else setup.loaded.task.get("mode", "auto")

@@ -9,7 +9,6 @@ from vlp.tasks.retrieval import evaluate
 
 
 def run(args: argparse.Namespace) -> int:
-
     setup = prepare_eval(args, "captions")
     mode = "exhaustive" if args.exhaustive else "dual" if args.dual else "auto"
     metrics = evaluate(
