@@ -27,6 +27,7 @@ extraction scripts store in their ``.npz`` files, and nothing that runs code:
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import pickle
 import pickletools
@@ -52,6 +53,7 @@ class PlainDataUnpickler(pickle.Unpickler):
         )
 
 
+@functools.cache  # built once, not at every global a pickle names
 def _numpy_names() -> dict[tuple[str, str], Any]:
     import numpy as np
 
