@@ -8,13 +8,10 @@ test compares them with :func:`run_case` in one process on the whole batch.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from two_ranks import save_rank_averages
 
 from vlp.core.outputs import ModelOutputs
 from vlp.data.batch import Batch
@@ -57,23 +54,5 @@ def run_case(name: str, rows: slice | None = None) -> tuple[torch.Tensor, dict[s
     return loss.detach(), {n: p.grad.detach().clone() for n, p in towers.named_parameters()}
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    results = {}
-    for name, (sizes, _) in CASES.items():
-        start = sum(sizes[:rank])
-        loss, grads = run_case(name, slice(start, start + sizes[rank]))
-        for grad in [loss, *grads.values()]:  # what DDP does to gradients (and what a logger does to the loss)
-            dist.all_reduce(grad)
-            grad /= world
-        results[name] = {"loss": loss, **grads}
-    if rank == 0:
-        torch.save(results, sys.argv[1])
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main()
+    save_rank_averages(CASES, run_case)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import torch
+import torch.distributed as dist
 
 
 def run_two_ranks(worker: ModuleType, out: Path) -> None:
@@ -18,6 +20,29 @@ def run_two_ranks(worker: ModuleType, out: Path) -> None:
     proc = subprocess.run([*cmd, str(Path(worker.__file__)), str(out)], env=env, capture_output=True, text=True,
                           timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def save_rank_averages(
+    cases: dict[str, tuple], run_case: Callable[[str, slice], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+) -> None:
+    """A worker's ``main`` under torchrun: for each case (its first field: the per-rank batch sizes) run
+    ``run_case`` on this rank's rows, average loss and gradients over ranks as DDP does (and a logger does
+    to the loss); rank 0 saves ``{case: {"loss": ..., **grads}}`` to ``argv[1]``."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for name, (sizes, *_) in cases.items():
+        start = sum(sizes[:rank])
+        loss, grads = run_case(name, slice(start, start + sizes[rank]))
+        for grad in [loss, *grads.values()]:
+            dist.all_reduce(grad)
+            grad /= world
+        results[name] = {"loss": loss, **grads}
+    if rank == 0:
+        torch.save(results, sys.argv[1])
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def check_loss_and_gradients(worker: ModuleType, tmp_path: Path) -> None:
