@@ -13,7 +13,6 @@ from vlp.config import ConfigError
 from vlp.data.config import DataConfig
 from vlp.metrics.classification import (
     confusion_matrix,
-    mean_class_accuracy,
     mean_per_class_recall,
     per_class_recall,
     topk_accuracy,
@@ -34,14 +33,13 @@ def zero_shot_scores(
     ``confusion_matrix`` (``(C, C)`` counts, row = true class, column = predicted).
     """
     logits = scale * image_embeds @ class_embeds.T
-    counts = torch.bincount(labels, minlength=class_embeds.shape[0])
     num = class_embeds.shape[0]
-    pred = logits.argmax(1)
-    matrix = confusion_matrix(pred, labels, num)
+    matrix = confusion_matrix(logits.argmax(1), labels, num)
+    mean_recall = mean_per_class_recall(matrix)
     return {
         **topk_accuracy(logits, labels),
-        "mean_class_accuracy": mean_class_accuracy(pred, labels),
-        "mean_per_class_recall": mean_per_class_recall(matrix),
+        "mean_class_accuracy": mean_recall,
+        "mean_per_class_recall": mean_recall,
         "per_class_recall": per_class_recall(matrix),
         "confusion_matrix": matrix.tolist(),
         "n_images": int(labels.numel()),
@@ -49,7 +47,7 @@ def zero_shot_scores(
         "chance": {
             "top1": 100.0 / num,
             "top5": 100.0 * min(5, num) / num,
-            "majority": 100.0 * counts.max().item() / labels.numel(),
+            "majority": 100.0 * matrix.sum(1).max().item() / labels.numel(),
         },  # fmt: skip
     }
 
