@@ -120,11 +120,6 @@ def read_answer_vocab(path: Path) -> tuple[list[str], dict[str, Any] | None]:
     return answers, built_from if isinstance(built_from, dict) else None
 
 
-def load_answer_vocab(path: Path) -> list[str]:
-    """Read ``{"answers": [...]}`` or a bare JSON list of answers."""
-    return read_answer_vocab(path)[0]
-
-
 def read_annotations(path: Path) -> list[dict[str, Any]]:
     data = read_json(path, "annotations")
     expect(
