@@ -17,15 +17,16 @@ A model trained on other captions (``vlp train-generation --data FOLDER``) is sc
 caption dataset instead (:func:`evaluate_on_captions`, ``vlp eval generation --data FOLDER``): its
 captions are the prompts, CLIP-score against the real images of those captions and against the captions
 of other images. Attribute accuracy and layout IoU need ShapesWorld's known shapes and colours.
-
-This module only imports torch inside its functions, since ``vlp eval`` imports it to
-build its parser.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from vlp.data import build_loader
 from vlp.data.config import DataConfig
@@ -88,9 +89,6 @@ def evaluate_generation(
     layout of a real scene of its pair. ``grid`` writes the generated images (rows = pairs).
     Returns a JSON-ready dict of the metrics and settings.
     """
-    import numpy as np
-    import torch
-
     if isinstance(model, (str, Path)):
         model = load_generator(model)
     if model.tokenizer is None:
@@ -118,21 +116,7 @@ def evaluate_generation(
             [torch.from_numpy(control_map(kind, sc, render_layers(sc, size))).permute(2, 0, 1) for sc in scenes]
         )
 
-    device = model.null_context.device
-    generated = []
-    starts = range(0, len(prompts), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="generating", unit="batch")
-    for k, start in enumerate(starts):
-        chunk = prompts[start : start + batch_size]
-        tokens = model.tokenizer(chunk, max_length=model.text.cfg.max_positions).to(device)
-        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
-        ctl = maps[start : start + batch_size].to(device) if maps is not None else None
-        out = model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator, ctl)
-        generated.append(out.cpu())
-    images = torch.cat(generated)
+    images = _generate(model, prompts, steps, guidance, eta, seed, batch_size, maps, progress)
     if grid is not None:
         save_grid(to_uint8(images), rows=len(table), path=grid, scale=2)
 
@@ -181,10 +165,6 @@ def caption_pairs(
     """The first ``count`` (caption, image) pairs of ``split`` of a caption dataset: the captions and the images
     ``(N, 3, image_size, image_size)`` in [-1, 1]. ``data``: a :class:`vlp.data.DataConfig` or a folder whose
     format is recognised (Karpathy, ALBEF JSON, manifest, WebDataset)."""
-    import dataclasses
-
-    import torch
-
     if not isinstance(data, DataConfig):
         data = DataConfig(**detect_data(data, DATA_KINDS["captions"]).data_section())
     options = dict(data.options)
@@ -222,20 +202,11 @@ def evaluate_on_captions(
     """CLIP-score of ``model``'s images for the captions of a caption dataset's ``split`` (one image each):
     ``generated`` (with their captions), ``real`` (the dataset's images with their captions) and ``mismatched``
     (generated images with the caption of the image half the list away)."""
-    import torch
-
     if isinstance(model, (str, Path)):
         model = load_generator(model)
     dual_encoder, dual_tokenizer = _dual(dual_encoder, dual_tokenizer)
     prompts, real = caption_pairs(data, model.cfg.image_size, model.tokenizer, split, count)
-    device = model.null_context.device
-    generated = []
-    for k, start in enumerate(range(0, len(prompts), batch_size)):
-        tokens = model.tokenizer(prompts[start : start + batch_size], max_length=model.text.cfg.max_positions)
-        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
-        tokens = tokens.to(device)
-        generated.append(model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator).cpu())
-    images = torch.cat(generated)
+    images = _generate(model, prompts, steps, guidance, eta, seed, batch_size)
     if grid is not None:
         save_grid(to_uint8(images), rows=1, path=grid, scale=2)
     half = len(prompts) // 2
@@ -248,6 +219,36 @@ def evaluate_on_captions(
         },
         "settings": {"images": len(prompts), "split": split, "steps": steps, "guidance": guidance, "seed": seed},
     }
+
+
+def _generate(
+    model: Any,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    eta: float,
+    seed: int,
+    batch_size: int,
+    maps: Any = None,
+    progress: bool = False,
+) -> Any:
+    """One image per prompt (on the CPU), sampled in batches of ``batch_size``; batch ``k`` is seeded with
+    ``seed * 100_003 + k``. ``maps``: one control map per prompt, or None."""
+    device = model.null_context.device
+    generated = []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch")
+    for k, start in enumerate(starts):
+        chunk = prompts[start : start + batch_size]
+        tokens = model.tokenizer(chunk, max_length=model.text.cfg.max_positions).to(device)
+        generator = torch.Generator(device=device).manual_seed(seed * 100_003 + k)
+        ctl = maps[start : start + batch_size].to(device) if maps is not None else None
+        out = model.sample(tokens.input_ids, tokens.attention_mask, steps, guidance, eta, generator, ctl)
+        generated.append(out.cpu())
+    return torch.cat(generated)
 
 
 def _dual(dual_encoder: Any, dual_tokenizer: Any) -> tuple[Any, Any]:
