@@ -16,9 +16,10 @@ from PIL import Image
 from vlp.config import ConfigError
 from vlp.io.folders import LoadedModel
 from vlp.tasks import captioning, perception, refexp, vqa, zeroshot
-from vlp.tasks.common import has_dual, image_batch, model_data_config
+from vlp.tasks.common import has_dual, model_data_config
 from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.perception.head import check_dense
+from vlp.tasks.retrieval.index_inputs import embed_batch
 from vlp.tasks.vqa.decode import check_generative
 from vlp.tasks.vqa.head import resolve_method
 from vlp.tasks.zeroshot.head import class_embeddings, resolve_templates
@@ -167,10 +168,7 @@ def ground_predictor(
 
 def embed_images(loaded: LoadedModel, images: list[Image.Image]) -> torch.Tensor:
     """``(N, D)`` L2-normalised image embeddings (the model's ``encode_image``), float32 on the CPU."""
-    model = loaded.model
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return model.encode_image(image_batch(model, images).to(device)).float().cpu()
+    return torch.from_numpy(embed_batch(loaded.model, images))
 
 
 def check_embed(loaded: LoadedModel) -> None:

@@ -20,9 +20,10 @@ from vlp.config import ConfigError
 from vlp.io.folders import LoadedModel
 from vlp.serve.gallery import Gallery
 from vlp.tasks import captioning, perception, refexp, vqa
-from vlp.tasks.common import has_dual, image_batch, model_data_config
+from vlp.tasks.common import has_dual, model_data_config
 from vlp.tasks.perception.head import check_dense
 from vlp.tasks.refexp.head import is_region_model, trained_mode
+from vlp.tasks.retrieval.index_inputs import embed_batch
 from vlp.tasks.zeroshot.head import encode_texts, resolve_templates
 from vlp.tasks.zeroshot.predict import classify
 
@@ -130,11 +131,8 @@ class Predictor:
         max_len = model_data_config(loaded.model).max_text_len
         return encode_texts(loaded.model, loaded.tokenizer, texts, max_len).float().cpu().numpy()
 
-    @torch.no_grad()
     def embed_image(self, image: Any) -> np.ndarray:
-        model = self.need("embed").loaded.model
-        device = next(model.parameters()).device
-        return model.encode_image(image_batch(model, [image]).to(device)).float().cpu().numpy()
+        return embed_batch(self.need("embed").loaded.model, [image])
 
     def search(self, text: str | None, image: Any, k: int) -> list[dict[str, Any]]:
         self.need("search")
