@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError
-from vlp.data.sources.image_folder import SPLIT_FOLDERS  # ImageNet's layout: <split>/<class>/<image>
+from vlp.data.sources.image_folder import IMAGE_SUFFIXES, SPLIT_FOLDERS  # ImageNet's layout: <split>/<class>/<image>
 
 SPLITS = ("train", "restval", "val", "minival", "test", "testdev", "dev", "holdout")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _SPLIT_WORD = re.compile(r"(?<![a-z])(" + "|".join(sorted(SPLITS, key=len, reverse=True)) + r")(?![a-z])")
 PEEK_BYTES = 4096
 # What a task reads, by kind (named as the ShapesWorld format of that kind), and the loader types that
@@ -88,7 +87,7 @@ def _is_image_folder(folder: Path) -> bool:
     the walk stops at the first image."""
     for _, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files if not f.startswith(".")):
+        if any(f.lower().endswith(IMAGE_SUFFIXES) for f in files if not f.startswith(".")):  # what the loader reads
             return True
     return False
 
@@ -140,7 +139,7 @@ def find_candidates(root: str | Path) -> list[Detected]:
         *(p for p in jsons if p.name.startswith("dataset_") or "annotations" in p.name),
     }
     caption_lists = [
-        p for p in jsons if p not in known and re.match(r"\s*\[\s*\{", _peek(p)) and '"caption' in _peek(p)
+        p for p in jsons if p not in known and re.match(r"\s*\[\s*\{", head := _peek(p)) and '"caption' in head
     ]
     for template, covered in _templated(caption_lists, root).items():
         add("albef", "annotations", template, covered)
