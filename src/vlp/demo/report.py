@@ -90,8 +90,8 @@ def write_report(
         results_table(rows),
         "",
     ]
-    if table_notes(rows):
-        lines += [*(f"- {n}" for n in table_notes(rows)), ""]
+    if row_notes := table_notes(rows):
+        lines += [*(f"- {n}" for n in row_notes), ""]
     for key, title, text in SECTIONS:
         if key in figures:
             rel = os.path.relpath(Path(figures[key]), out_dir)
