@@ -57,11 +57,12 @@ class FeatureQueue(nn.Module):
         return min(self.entries(), self.size)
 
     def columns(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(image (Q, E), text (Q, E), ids (Q,))`` of the ``Q = filled`` stored entries (copies);
+        """``(image (Q, E), text (Q, E), ids (Q,))`` of the ``Q = filled`` stored entries (views into the
+        buffers: use them before the next :meth:`enqueue`, as ITC does by concatenating them, which copies);
         ``like`` is a ``(N, E)`` batch of features (it sizes the empty queue and is checked against it)."""
         self._check(like)
         q = self.filled
-        return self.image[:q].clone(), self.text[:q].clone(), self.ids[:q].clone()
+        return self.image[:q], self.text[:q], self.ids[:q]
 
     def _check(self, features: torch.Tensor) -> None:
         if self.image.numel() == 0:
