@@ -154,9 +154,10 @@ def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None]:
     if size == 0:
         raise ImageError("empty_file", "zero bytes")
     with path.open("rb") as handle:
-        is_jpeg = handle.read(3) == b"\xff\xd8\xff"
-    # a JPEG is read whole for the scan check; other formats stream from disk as before
-    return _open_bytes(path.read_bytes()) if is_jpeg else (Image.open(path), None)
+        if handle.read(3) == b"\xff\xd8\xff":  # a JPEG is read whole, through this one open, for the scan check
+            handle.seek(0)
+            return _open_bytes(handle.read())
+    return Image.open(path), None  # other formats stream from disk as before
 
 
 def _orientation(image: Image.Image) -> int:
