@@ -150,34 +150,29 @@ def iterate_batches(
             yield item.batch
 
 
-def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
-    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
+def _decoded(images: Sequence[Any], draft_size: Any, max_pixels: int) -> Iterator[Any]:
+    """PIL images or paths -> upright RGB PIL images, one at a time (``draft_size``: see ``decode_image``)."""
     if isinstance(images, (str, Path, Image.Image)):
         raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
-    out = []
     for i, image in enumerate(images):
         if not isinstance(image, (str, Path, Image.Image)):
             raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
         try:
-            out.append(decode_image(image, None, max_pixels)[0])
+            yield decode_image(image, draft_size, max_pixels)[0]
         except ImageError as err:
             raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
-    return out
+
+
+def load_upright(images: list[Any], max_pixels: int = 89_478_485) -> list[Any]:
+    """PIL images or paths -> upright RGB PIL images (so their ``size`` is what pixels refer to)."""
+    return list(_decoded(images, None, max_pixels))
 
 
 def preprocess_images(images: Sequence[Any], config: DataConfig) -> Any:
     """PIL images or paths -> normalized ``(B, 3, S, S)`` float tensor with the eval transform of ``config``."""
-    if isinstance(images, (str, Path, Image.Image)):
-        raise TypeError("images: expected a list of PIL images or paths, got a single image; wrap it in a list")
     transform = ImageTransform(config.image_size, config.transform, train=False)
     tensors = []
-    for i, image in enumerate(images):
-        if not isinstance(image, (str, Path, Image.Image)):
-            raise TypeError(f"images[{i}]: expected a PIL image or a path, got {type(image).__name__}")
-        try:
-            decoded, _ = decode_image(image, transform.draft_size, config.max_image_pixels)
-        except ImageError as err:
-            raise ValueError(f"images[{i}]: cannot read {image!s:.80}: {err}") from err
+    for decoded in _decoded(images, transform.draft_size, config.max_image_pixels):
         tensor, _ = transform(Item(decoded), random.Random(0))  # eval transforms draw nothing
         tensors.append(tensor)
     if not tensors:
