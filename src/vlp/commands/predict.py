@@ -31,7 +31,6 @@ from vlp.commands.predict_tasks import (
     Predictor,
     caption_predictor,
     check_embed,
-    embed_images,
     ground_predictor,
     vqa_predictor,
     zeroshot_predictor,
@@ -45,6 +44,7 @@ from vlp.io.folders import LoadedModel, load_any
 from vlp.io.predictions import PredictionLog
 from vlp.tasks.common import model_data_config, resolve_device
 from vlp.tasks.decoding import DecodeOptions
+from vlp.tasks.retrieval.index_inputs import embed_items
 from vlp.tasks.vqa import default_decode_options
 from vlp.tasks.zeroshot.head import TEMPLATE_SETS
 
@@ -204,19 +204,14 @@ def _embed(args: argparse.Namespace, loaded: LoadedModel, items: list[ImageInput
         skipped: list[dict[str, str]] = []
         for offset in range(0, len(shard), args.batch_size):
             chunk = shard[offset : offset + args.batch_size]
-            decoded = _decode(chunk, draft, config.max_image_pixels)
-            good = [im for im in decoded if not isinstance(im, ImageError)]
-            results = iter(_run_batch(lambda ims: list(embed_images(loaded, ims)), good) if good else [])
-            for item, image in zip(chunk, decoded):
-                result = image if isinstance(image, ImageError) else next(results)
-                if isinstance(result, ImageError):
-                    skipped.append(_error_record(item.key, result))
-                    tally.count(result)
-                else:
-                    keys.append(item.key)
-                    vectors.append(result.numpy())
-                    tally.count(None)
-                tally.bar.update(1)
+            # the batch vlp index build embeds: unreadable or unusable images skipped with their reason
+            k, v, s = embed_items(loaded.model, chunk, draft, config.max_image_pixels)
+            keys += k
+            vectors += v
+            skipped += s
+            tally.predicted += len(k)
+            tally.skipped.update(record["error"].partition(":")[0] for record in s)
+            tally.bar.update(len(chunk))
         matrix = np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32)
         writer.write_shard(keys, matrix, skipped)
     print(tally.summary("embed", resumed, f"{writer.count} embeddings in {args.out}"), file=sys.stderr)

@@ -19,7 +19,6 @@ from vlp.tasks import captioning, perception, refexp, vqa, zeroshot
 from vlp.tasks.common import has_dual, model_data_config
 from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.perception.head import check_dense
-from vlp.tasks.retrieval.index_inputs import embed_batch
 from vlp.tasks.vqa.decode import check_generative
 from vlp.tasks.vqa.head import resolve_method
 from vlp.tasks.zeroshot.head import class_embeddings, resolve_templates
@@ -166,11 +165,6 @@ def ground_predictor(
     return Predictor(run, settings, full_size=True)
 
 
-def embed_images(loaded: LoadedModel, images: list[Image.Image]) -> torch.Tensor:
-    """``(N, D)`` L2-normalised image embeddings (the model's ``encode_image``), float32 on the CPU."""
-    return torch.from_numpy(embed_batch(loaded.model, images))
-
-
 def check_embed(loaded: LoadedModel) -> None:
     if not has_dual(loaded.model):
         raise ConfigError(f"embed: model {loaded.model.cfg.name!r} has no dual-encoder side (e.g. CLIP)")
@@ -181,7 +175,6 @@ __all__ = [
     "Predictor",
     "caption_predictor",
     "check_embed",
-    "embed_images",
     "ground_method",
     "ground_predictor",
     "vqa_predictor",
