@@ -3,7 +3,7 @@ before its fence says why it cannot run here (a GPU, many machines, minutes of w
 
 Shell blocks run command by command in a fresh folder per block, each `vlp ...` line in this process (`vlp` is
 `vlp.cli:main`; a fresh interpreter per line would cost ~3 s of imports each), anything else through bash. Only
-sizes shrink (SHRINK below: fewer images, 2 optimizer steps, 2 sampling steps); every flag, recipe and path stays as
+sizes shrink (`shrink` below: fewer images, 2 optimizer steps, 2 sampling steps); every flag, recipe and path stays as
 written. Files a block takes as the reader's own (a transformers checkpoint, the demo's run, a COCO folder) are put
 where the block names them (INPUTS). Python blocks run as they stand in their own folder; YAML blocks are recipe
 fragments, parsed as a recipe and, for `data:`, loaded by their loader.
