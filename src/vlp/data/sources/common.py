@@ -81,10 +81,9 @@ def check_text(value: Any, source: str, max_chars: int, strict: bool, field_name
     if not isinstance(value, str):
         return reject("bad_record", source, f"{field_name} is {type(value).__name__}, expected a string", strict)
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError:  # lone surrogates: undecodable bytes in the file, or a broken \\ud800 escape
         return reject("bad_encoding", source, f"{field_name} is not valid UTF-8", strict)
-    size = len(value.encode("utf-8"))
     if size > MAX_CAPTION_BYTES:
         return reject("overlong_caption", source, f"{field_name} has {size} bytes > {MAX_CAPTION_BYTES}", strict)
     text = " ".join(value.split())
