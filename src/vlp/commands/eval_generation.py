@@ -4,12 +4,11 @@ on a caption set)."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError
 from vlp.generation.evaluate import evaluate_generation, evaluate_on_captions, format_results
+from vlp.tasks.reporting import write_results
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -28,10 +27,7 @@ def run_eval(args: argparse.Namespace) -> int:
         results = _shapes_results(args)
     print(format_results(results))
     if args.out:
-        path = Path(args.out) / "results.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"wrote {path}")
+        print(f"wrote {write_results(args.out, results)}")
     return 0
 
 
