@@ -204,9 +204,8 @@ class ITC(Objective):
         # all ranks hold the same queue. Without gradient: a plain all_gather.
         q_rank, q_world = dist_info()
         q_sizes = sizes if q_world == world else gather_sizes(m_image.shape[0], m_image.device)
-        gathered = [gather_with_grad(x, q_sizes) for x in (m_image, m_text, ids) if x is not None]
-        all_m_image, all_m_text = gathered[0], gathered[1]
-        all_ids = gathered[2] if ids is not None else None
+        all_m_image, all_m_text = gather_with_grad(m_image, q_sizes), gather_with_grad(m_text, q_sizes)
+        all_ids = None if ids is None else gather_with_grad(ids, q_sizes)
         # the batch columns of this loss: the global batch, or this rank's own when gather is off
         lo, hi = (0, sum(q_sizes)) if world == q_world else (sum(q_sizes[:q_rank]), sum(q_sizes[: q_rank + 1]))
         q_image, q_text, q_ids = queue.columns(m_image)
