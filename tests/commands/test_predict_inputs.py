@@ -105,3 +105,17 @@ def test_a_folder_of_shards_says_how_to_pass_them(tmp_path):
     write_shard(tmp_path / "shards" / "000.tar", draw_photos(tmp_path / "p", 1))
     with pytest.raises(ConfigError, match=r"1 \.tar shard\(s\): pass them as .*shards/\*\.tar"):
         list_inputs([tmp_path / "shards"])
+
+
+def test_an_image_that_fails_preprocessing_is_its_own_error_line_at_any_batch_size():
+    from vlp.commands.predict import _run_batch
+
+    def run(images):
+        if "bad" in images:
+            raise ValueError("too small")
+        return [image.upper() for image in images]
+
+    out = _run_batch(run, ["a", "bad", "b"])
+    assert out[0] == "A" and out[2] == "B" and isinstance(out[1], ImageError) and str(out[1]) == "bad_image: too small"
+    (alone,) = _run_batch(run, ["bad"])
+    assert isinstance(alone, ImageError) and str(alone) == "bad_image: too small"

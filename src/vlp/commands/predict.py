@@ -109,9 +109,9 @@ def _run_batch(run: Callable[[list[Any]], list[Any]], images: list[Image.Image])
     preprocessing), the images are run one by one so that only that one becomes an error."""
     try:
         return run(images)
-    except ValueError:
-        if len(images) == 1:
-            raise
+    except ValueError as err:
+        if len(images) == 1:  # a batch of one is that image's own error, as in a larger batch
+            return [ImageError("bad_image", str(err))]
     out: list[Any] = []
     for image in images:
         try:
