@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """``vlp eval zeroshot`` here and ``vlp eval probe`` (linear probe and few-shot, :mod:`vlp.tasks.probe`)."""
+    """``vlp eval zeroshot`` (``vlp eval probe`` is :mod:`vlp.commands.eval_probe`)."""
     parser = subparsers.add_parser(
         "zeroshot", help="zero-shot classification with prompt templates: top-1/top-5 accuracy",
         description="CLIP-style zero-shot classification with template-ensembled class prompts, of an image folder "
