@@ -101,3 +101,25 @@ def padded_ids(lengths: list[int], vocab: int, first: int, last: int, pad: int, 
         ids[i, 0], ids[i, n - 1] = first, last
         mask[i, :n] = True
     return ids, mask
+
+
+def check_dual_encoder(model, reference, ids, mask, images, vision_norm=None) -> None:
+    """A vlp dual encoder (CLIP, SigLIP) against transformers' ``reference`` on one padded batch:
+    embeddings, logits (with ``logit_bias`` when the model has one), text hidden states at the real
+    tokens (last layer and first), and every visual token (``vision_norm``, when given, applied to
+    transformers' last hidden state first: CLIP normalizes only its pooled [CLS])."""
+    with torch.no_grad():
+        ref = reference(input_ids=ids, attention_mask=mask.long(), pixel_values=images, output_hidden_states=True)
+        text, states = model.text(ids, mask, return_all=True)
+        text_embed, image_embed = model.encode_text(ids, mask), model.encode_image(images)
+        close(text_embed, ref.text_embeds)
+        close(image_embed, ref.image_embeds)
+        logits = model.logit_scale.exp() * text_embed @ image_embed.T
+        if model.logit_bias is not None:
+            logits = logits + model.logit_bias
+        close(logits, ref.logits_per_text)
+        # hidden states at the real (unpadded) tokens, layer by layer
+        close(text[mask], ref.text_model_output.last_hidden_state[mask])
+        close(states[0][mask], ref.text_model_output.hidden_states[1][mask])
+        visual = ref.vision_model_output.last_hidden_state
+        close(model.image_tokens(images).tokens, visual if vision_norm is None else vision_norm(visual))

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from interop_helpers import close, padded_ids, perturb, train_clip_bpe
+from interop_helpers import check_dual_encoder, close, padded_ids, perturb, train_clip_bpe
 
 import vlp
 from vlp.cli import main
@@ -62,21 +62,8 @@ def inputs():
 
 
 def check_against(model, reference) -> None:
-    ids, mask, images = inputs()
-    with torch.no_grad():
-        ref = reference(input_ids=ids, attention_mask=mask.long(), pixel_values=images, output_hidden_states=True)
-        text, states = model.text(ids, mask, return_all=True)
-        text_embed, image_embed = model.encode_text(ids, mask), model.encode_image(images)
-        image_tokens = model.image_tokens(images).tokens
-        post_norm = reference.vision_model.post_layernorm
-        close(text_embed, ref.text_embeds)
-        close(image_embed, ref.image_embeds)
-        close(model.logit_scale.exp() * text_embed @ image_embed.T, ref.logits_per_text)
-        # hidden states at the real (unpadded) tokens, layer by layer
-        close(text[mask], ref.text_model_output.last_hidden_state[mask])
-        close(states[0][mask], ref.text_model_output.hidden_states[1][mask])
-        # vlp normalizes every visual token with post_layernorm; transformers only the pooled [CLS]
-        close(image_tokens, post_norm(ref.vision_model_output.last_hidden_state))
+    # vlp normalizes every visual token with post_layernorm; transformers only the pooled [CLS]
+    check_dual_encoder(model, reference, *inputs(), vision_norm=reference.vision_model.post_layernorm)
 
 
 def test_import_matches_transformers(hf_folder, converted):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from interop_helpers import close, padded_ids, perturb
+from interop_helpers import check_dual_encoder, close, padded_ids, perturb
 
 import vlp
 from vlp.interop import ConversionError, export_folder, import_folder
@@ -67,18 +67,7 @@ def inputs():
 
 
 def check_against(model, reference) -> None:
-    ids, mask, images = inputs()
-    with torch.no_grad():
-        ref = reference(input_ids=ids, attention_mask=mask.long(), pixel_values=images, output_hidden_states=True)
-        text, states = model.text(ids, mask, return_all=True)
-        text_embed, image_embed = model.encode_text(ids, mask), model.encode_image(images)
-        close(text_embed, ref.text_embeds)
-        close(image_embed, ref.image_embeds)
-        logits = model.logit_scale.exp() * text_embed @ image_embed.T + model.logit_bias
-        close(logits, ref.logits_per_text)
-        close(text[mask], ref.text_model_output.last_hidden_state[mask])
-        close(states[0][mask], ref.text_model_output.hidden_states[1][mask])
-        close(model.image_tokens(images).tokens, ref.vision_model_output.last_hidden_state)
+    check_dual_encoder(model, reference, *inputs())
 
 
 def test_import_matches_transformers(hf_folder, converted):
