@@ -41,7 +41,7 @@ from vlp.interop.siglip import SiglipConverter
 from vlp.interop.vilt import ViltConverter
 from vlp.interop.visualbert import VisualBertConverter
 from vlp.io.factory import build_model
-from vlp.io.saving import load, load_tokenizer, save_pretrained
+from vlp.io.saving import has_tokenizer, load, load_tokenizer, save_pretrained
 from vlp.models.config import ModelConfig
 from vlp.recipe import parse_recipe, recipe_dict
 
@@ -125,7 +125,7 @@ def load_hf(folder: str | Path, overrides: dict[str, Any] | None = None) -> tupl
 
 def _check_tokenizer(folder: Path, model: Any) -> None:
     """A tokenizer shipped with the weights must not produce ids the embedding table lacks."""
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
+    if not has_tokenizer(folder):
         return
     tokenizer = load_tokenizer(folder)
     text = model.text if model.text is not None else model.decoder

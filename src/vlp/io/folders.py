@@ -27,7 +27,7 @@ from vlp.interop.openclip import load_openclip
 from vlp.interop.openclip_config import is_openclip_folder
 from vlp.io.checkpoints import CheckpointManager, load_safetensors
 from vlp.io.factory import build_model
-from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, load_weights
+from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, has_tokenizer, load_weights
 from vlp.text import Tokenizer
 
 CHECKPOINTS = "checkpoints"
@@ -37,10 +37,6 @@ RUN_ONLY_KEYS = ("task", "init")  # recipe keys a fine-tuning run adds on top of
 
 def is_model_folder(folder: Path) -> bool:
     return (folder / RECIPE_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
-
-
-def has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json"))
 
 
 def _warn(message: str) -> None:

@@ -221,6 +221,11 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds tokenizer files (``tokenizer.json`` / ``vocab.txt``, or CLIP's ``vocab.json``)."""
+    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json"))
+
+
 def load_tokenizer(folder: str | Path) -> Any:
     """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``; CLIP's BPE files give a
     :class:`vlp.text.bpe.ClipTokenizer`)."""
@@ -238,6 +243,7 @@ __all__ = [
     "CheckpointError",
     "canonical_state",
     "check_weights_file",
+    "has_tokenizer",
     "load",
     "load_config",
     "load_tokenizer",
