@@ -73,10 +73,9 @@ def recipe_path(name_or_path: str | Path) -> Path:
         builtin = folder / f"{name_or_path}.yaml"
         if builtin.exists():
             return builtin
-    tasks = sorted(p.stem for p in TASK_RECIPE_DIR.glob("*.yaml"))
     raise ConfigError(
         f"unknown recipe {str(name_or_path)!r}; built-in model recipes: {', '.join(recipe_names())}; "
-        f"task recipes: {', '.join(tasks)}"
+        f"task recipes: {', '.join(task_recipe_names())}"
     )
 
 
