@@ -76,6 +76,13 @@ def test_convert_reads_the_image_settings_and_the_text_length(preprocessing, tmp
     model, tokenizer = vlp.load(tmp_path / "vlp"), vlp.load_tokenizer(tmp_path / "vlp")
     found = retrieval.retrieve(model, tokenizer, pictures(), [LONG, "a red circle"], k=2)
     assert found.i2t.shape == (2, 2)
+    both = tokenizer([LONG, "a red circle"], max_length=model.recipe.data.max_text_len)
+    pixels = image_processor()(images=pictures(), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cosine = reference(input_ids=both.input_ids, attention_mask=both.attention_mask, pixel_values=pixels)
+        cosine = cosine.logits_per_image / reference.logit_scale.exp()
+    assert torch.equal(found.i2t, cosine.argsort(dim=1, descending=True))  # transformers' ranking, and its scores
+    close(found.i2t_scores, cosine.sort(dim=1, descending=True).values, 1e-4)
     tokens = tokenizer([LONG], max_length=model.recipe.data.max_text_len)
     assert tokens.input_ids.shape == (1, 32) and int(tokens.input_ids[0, -1]) == EOT
     with torch.no_grad():
