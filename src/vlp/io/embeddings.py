@@ -18,8 +18,8 @@ what ``meta.json`` lists counts, so a run stopped at any point resumes after its
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,12 @@ from typing import Any
 import numpy as np
 
 from vlp.config import ConfigError
+from vlp.io.atomic import write_atomic
 
 FORMAT = "vlp-embeddings/1"
 META_NAME = "meta.json"
 PATHS_NAME = "paths.txt"
 SHARD_PATTERN = "embeddings-{:05d}.npy"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _check_key(key: str) -> str:
@@ -75,7 +70,7 @@ class EmbeddingWriter:
         paths = self.folder / PATHS_NAME
         kept = paths.read_text(encoding="utf-8").splitlines()[: self.meta["count"]] if paths.is_file() else []
         # a run stopped between appending paths and listing the shard: cut back to what meta.json lists
-        _write_atomic(paths, "".join(f"{k}\n" for k in kept).encode("utf-8"))
+        write_atomic(paths, "".join(f"{k}\n" for k in kept))
         self.done = set(kept) | {s["path"] for s in self.meta["skipped"]}
 
     def _clear(self) -> None:
@@ -116,17 +111,16 @@ class EmbeddingWriter:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, np.finfo(np.float32).tiny)
             written = self.folder / SHARD_PATTERN.format(len(self.meta["shards"]))
-            tmp = written.with_name(f".{written.name}.tmp")
-            with tmp.open("wb") as handle:
-                np.save(handle, vectors)
-            os.replace(tmp, written)
+            buffer = io.BytesIO()
+            np.save(buffer, vectors)
+            write_atomic(written, buffer.getvalue())
             with (self.folder / PATHS_NAME).open("a", encoding="utf-8") as handle:
                 handle.write("".join(f"{k}\n" for k in keys))
             self.meta["shards"].append({"file": written.name, "count": len(keys)})
             self.meta["dim"] = int(vectors.shape[1])
             self.meta["count"] += len(keys)
         self.meta["skipped"].extend({"path": str(s["path"]), "error": str(s["error"])} for s in skipped)
-        _write_atomic(self.folder / META_NAME, (json.dumps(self.meta, indent=1) + "\n").encode("utf-8"))
+        write_atomic(self.folder / META_NAME, json.dumps(self.meta, indent=1) + "\n")
         self.done.update(keys)
         self.done.update(str(s["path"]) for s in skipped)
         return written

@@ -11,13 +11,13 @@ user's own, or predictions of something else) is left untouched and refused, unl
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from vlp.config import ConfigError
+from vlp.io.atomic import write_atomic
 
 FORMAT = "vlp-predictions/1"
 
@@ -46,9 +46,7 @@ class PredictionLog:
             self._resume()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         meta = meta_path(self.out)
-        tmp = meta.with_name(f".{meta.name}.tmp")
-        tmp.write_text(json.dumps(self.meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, meta)
+        write_atomic(meta, json.dumps(self.meta, indent=1) + "\n")
         self.handle = self.out.open("a" if exists and not overwrite else "w", encoding="utf-8")
 
     def _resume(self) -> None:

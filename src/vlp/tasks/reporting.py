@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vlp.config import to_dict
+from vlp.io.atomic import write_atomic
 
 # metrics on their own scale, not percentages: the COCO-caption scores as pycocoevalcap reports them (BLEU,
 # METEOR, ROUGE-L in [0, 1], CIDEr in [0, 10]) and settings such as a probe's regularization C
@@ -71,17 +70,7 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically (temp file + rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, ensure_ascii=False, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from vlp.io.atomic import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -48,9 +49,7 @@ class MetricsLog:
             return
         if resume_step > 0 and self.path.exists():
             kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step == 0 and self.path.exists():
             self.path.unlink()
         self._handle = open(self.path, "a", encoding="utf-8")

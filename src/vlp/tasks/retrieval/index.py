@@ -46,6 +46,7 @@ from vlp.config import ConfigError
 from vlp.data.image_io import ImageError
 from vlp.data.inputs import IMAGE_SUFFIXES, ImageInput, list_inputs, read_input
 from vlp.data.transforms import ImageTransform
+from vlp.io.atomic import write_atomic
 from vlp.io.embeddings import EmbeddingWriter, read_embeddings, read_meta
 from vlp.tasks.common import has_dual, has_fusion, image_batch, model_data_config
 from vlp.tasks.retrieval.head import encode, pair_scorer
@@ -55,7 +56,6 @@ from vlp.tasks.retrieval.index_inputs import (
     embed_items,
     input_captions,
     input_roots,
-    write_atomic,
 )
 from vlp.tasks.retrieval.index_store import (
     AUTO_EXACT_BELOW,

@@ -82,12 +82,6 @@ def _shard_caption(reader: ShardReader, sample: Any) -> str | None:
     return None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def embed_batch(model: Any, images: list[Image.Image]) -> np.ndarray:
     """``(N, D)`` image embeddings (the model's ``encode_image``) as float32 numpy."""
     device = next(model.parameters()).device
