@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 
@@ -168,3 +169,21 @@ def test_loader_resumes_mid_epoch_and_ranks_split_a_big_batch():
     one = _ids(ResumableLoader(data, 4, collate_fn=collate, seed=3))
     for k, (a, b) in enumerate(zip(*[_ids(r) for r in ranks])):
         assert sorted(a + b) == sorted(one[k])
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "run_without_checkpoints"])
+def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path, layout):
+    run = tmp_path / "run"
+    if layout != "missing":
+        run.mkdir()
+    if layout == "run_without_checkpoints":  # a run stopped before its first checkpoint
+        (run / "checkpoints").mkdir()
+        (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ConfigError) as err:
+        run_toy(run, steps=2, resume=True)
+    message = str(err.value)
+    assert f"{run}: --resume found no checkpoint to continue from" in message
+    assert f"{run / 'checkpoints'}{os.sep}step_NNNNNNNN" in message and "drop --resume" in message
+    # refused before anything was written
+    assert not (run / "recipe.yaml").exists() and not (run / "summary.json").exists()
+    assert run.exists() == (layout != "missing")

@@ -143,3 +143,11 @@ def test_finetune_starts_from_pretrained_weights(shapes, tmp_path, monkeypatch, 
 
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["task"] == {"type": "retrieval"} and saved["init"] == str(pretrained)
+
+
+def test_pretrain_resume_on_a_folder_without_a_checkpoint_fails_clearly(shapes, tmp_path, capsys):
+    run = tmp_path / "never-started"
+    assert _pretrain(shapes, run, "--steps", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{run}: --resume found no checkpoint to continue from" in err and "drop --resume" in err
+    assert not run.exists()  # refused before anything was built or written

@@ -42,7 +42,6 @@ from vlp.data.config import DataConfig
 from vlp.generation.data import CaptionImages, ShapesDataConfig, ShapesStream, to_uint8, tokenizer_corpus
 from vlp.generation.images import save_grid
 from vlp.generation.model import TextToImageConfig, TextToImageModel, load_generator, load_text_tower, save_generator
-from vlp.io.checkpoints import CheckpointManager
 from vlp.io.folders import load_tokenizer
 from vlp.recipe.run import OptimConfig, ScheduleConfig, TrainConfig
 from vlp.text import Tokenizer
@@ -216,15 +215,6 @@ def budget_text(cfg: TrainConfig) -> str:
     )
 
 
-def _resume_step(out: Path) -> int:
-    """The step ``--resume`` continues from; a clear error when there is none (rather than starting afresh)."""
-    manager = CheckpointManager(out / "checkpoints")
-    checkpoint = manager.latest_valid(warn=lambda msg: dist_utils.main_print(f"warning: {msg}"))
-    if checkpoint is None:
-        raise ConfigError(f"--resume: {out / 'checkpoints'} holds no valid checkpoint to continue from")
-    return manager.step_of(checkpoint)
-
-
 def _run_tokenizer(recipe: GenerationRecipe, out: Path, resuming: bool, info: dist_utils.DistInfo) -> Any:
     """The run's tokenizer: saved in ``out/tokenizer`` when the run starts (by rank 0, which alone trains one,
     so every rank has the same) and read back from there by other ranks and by a resumed run."""
@@ -275,8 +265,8 @@ def train_generation(
     out = Path(out)
     info = dist_utils.init_distributed(cfg.device)
     try:
+        # the engine's check, here before the run's tokenizer is read back: --resume needs a checkpoint
         resuming = check_run_dir(out, resume=resume, overwrite=overwrite)
-        start = _resume_step(out) if resume else 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # before the tokenizer and the model are built
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -287,7 +277,7 @@ def train_generation(
         if info.is_main and tokenizer is None:
             model.tokenizer.save(out / "tokenizer")
         if log is not None and info.is_main:
-            log(f"train-generation: {budget_text(cfg)}" + (f"; resuming at step {start}" if resume else ""))
+            log(f"train-generation: {budget_text(cfg)}" + ("; resuming from the newest checkpoint" if resume else ""))
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         trainer = Trainer(
             model, loader, train=cfg, optim=recipe.optim, schedule=recipe.schedule, run_dir=out,

@@ -53,7 +53,7 @@ from vlp.train.loader import batch_len
 from vlp.train.logging import MetricsLog, Progress, summary_text
 from vlp.train.optim import build_optimizer, freeze
 from vlp.train.rng import capture_rng, restore_rng, seed_everything
-from vlp.train.run_dir import check_resume_recipe, check_run_dir, prepare_run_dir
+from vlp.train.run_dir import check_resume_recipe, check_run_dir, no_checkpoint_error, prepare_run_dir
 from vlp.train.schedule import LRSchedule
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -241,9 +241,8 @@ class Trainer:
         before = None
         while True:
             path = _on_main(info, find, before)
-            if path is None:
-                dist_utils.main_print(f"{self.run_dir}: no checkpoint yet; starting from step 0")
-                return None
+            if path is None:  # check_run_dir refuses this before anything is built; kept for a folder emptied since
+                raise no_checkpoint_error(self.run_dir)
             # A checkpoint can match its manifest and still not load (written by another version, or a
             # disk that lied before the manifest was hashed): fall back to the one before, as for a corrupt one.
             loaded, error = None, None

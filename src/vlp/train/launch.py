@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlp.config import ConfigError
 from vlp.data.detect import DATA_KINDS, detect_data
 from vlp.train import distributed as dist_utils
 from vlp.train.engine import BUDGET_STOP, Trainer
 from vlp.train.guards import TrainingAborted
 from vlp.train.rng import seed_everything
-from vlp.train.run_dir import holds_run
+from vlp.train.run_dir import check_run_dir
 
 
 def with_data_folder(recipe: dict[str, Any], folder: str | None, kind: str) -> dict[str, Any]:
@@ -58,8 +57,7 @@ def run_job(
     SIGINT / SIGTERM (after writing a checkpoint).
     """
     out = Path(out)
-    if holds_run(out) and not (resume or overwrite):  # fail before building anything
-        raise ConfigError(f"{out}: already holds a run; pass --resume to continue it or --overwrite to start again")
+    check_run_dir(out, resume=resume, overwrite=overwrite)  # fail before building anything (the engine checks again)
     info = dist_utils.init_distributed(device)
     try:
         seed_everything(seed)  # identical initial weights on every rank

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from vlp.config import ConfigError, to_dict
+from vlp.io.checkpoints import CheckpointManager
 from vlp.recipe import parse_recipe
 
 # what a run writes; --overwrite removes exactly these and leaves anything else alone
@@ -28,13 +29,30 @@ def holds_run(path: str | Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_ARTIFACTS)
 
 
+def no_checkpoint_error(path: str | Path) -> ConfigError:
+    """The error of ``--resume`` on run folder ``path`` when it holds no checkpoint: what was looked for, and
+    how to start afresh instead (a resume that silently started at step 0 would retrain from scratch)."""
+    path = Path(path)
+    fresh = "drop --resume to start a new run" + (" (with --overwrite, as it holds a run)" if holds_run(path) else "")
+    where = "it does not exist" if not path.exists() else "there are none"
+    return ConfigError(
+        f"{path}: --resume found no checkpoint to continue from (looked for checkpoint folders "
+        f"{path / 'checkpoints' / 'step_NNNNNNNN'}: {where}); {fresh}, or point --out at the run to continue"
+    )
+
+
 def check_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> bool:
-    """The checks of :func:`prepare_run_dir` without touching anything; True when a run is to be resumed."""
+    """The checks of :func:`prepare_run_dir` without touching anything; True when a run is to be resumed.
+
+    ``resume`` on a folder without any checkpoint is an error (see :func:`no_checkpoint_error`); whether the
+    checkpoints there are valid is for the engine to find out when it loads one."""
     path = Path(path)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a directory; choose another --out")
+    if resume and not CheckpointManager(path / "checkpoints").list():
+        raise no_checkpoint_error(path)
     existing = holds_run(path)
     if existing and not (resume or overwrite):
         raise ConfigError(
