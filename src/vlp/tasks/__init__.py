@@ -35,6 +35,8 @@ TASKS: dict[str, TaskSpec] = {
     "probe": TaskSpec("vlp.tasks.probe", "instances", finetunes=False),
     "tagging": TaskSpec("vlp.tasks.tagging", "instances"),
     "perception": TaskSpec("vlp.tasks.perception", "instances", finetunes=False),
+    "seq2seq": TaskSpec("vlp.tasks.seq2seq", "captions"),  # OFA: captions + VQA + refexp as generation
+    "fewshot": TaskSpec("vlp.tasks.fewshot", "instances", finetunes=False),
 }
 
 

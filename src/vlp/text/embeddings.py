@@ -66,13 +66,22 @@ class TextEmbeddings(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids ``(B, L)``, segment ids ``(B, L)`` (default 0), positions ``(L,)`` or ``(B, L)`` (default 0..L-1)."""
+        """ids ``(B, L)``, segment ids ``(B, L)`` (default 0), positions ``(L,)`` or ``(B, L)`` (default 0..L-1).
+
+        ``inputs_embeds`` ``(B, L, D)``: word vectors used in place of ``word(input_ids)`` (prompt learning feeds
+        learned context vectors this way, CoOp); positions and segments are still added.
+        """
         self._check(input_ids, token_type_ids)
         length = input_ids.shape[1]
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device)
-        x = self.word(input_ids) + self.position(position_ids)
+        expected = (*input_ids.shape, self.word.embedding_dim)
+        if inputs_embeds is not None and tuple(inputs_embeds.shape) != expected:
+            raise ValueError(f"inputs_embeds: expected {expected}, got {tuple(inputs_embeds.shape)}")
+        words = self.word(input_ids) if inputs_embeds is None else inputs_embeds
+        x = words + self.position(position_ids)
         if self.segment is not None:
             if token_type_ids is None:
                 # segment 0 broadcast over the batch: one row lookup instead of a (B, L) zeros tensor
