@@ -1,4 +1,5 @@
-"""``vlp data``: dataset tools. ``vlp data synth`` writes the ShapesWorld built-in dataset.
+"""``vlp data``: dataset tools. ``vlp data synth`` writes the ShapesWorld built-in dataset; ``vlp data
+capfilt`` bootstraps a web caption set with a captioner and an ITM filter (BLIP's CapFilt).
 
 Each data subcommand is an ``_add_<name>(data_subparsers)`` function listed in
 ``_SUBCOMMANDS``; adding one (e.g. ``inspect``) touches nothing else here.
@@ -7,6 +8,12 @@ Each data subcommand is an ``_add_<name>(data_subparsers)`` function listed in
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from vlp.io.folders import load_any
+from vlp.tasks.capfilt import CapFiltOptions, CapFiltStats, run_capfilt
+from vlp.tasks.common import resolve_device
 
 
 def _fraction_list(text: str) -> tuple[float, ...]:
@@ -80,7 +87,67 @@ def _add_synth(data_subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_synth)
 
 
-_SUBCOMMANDS = (_add_synth,)
+def _run_capfilt(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    captioner = load_any(args.captioner, device=device)
+    filt = (
+        captioner
+        if Path(args.filter).resolve() == Path(args.captioner).resolve()
+        else load_any(args.filter, device=device)
+    )
+    prompt = args.prompt if args.prompt is not None else captioner.task.get("prompt", "a picture of ")
+    options = CapFiltOptions(
+        threshold=args.threshold, top_p=args.top_p, samples_per_image=args.samples_per_image,
+        max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, prompt=prompt,
+        batch_size=args.batch_size, seed=args.seed, split=args.split, format=args.format, shard_size=args.shard_size,
+    )  # fmt: skip
+
+    def report(stats: CapFiltStats) -> None:
+        if not args.quiet:
+            print(stats.line(), file=sys.stderr, flush=True)
+
+    names = (str(Path(args.captioner).resolve()), str(Path(args.filter).resolve()))
+    stats, files = run_capfilt(captioner, filt, args.data, args.out, options, names=names, resume=args.resume,
+                               force=args.force, device=device, progress=report)  # fmt: skip
+    if not args.quiet:
+        print(stats.line().replace("capfilt:", "capfilt done:"))
+        print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _add_capfilt(data_subparsers: argparse._SubParsersAction) -> None:
+    p = data_subparsers.add_parser(
+        "capfilt",
+        help="BLIP's CapFilt: synthetic captions from a captioner, web and synthetic texts filtered by ITM",
+        description="For every image of a caption set, sample synthetic captions with a fine-tuned captioner "
+        "(nucleus sampling), score the web and synthetic texts with a fine-tuned ITM filter, keep those with "
+        "p(match) > --threshold and write the kept texts as a new caption set (ALBEF/BLIP JSON or WebDataset "
+        "shards) plus decisions_SPLIT.json. Streams in batches; --resume continues a stopped run.",
+    )
+    p.add_argument("--captioner", required=True, help="a captioning model (run, model or converted folder)")
+    p.add_argument("--filter", required=True, help="a model with a fusion encoder and an ITM head")
+    p.add_argument("--data", required=True, help="the web caption set: a dataset folder vlp recognises")
+    p.add_argument("--out", required=True, help="output folder (must be empty or absent, unless --resume/--force)")
+    p.add_argument("--split", default="train", help="the split to bootstrap (train)")
+    p.add_argument("--threshold", type=float, default=0.5, help="keep a text when ITM p(match) > this (0.5)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus of the synthetic captions (BLIP: 0.9)")
+    p.add_argument("--samples-per-image", type=int, default=1, help="synthetic captions per image (1)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="longest synthetic caption, in tokens (20)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="shortest synthetic caption, in tokens (0)")
+    p.add_argument("--prompt", default=None, help="the captioner's prompt (default: its fine-tuning run's)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    p.add_argument("--format", choices=("albef-json", "wds"), default="albef-json", help="output format")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per output shard with --format wds")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run stopped in --out")
+    again.add_argument("--force", action="store_true", help="start over in an existing --out")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(run=_run_capfilt)
+
+
+_SUBCOMMANDS = (_add_synth, _add_capfilt)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,216 @@
+"""``vlp data capfilt`` (BLIP's CapFilt) on converted tiny BLIP models: the filter's decisions are the ITM
+probabilities transformers computes for those pairs against the threshold, nucleus captions are reproducible
+for a seed, a stopped run resumes to the uninterrupted set, and both output formats load through vlp's loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vlp.cli import main
+from vlp.config import ConfigError, from_dict
+from vlp.data import build_dataset
+from vlp.data.config import DataConfig
+from vlp.data.detect import detect_data
+from vlp.data.registry import resolve_context
+from vlp.data.sources.webdataset import ShardReader
+from vlp.io.folders import load_any
+from vlp.tasks import captioning
+from vlp.tasks.capfilt import CapFiltOptions, batch_seed, image_bytes, kept_texts, read_web_images, run_capfilt
+
+transformers = pytest.importorskip("transformers")
+
+CAPTIONS = ["a red circle", "two blue squares", "a green triangle on the left", "the large yellow square",
+            "a small blue circle", "three red triangles"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def itm_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """``(transformers folder, converted vlp folder)`` of a tiny random BlipForImageTextRetrieval."""
+    from interop_helpers import perturb, write_bert_vocab
+
+    from vlp.interop import import_folder
+
+    root = tmp_path_factory.mktemp("blip_itm")
+    text = dict(vocab_size=40, hidden_size=32, encoder_hidden_size=24, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=32, bos_token_id=2, pad_token_id=0,
+                sep_token_id=3)  # fmt: skip
+    vision = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)  # fmt: skip
+    torch.manual_seed(1)
+    config = transformers.BlipConfig(text_config=text, vision_config=vision, image_text_hidden_size=16)
+    model = perturb(transformers.BlipForImageTextRetrieval(config), seed=1, scale=0.5)
+    model.save_pretrained(root / "hf")
+    write_bert_vocab(root / "hf")
+    transformers.BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "hf")
+    return root / "hf", import_folder(root / "hf", root / "vlp")
+
+
+@pytest.fixture
+def web(photos, tmp_path) -> Path:
+    """An ALBEF caption list over the photos: two captions per image, one of them another image's."""
+    entries = []
+    for i, photo in enumerate(photos):
+        entries.append({"image": str(photo), "caption": CAPTIONS[i], "image_id": f"img{i}"})
+        entries.append({"image": str(photo), "caption": CAPTIONS[(i + 3) % len(CAPTIONS)], "image_id": f"img{i}"})
+    folder = tmp_path / "web"
+    folder.mkdir()
+    (folder / "web_train.json").write_text(json.dumps(entries))
+    return folder
+
+
+def capfilt(capsys, captioner: Path, filt: Path, data: Path, out: Path, *extra: object) -> tuple[int, str]:
+    capsys.readouterr()
+    args = ["data", "capfilt", "--captioner", captioner, "--filter", filt, "--data", data, "--out", out,
+            "--max-new-tokens", "6", "--batch-size", "2", *extra]  # fmt: skip
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def reference_probabilities(hf: Path, records: list[dict]) -> list[float]:
+    """p(match) of every (image, text) of ``records`` by transformers' BLIP ITM head, one pair at a time."""
+    model = transformers.BlipForImageTextRetrieval.from_pretrained(hf).eval()
+    processor = transformers.BlipProcessor.from_pretrained(hf)
+    out = []
+    with torch.no_grad():
+        for record in records:
+            image = Image.open(record["key"]).convert("RGB")
+            for text in record["texts"]:
+                inputs = processor(images=image, text=text["text"], return_tensors="pt")
+                logits = model(**inputs, use_itm_head=True).itm_score
+                out.append(float(logits.softmax(dim=-1)[0, 1]))
+    return out
+
+
+def test_filter_decisions_are_transformers_itm_probabilities_against_the_threshold(
+    blip_folders, itm_folders, web, tmp_path, capsys
+):
+    _, captioner = blip_folders
+    hf, filt = itm_folders
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "probe", "--samples-per-image", "2")
+    assert code == 0, err
+    records = json.loads((tmp_path / "probe" / "decisions_train.json").read_text())["images"]
+    expected = reference_probabilities(hf, records)
+    found = [t["p_match"] for r in records for t in r["texts"]]
+    assert len(found) == 5 * (2 + 2)  # two web captions and two synthetic ones per image
+    assert found == pytest.approx(expected, abs=1e-4)
+    # a threshold between the probabilities: some texts kept, some dropped, exactly as the reference says
+    ranked, middle = sorted(expected), len(expected) // 2
+    threshold = (ranked[middle - 1] + ranked[middle]) / 2
+    assert ranked[middle] - ranked[middle - 1] > 1e-3  # far from both neighbours, beyond the 1e-4 tolerance
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "out", "--samples-per-image", "2", "--threshold",
+                        threshold)  # fmt: skip
+    assert code == 0, err
+    records = json.loads((tmp_path / "out" / "decisions_train.json").read_text())["images"]
+    assert [t["kept"] for r in records for t in r["texts"]] == [p > threshold for p in expected]
+    assert 0 < sum(p > threshold for p in expected) < len(expected)
+    # the written set is the union of the kept texts, each once, read back through detect + the ALBEF loader
+    found = detect_data(tmp_path / "out")
+    assert found.type == "albef"
+    spec, ctx = resolve_context(from_dict(DataConfig, found.data_section()), "train", train=True)
+    pairs = [(Path(r["image"]).name, r["caption"]) for r in spec.index(ctx).records]
+    kept = [(Path(r["key"]).name, t["text"]) for r in records for t in kept_texts(r)]
+    assert sorted(pairs) == sorted(kept) and len(set(kept)) == len(kept)
+
+
+def test_synthetic_captions_are_seeded_nucleus_samples(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    for name in ("a", "b"):
+        code, err = capfilt(capsys, captioner, filt, web, tmp_path / name, "--seed", "7")
+        assert code == 0, err
+    a, b = (json.loads((tmp_path / n / "decisions_train.json").read_text())["images"] for n in ("a", "b"))
+    assert a == b
+    synthetic = [[t["text"] for t in r["texts"] if t["source"] == "synthetic"] for r in a]
+    # batch b of 2 images is sampled with seed batch_seed(7, b, 0): the captioning API gives the same texts
+    loaded = load_any(captioner)
+    photos = [Path(r["key"]) for r in a]
+    for b in range(3):
+        expected = captioning.caption(loaded.model, loaded.tokenizer, photos[2 * b : 2 * b + 2], "nucleus",
+                                      prompt="a picture of ", max_new_tokens=6, top_p=0.9,
+                                      seed=batch_seed(7, b, 0))  # fmt: skip
+        assert [s[0] for s in synthetic[2 * b : 2 * b + 2]] == expected
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "c", "--seed", "8")
+    other = json.loads((tmp_path / "c" / "decisions_train.json").read_text())["images"]
+    assert [[t["text"] for t in r["texts"] if t["source"] == "synthetic"] for r in other] != synthetic
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_set(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "whole", "--samples-per-image", "2")
+    assert code == 0, err
+    # the same run stopped after its second batch (through the library, whose progress hook raises)
+    models = load_any(captioner), load_any(filt)
+    names = (str(Path(captioner).resolve()), str(Path(filt).resolve()))
+    options = CapFiltOptions(samples_per_image=2, max_new_tokens=6, batch_size=2)
+    done = []
+
+    def stop_after_two(stats) -> None:
+        done.append(stats.images)
+        if len(done) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_capfilt(*models, web, tmp_path / "part", options, names=names, progress=stop_after_two)
+    progress = tmp_path / "part" / ".capfilt" / "progress.jsonl"
+    assert len(progress.read_text().splitlines()) == 2 and not (tmp_path / "part" / "capfilt_train.json").exists()
+    progress.write_text(progress.read_text()[:-20])  # the second line cut off mid-write: redone
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part")
+    assert code == 2 and "--resume" in err  # never overwritten without --resume / --force
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--resume")
+    assert code == 2 and "samples_per_image" in err  # other settings: refused, not mixed
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--samples-per-image", "2", "--resume")
+    assert code == 0, err
+    # batch 0 (images 1-2) counted as done, batch 1 (cut off) redone, then batch 2
+    assert [line.split(",")[0] for line in err.splitlines()] == ["capfilt: 4/5 images", "capfilt: 5/5 images"]
+    for name in ("capfilt_train.json", "decisions_train.json"):
+        assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
+
+
+def test_webdataset_output_reads_back(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    out = tmp_path / "wds"
+    code, err = capfilt(capsys, captioner, filt, web, out, "--format", "wds", "--shard-size", "4", "--threshold",
+                        "0.3")  # fmt: skip
+    assert code == 0, err
+    records = json.loads((out / "decisions_train.json").read_text())["images"]
+    kept = [(Path(r["key"]).read_bytes(), t["text"]) for r in records for t in kept_texts(r)]
+    assert kept, "the threshold should keep some texts"
+    found = detect_data(out)
+    assert found.type == "webdataset"
+    config = from_dict(DataConfig, {**found.data_section(), "image_size": 32})
+    assert len(list(out.glob("shards/capfilt_train-*.tar"))) == -(-len(kept) // 4)
+    reader = ShardReader()
+    back = [(image_bytes(item, reader), item.captions[0]) for item in read_web_images(config, "train")]
+    reader.close()
+    assert back == kept  # the images' own bytes, each with one kept text, in order
+    # the shards feed the training loader: one sample per kept text, nothing skipped
+    tokenizer = load_any(filt).tokenizer
+    stream = build_dataset(config, "train", tokenizer, batch_size=2, shuffle=False, rank=0, world_size=1)
+    items = list(stream)
+    assert sum(len(i.batch.input_ids) for i in items) == len(kept) and not any(i.skips for i in items)
+
+
+def test_bad_inputs_name_what_is_wrong(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = capfilt(capsys, captioner, filt, empty, tmp_path / "o1")
+    assert code == 2 and str(empty) in err
+    code, err = capfilt(capsys, captioner, captioner, web, tmp_path / "o2")
+    assert code == 2 and "--filter" in err and "itm" in err.lower()
+    code, err = capfilt(capsys, filt, filt, web, tmp_path / "o3")
+    assert code == 2 and "--captioner" in err and "decoder" in err
+    with pytest.raises(ConfigError, match="--threshold"):
+        CapFiltOptions(threshold=1.5)
