@@ -143,6 +143,7 @@ def pretraining(name: str, tokenizer: Tokenizer, only: str | None = None) -> tup
 USES = {"itm": ["heads.itm."], "mlm": ["heads.mlm."], "mrc": ["heads.mrc."], "mrfr": ["heads.mrfr."]}
 USES.update(lm=["heads.lm.", "decoder."], itc=["text_proj.", "image_proj.", "logit_scale"])
 USES.update(siglip=["text_proj.", "image_proj.", "logit_scale", "logit_bias"])
+USES.update(seq2seq=["heads.lm.", "decoder.", "fusion."])  # OFA: the encoder is the fusion stack
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -13,8 +13,8 @@ import pytest
 import vlp
 
 SRC = Path(vlp.__file__).parent
-PACKAGES = ["captioning", "decoding", "fewshot", "perception", "probe", "refexp", "retrieval", "tagging", "vqa",
-            "zeroshot"]  # fmt: skip
+PACKAGES = ["captioning", "decoding", "fewshot", "perception", "probe", "refexp", "retrieval", "seq2seq", "tagging",
+            "vqa", "zeroshot"]  # fmt: skip
 ENTRY_POINTS = ("evaluate", "finetune", "predict")
 TOP_LAYER = ("commands", "cli", "cli.py", "demo", "serve")
 

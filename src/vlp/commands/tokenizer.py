@@ -29,6 +29,10 @@ def run_train(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer.train(
             captions, vocab_size=args.vocab_size, min_frequency=args.min_frequency, lowercase=not args.cased
         )
+        if args.location_bins:  # OFA's location tokens <bin_0>.. after the vocabulary (vlp.text.locations)
+            from vlp.text.locations import add_location_tokens
+
+            tokenizer = add_location_tokens(tokenizer, args.location_bins)
         folder = tokenizer.save(args.out)
     except (OSError, ValueError) as err:
         return _fail(args, err)
@@ -65,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--vocab-size", type=int, default=8000, help="largest vocabulary, specials included")
     train.add_argument("--min-frequency", type=int, default=1, help="fewest occurrences of a merged piece")
     train.add_argument("--cased", action="store_true", help="keep case and accents (default: lowercase)")
+    train.add_argument("--location-bins", type=int, default=0,
+                       help="append N location tokens <bin_0>..<bin_N-1> for boxes (OFA; default: none)")  # fmt: skip
     train.add_argument("--max-length", type=int, default=40, help="max length of the printed example")
     train.set_defaults(run=run_train)
 

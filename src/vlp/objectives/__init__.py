@@ -23,6 +23,7 @@ from vlp.objectives.momentum import MomentumModel
 from vlp.objectives.pretraining import Pretraining
 from vlp.objectives.region import MRC, MRFR, MRCConfig, MRFRConfig
 from vlp.objectives.registry import build_objectives, objective_config, validate_objectives
+from vlp.objectives.seq2seq import Seq2Seq, Seq2SeqConfig
 from vlp.objectives.siglip import SigLIP, SigLIPConfig
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "Objective",
     "ObjectiveConfig",
     "Pretraining",
+    "Seq2Seq",
+    "Seq2SeqConfig",
     "SigLIP",
     "SigLIPConfig",
     "build_objectives",
