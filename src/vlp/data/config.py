@@ -82,6 +82,9 @@ class DataConfig:
     # longer captions are cut to this many characters (whole words), then to max_text_len tokens by the
     # tokenizer; only a caption above 64 KiB of UTF-8 is skipped (overlong_caption)
     max_caption_chars: int = 2000
+    # a folder for the decoded-image store (vlp.data.decoded_store): every image file decoded once and kept as
+    # uint8 pixels, rebuilt when a file or the decode settings change; "" = decode every time (no store)
+    decoded_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:

@@ -24,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vlp.data.config import TransformConfig
+from vlp.data.decoded_store import DecodedStore
 from vlp.data.image_io import ImageError, decode_image
 from vlp.data.skipping import Skipped, reject
 from vlp.data.sources.common import SourceIndex, check_text
@@ -59,6 +61,16 @@ class ProcessorConfig:
     soft_score: SoftScore = "official"
 
 
+def normalize_pixels(pixels: np.ndarray, transform: TransformConfig) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 as :func:`vlp.data.transforms.to_tensor` makes each image:
+    the same element-wise operations in the same order, so the same values bit for bit."""
+    out = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    out = out.div_(255.0) if transform.rescale == 1 / 255 else out.mul_(transform.rescale)
+    mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return out.sub_(mean).div_(std)
+
+
 class SampleProcessor:
     """Decode + transform + check one record (see the module docstring for the output)."""
 
@@ -70,8 +82,17 @@ class SampleProcessor:
         self.box_safe_transform = ImageTransform(config.image_size, safe, config.train)
         self.vocab_index = {a: i for i, a in enumerate(config.answer_vocab or [])}
         self.reader = ShardReader()
+        self.store: DecodedStore | None = None  # set by build_dataset for data.decoded_cache
 
-    def __call__(self, record: dict[str, Any], rng: random.Random) -> dict[str, Any] | Skipped:
+    def _decode(self, image: Any, draft_size: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+        store = self.store
+        if store is not None and isinstance(image, str) and store.draft_size == draft_size and image in store:
+            return store.decode(image)  # the same pixels decode_image gives (see vlp.data.decoded_store)
+        return decode_image(image, draft_size, self.config.max_image_pixels)
+
+    def __call__(self, record: dict[str, Any], rng: random.Random, pixels: bool = False) -> dict[str, Any] | Skipped:
+        """The sample of ``record``; ``pixels=True`` leaves its ``image`` as the transformed (H, W, 3) uint8
+        array, for :func:`normalize_pixels` to turn into what ``pixels=False`` gives."""
         cfg = self.config
         source = str(record.get("image") if isinstance(record.get("image"), str) else record.get("source", "?"))
         text_key = next((k for k in ("caption", "question") if k in record), None)
@@ -90,13 +111,16 @@ class SampleProcessor:
         if cfg.load_images and record.get("image") is not None:
             transform = self.box_safe_transform if target is not None else self.transform
             try:
-                image, full = decode_image(record["image"], transform.draft_size, cfg.max_image_pixels)
+                image, full = self._decode(record["image"], transform.draft_size)
             except ImageError as err:
                 return reject(err.reason, source, err.detail, cfg.strict)
             # annotations are in full-resolution pixels; draft mode may have decoded a smaller image
             scale = np.array([image.size[0] / full[0], image.size[1] / full[1]] * 2)
-            tensor, item = transform(Item(image, box_array * scale, texts), rng)
-            out["image"] = tensor
+            if pixels:  # the batch path normalizes a whole batch at once (VLDataset.__getitems__)
+                item = transform.geometry(Item(image, box_array * scale, texts), rng)
+                out["image"] = np.asarray(item.image, dtype=np.uint8)
+            else:
+                out["image"], item = transform(Item(image, box_array * scale, texts), rng)
             texts, box_array, flipped = item.texts, item.boxes, item.flipped
             size = item.image.size
         if len(box_array):
@@ -219,6 +243,26 @@ class VLDataset(Dataset):
         if not isinstance(sample, Skipped):
             sample["meta"]["index"] = i
         return sample
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any] | Skipped]:
+        """``[self[i] for i in indices]`` (what a DataLoader fetches for one batch), with the images
+        normalized by a few whole-batch tensor ops instead of a handful per image; same values bit for bit."""
+        samples = []
+        for i in indices:
+            sample = self.processor(self.index.records[i], sample_rng(self.seed, self.epoch, i), pixels=True)
+            if not isinstance(sample, Skipped):
+                sample["meta"]["index"] = i
+            samples.append(sample)
+        with_image = [s for s in samples if not isinstance(s, Skipped) and "image" in s]
+        transform = self.processor.config.transform
+        by_shape: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for sample in with_image:
+            by_shape.setdefault(sample["image"].shape, []).append(sample)
+        for group in by_shape.values():  # one group unless an eval rule keeps aspect ratios
+            images = normalize_pixels(np.stack([s["image"] for s in group]), transform)
+            for sample, image in zip(group, images):
+                sample["image"] = image
+        return samples
 
     @property
     def texts(self) -> list[str] | None:

@@ -30,6 +30,7 @@ from vlp.data.batch import Batch
 from vlp.data.collate import LoaderCollate, LoaderItem, collate
 from vlp.data.config import DataConfig
 from vlp.data.dataset import ProcessorConfig, SampleProcessor, VLDataset
+from vlp.data.decoded_store import DecodedStore
 from vlp.data.registry import attach_regions, resolve_context, shapes_delegate, tag_names_for
 from vlp.data.sampler import ResumableSampler, resolve_rank
 from vlp.data.skipping import SkipCounter
@@ -69,6 +70,11 @@ def build_dataset(
     if config.type == "shapesworld":
         config = shapes_delegate(config)
     spec, ctx = resolve_context(config, split, train, normalize_answer)
+    if config.decoded_cache and spec.index is None:
+        raise ConfigError(
+            f"data.decoded_cache: {config.decoded_cache!r} is for data sets of image files; type {config.type!r} "
+            'streams its shards (set data.decoded_cache to "")'
+        )
     options = ctx.options
     processor_cfg = ProcessorConfig(
         image_size=config.image_size, transform=config.transform, train=train, load_images=options.load_images,
@@ -92,7 +98,13 @@ def build_dataset(
         processor_cfg.soft_score = options.soft_score
     if not index.records:
         raise ConfigError(f"data ({config.type}, split {split!r}): no usable samples under {ctx.root}")
-    return VLDataset(index, SampleProcessor(processor_cfg), seed=config.seed)
+    processor = SampleProcessor(processor_cfg)
+    if config.decoded_cache and options.load_images:
+        paths = [r["image"] for r in index.records if isinstance(r.get("image"), str)]
+        processor.store = DecodedStore(
+            config.decoded_cache, paths, processor.transform.draft_size, config.max_image_pixels
+        )
+    return VLDataset(index, processor, seed=config.seed)
 
 
 class VLPLoader:
