@@ -17,6 +17,7 @@ from vlp.data.transforms import (
     Item,
     RandomResizedCrop,
     Resize,
+    normalize_uint8,
     swap_left_right,
     to_tensor,
 )
@@ -128,6 +129,37 @@ def test_to_tensor_normalizes_per_channel() -> None:
     assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.float32
     expected = torch.tensor([(1.0 - 0.5) / 0.5, (0.0 - 0.5) / 0.25, (0.2 - 0.1) / 0.1])
     torch.testing.assert_close(tensor[:, 0, 0], expected)
+
+
+def _float_passes(pixels: np.ndarray, mean, std, rescale: float) -> torch.Tensor:
+    """to_tensor as it was before the lookup table: four float32 passes over the (3, H, W) image."""
+    out = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()
+    out = out.div_(255.0) if rescale == 1 / 255 else out.mul_(rescale)
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return out.sub_(mean_t).div_(std_t)
+
+
+@pytest.mark.parametrize("rescale", [1 / 255, 1 / 127.5, 1.0])
+def test_to_tensor_lookup_is_bitwise_the_float_passes(rescale: float) -> None:
+    """Every 8-bit value of every channel (and a photo-sized image): the same float32 values bit for bit."""
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
+    every = np.stack([np.arange(256, dtype=np.uint8)] * 3, -1).reshape(16, 16, 3)
+    rng = np.random.default_rng(0)
+    for pixels in (every, every[::-1, :, ::-1].copy(), rng.integers(0, 256, (224, 160, 3), dtype=np.uint8)):
+        expected = _float_passes(pixels, mean, std, rescale)
+        got = to_tensor(Image.fromarray(pixels), mean, std, rescale)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert torch.equal(got, expected)
+    batch = rng.integers(0, 256, (3, 20, 24, 3), dtype=np.uint8)
+    expected = torch.stack([_float_passes(p, mean, std, rescale) for p in batch])
+    assert torch.equal(normalize_uint8(batch, mean, std, rescale), expected)
+
+
+def test_normalize_uint8_names_a_wrong_input() -> None:
+    with pytest.raises(ValueError, match=r"expected \(H, W, 3\) or \(B, H, W, 3\) uint8 pixels.*float32 \(4, 4, 3\)"):
+        normalize_uint8(np.zeros((4, 4, 3), np.float32), (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match=r"uint8 \(4, 4, 4\)"):
+        normalize_uint8(np.zeros((4, 4, 4), np.uint8), (0.5,) * 3, (0.5,) * 3)
 
 
 def test_image_transform_train_vs_eval() -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 from vlp.data.batch import Batch
 from vlp.data.skipping import Skipped
@@ -85,7 +86,9 @@ def collate(
                 "image's aspect ratio (transform.eval_resize vilt or none): evaluate with batch size 1, or set "
                 "eval_resize: exact"
             )
-        fields["images"] = torch.stack([s["image"] for s in samples])
+        # default_collate = torch.stack, but in a DataLoader worker it stacks straight into shared memory:
+        # torch.stack would allocate the batch and pickling would copy it into shared memory again
+        fields["images"] = default_collate([s["image"] for s in samples])
     if all("text" in s for s in samples):
         texts = [s["text"] for s in samples]
         for m, text in zip(meta, texts):

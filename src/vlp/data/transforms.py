@@ -21,6 +21,7 @@ processors' config files onto :class:`~vlp.data.config.TransformConfig`.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -261,16 +262,61 @@ class HorizontalFlip:
         return Item(image, boxes, [swap_left_right(t) for t in item.texts], not item.flipped)
 
 
+def _normalize_ops(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, rescale: float) -> torch.Tensor:
+    """The float32 operations of the normalization, in their order: every output value is
+    ``((float(v) / 255 or * rescale) - mean) / std``, one IEEE rounding per step."""
+    pixels = pixels.float()
+    # dividing by 255 rounds like transformers' x * (1 / 255) to within an ulp; other factors multiply
+    pixels = pixels.div_(255.0) if rescale == 1 / 255 else pixels.mul_(rescale)
+    return pixels.sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def _lookup_table(mean: tuple[float, ...], std: tuple[float, ...], rescale: float) -> np.ndarray:
+    """(channels, 256) float32: the normalized value of each 8-bit value of each channel, computed by the same
+    float32 operations as a whole image would be (element-wise IEEE operations give the same result wherever
+    the element sits), so looking values up is exact."""
+    values = torch.arange(256, dtype=torch.float32).view(1, 256)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1)
+    return _normalize_ops(values.expand(len(mean), 256).clone(), mean_t, std_t, rescale).numpy()
+
+
+def normalize_uint8(
+    pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], rescale: float = 1 / 255
+) -> torch.Tensor:
+    """(H, W, C) or (B, H, W, C) uint8 -> (C, H, W) or (B, C, H, W) float32, bit for bit what :func:`to_tensor`
+    computes for each image.
+
+    A table lookup per channel (256 precomputed values) instead of four float passes over the image
+    (convert, rescale, subtract, divide) plus the channel transpose: ~2.3x less CPU for a 224x224 image.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim not in (3, 4) or not pixels.shape[-1] == len(mean) == len(std):
+        raise ValueError(
+            f"normalize_uint8: expected (H, W, {len(mean)}) or (B, H, W, {len(mean)}) uint8 pixels for "
+            f"{len(mean)} mean values, got {pixels.dtype} {tuple(pixels.shape)}"
+        )
+    table = _lookup_table(tuple(map(float, mean)), tuple(map(float, std)), float(rescale))
+    batch = pixels if pixels.ndim == 4 else pixels[None]
+    out = np.empty((batch.shape[0], batch.shape[3], batch.shape[1], batch.shape[2]), dtype=np.float32)
+    for b in range(batch.shape[0]):
+        for c in range(batch.shape[3]):
+            # mode="clip" lets take write straight into ``out`` (the default buffers); uint8 is always in range
+            np.take(table[c], batch[b, :, :, c], out=out[b, c], mode="clip")
+    return torch.from_numpy(out if pixels.ndim == 4 else out[0])
+
+
 def to_tensor(
     image: Image.Image, mean: tuple[float, ...], std: tuple[float, ...], rescale: float = 1 / 255
 ) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32, times ``rescale`` (to [0, 1] by default), normalized by ``mean``/``std``."""
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    # dividing by 255 rounds like transformers' x * (1 / 255) to within an ulp; other factors multiply
-    pixels = pixels.div_(255.0) if rescale == 1 / 255 else pixels.mul_(rescale)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] == len(mean) == len(std) == 3:
+        return normalize_uint8(pixels, mean, std, rescale)
+    # not an RGB image: the plain operations, and their error for a shape that does not fit
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return pixels.sub_(mean_t).div_(std_t)
+    return _normalize_ops(torch.from_numpy(pixels.copy()).permute(2, 0, 1), mean_t, std_t, rescale)
 
 
 class ImageTransform:
