@@ -1,0 +1,155 @@
+"""The decoded-image store (``data.decoded_cache``): exact, invalidated by file and transform changes, safe."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.data.loaders_helpers import patterned
+
+from vlp.config import ConfigError, from_dict
+from vlp.data import DataConfig, build_dataset, build_loader
+from vlp.data.decoded_store import DecodedStore
+from vlp.data.image_io import decode_image
+from vlp.data.skipping import SampleError, Skipped
+
+SIZES = [(200, 150), (64, 64), (90, 120), (48, 40)]  # the first two are decoded in JPEG draft mode at size 32
+
+
+def write_set(root: Path) -> Path:
+    """A manifest of JPEGs of several sizes, a PNG, a corrupt file and a missing one, two captions each."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    records = []
+    for i, size in enumerate(SIZES):
+        patterned(size, i).save(images / f"{i}.jpg", quality=92)
+        records += [{"image": f"{i}.jpg", "caption": f"picture {i} left"}, {"image": f"{i}.jpg", "caption": f"{i}"}]
+    patterned((30, 20), 5).save(images / "5.png")
+    (images / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    records += [{"image": "5.png", "caption": "a png"}, {"image": "bad.jpg", "caption": "broken"}]
+    records += [{"image": "gone.jpg", "caption": "missing"}]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def config(root: Path, cache: str = "", **extra) -> DataConfig:
+    data = {"type": "manifest", "root": str(root), "paths": {"manifest": "manifest.jsonl", "images": "images"},
+            "image_size": 32, "decoded_cache": cache, "transform": {"hflip": 0.5}, **extra}  # fmt: skip
+    return from_dict(DataConfig, data)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, Skipped) or isinstance(b, Skipped):
+        return a == b
+    return torch.equal(a["image"], b["image"]) and a.get("text") == b.get("text") and a["meta"] == b["meta"]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_store_gives_the_decode_paths_samples_bit_for_bit(tmp_path, train) -> None:
+    root = write_set(tmp_path / "data")
+    plain = build_dataset(config(root), "train", train=train)
+    stored = build_dataset(config(root, str(tmp_path / "cache")), "train", train=train)
+    assert stored.processor.store is not None and stored.processor.store.built
+    for epoch in (0, 1):  # random crops and flips of two epochs
+        plain.set_epoch(epoch)
+        stored.set_epoch(epoch)
+        for i in range(len(plain)):
+            assert same(plain[i], stored[i]), (train, epoch, i)
+        # the batch path (what the DataLoader calls) equals the per-sample path
+        indices = list(range(len(plain)))[::-1]
+        assert all(same(a, b) for a, b in zip(stored.__getitems__(indices), [plain[i] for i in indices]))
+    skipped = [s for s in (stored[i] for i in range(len(stored))) if isinstance(s, Skipped)]
+    assert sorted(s.reason for s in skipped) == ["corrupt_image", "missing_file"]
+
+
+def test_store_holds_what_decode_image_returns(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    path = str(root / "images" / "0.jpg")
+    store = DecodedStore(tmp_path / "cache", [path], (32, 32))
+    image, full = store.decode(path)
+    expected, expected_full = decode_image(path, (32, 32))
+    assert image.size == (50, 38) and full == (200, 150) == expected_full  # draft mode: 1/4 scale
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_loader_with_workers_reads_the_store(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    batches = []
+    for cache, workers in (("", 0), (str(tmp_path / "cache"), 1)):
+        loader = build_loader(config(root, cache), "train", batch_size=4, num_workers=workers)
+        batches.append([b.images for b in loader])
+    assert len(batches[0]) == len(batches[1]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_a_changed_file_rebuilds_the_store(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    first = build_dataset(config(root, cache), "train", train=False)
+    again = build_dataset(config(root, cache), "train", train=False)
+    assert first.processor.store.built and not again.processor.store.built  # up to date: not decoded again
+    before = again[1]["image"]  # image 1.jpg (one sample per image here)
+    path = root / "images" / "1.jpg"
+    patterned((64, 64), 3).save(path, quality=92)  # other pixels, maybe the same size: the time tells
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    changed = build_dataset(config(root, cache), "train", train=False)
+    assert changed.processor.store.built
+    assert not torch.equal(changed[1]["image"], before)
+    assert torch.equal(changed[1]["image"], build_dataset(config(root), "train", train=False)[1]["image"])
+    # the replaced store's pixels are gone, the new one stands alone
+    assert len(list(Path(cache).glob("vlp-decoded-*.u8"))) == 1
+
+
+def test_a_file_that_appears_is_decoded(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    assert isinstance(build_dataset(config(root, cache), "train", train=False)[6], Skipped)  # gone.jpg
+    patterned((40, 40), 1).save(root / "images" / "gone.jpg", quality=92)
+    dataset = build_dataset(config(root, cache), "train", train=False)
+    assert dataset.processor.store.built and not isinstance(dataset[6], Skipped)
+
+
+def test_a_transform_change_gets_its_own_store(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    cache = tmp_path / "cache"
+    small = build_dataset(config(root, str(cache)), "train").processor.store
+    large = build_dataset(config(root, str(cache), image_size=100), "train").processor.store
+    assert large.built and large.name != small.name and large.draft_size == (100, 100)
+    assert len(list(cache.glob("vlp-decoded-*.json"))) == 2
+    # no draft (transform.draft: false): full-size pixels, a store of its own
+    full = build_dataset(config(root, str(cache), transform={"draft": False}), "train").processor.store
+    assert (
+        full.built and full.draft_size is None and full.array(str(root / "images" / "0.jpg"))[0].shape == (150, 200, 3)
+    )
+
+
+def test_strict_raises_naming_the_file_as_without_the_store(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    dataset = build_dataset(config(root, str(tmp_path / "cache"), strict=True), "train", train=False)
+    with pytest.raises(SampleError, match=r"bad\.jpg: corrupt_image"):
+        dataset[5]
+
+
+def test_never_overwrites_a_file_it_did_not_write(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    cache = tmp_path / "cache"
+    store = build_dataset(config(root, str(cache)), "train").processor.store
+    store.index_path.write_text('{"mine": true}')  # a user's file under the store's name
+    with pytest.raises(ValueError, match=r"not written by vlp's decoded-image store.*not overwritten"):
+        build_dataset(config(root, str(cache)), "train")
+    assert store.index_path.read_text() == '{"mine": true}'
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"afile exists and is not a folder"):
+        build_dataset(config(root, str(tmp_path / "afile")), "train")
+
+
+def test_streaming_data_refuses_the_store(tmp_path) -> None:
+    data = {"type": "webdataset", "root": str(tmp_path), "paths": {"shards": "x-{000..001}.tar"},
+            "decoded_cache": str(tmp_path / "cache")}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data.decoded_cache.*'webdataset' streams its shards"):
+        build_dataset(from_dict(DataConfig, data), "train")
