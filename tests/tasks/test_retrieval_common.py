@@ -50,7 +50,7 @@ def test_load_model_refuses_weights_that_do_not_fit(saved, tmp_path):
             weights["extra.weight"] = torch.zeros(2)
         save_file(weights, str(broken / "model.safetensors"))
         with pytest.raises(
-            ConfigError, match=f"{problem}: .*{'text_proj.weight' if problem == 'missing' else 'extra'}"
+            ConfigError, match=f"{problem} keys: .*{'text_proj.weight' if problem == 'missing' else 'extra'}"
         ):
             common.load_model(broken, tokenizer=folder)
     with pytest.raises(ConfigError, match="does not exist"):

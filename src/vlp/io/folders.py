@@ -26,13 +26,19 @@ from vlp.interop.hub import resolve
 from vlp.interop.openclip import load_openclip
 from vlp.interop.openclip_config import is_openclip_folder
 from vlp.io.checkpoints import CheckpointManager, load_safetensors
-from vlp.io.factory import build_model
-from vlp.io.saving import RECIPE_NAME, WEIGHTS_NAME, has_tokenizer, load_weights
-from vlp.text import Tokenizer
+from vlp.io.saving import (
+    RECIPE_NAME,
+    RUN_ONLY_KEYS,
+    WEIGHTS_NAME,
+    build_saved_model,
+    has_tokenizer,
+    load,
+    load_state_strictly,
+    load_tokenizer,
+)
 
 CHECKPOINTS = "checkpoints"
 WRAPPER_PREFIX = "model."  # a training run saves its wrapper (Pretraining / a task module); the model sits here
-RUN_ONLY_KEYS = ("task", "init")  # recipe keys a fine-tuning run adds on top of a model recipe
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -74,14 +80,6 @@ def model_weights(weights: dict[str, torch.Tensor], own: Any) -> dict[str, torch
     return weights
 
 
-def load_tokenizer(path: str | Path, who: str = "--tokenizer") -> Any:
-    """A tokenizer folder or file (WordPiece ``tokenizer.json`` / ``vocab.txt``, or CLIP's BPE files)."""
-    try:
-        return Tokenizer.load(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{who}: cannot load {str(path)!r}: {err}") from err
-
-
 def tokenizer_for(explicit: Any, folder: Path, recipe: Any = None, init: str | None = None) -> Any:
     """The explicit tokenizer (object or path), else the one saved beside the weights, else the recipe's
     ``model.tokenizer``, else the one saved with a fine-tuning run's ``init`` weights."""
@@ -99,7 +97,7 @@ def tokenizer_for(explicit: Any, folder: Path, recipe: Any = None, init: str | N
             f"--tokenizer: {folder} has no tokenizer files, its recipe names no model.tokenizer and its init "
             "folder has none either; pass --tokenizer"
         )
-    return load_tokenizer(candidates[0])
+    return load_tokenizer(candidates[0], "--tokenizer")
 
 
 @dataclass
@@ -131,24 +129,11 @@ def load_model(
     folder, weights_file = weights_of(path, "--model")
     if folder is None:
         raise ConfigError(f"--model: {path} has weights but no {RECIPE_NAME} to rebuild the model from")
-    data = read_yaml(folder / RECIPE_NAME)
-    if "model" not in data:
-        raise ConfigError(f"{folder / RECIPE_NAME}: has no 'model' section")
+    model = build_saved_model(folder)
+    data = read_yaml(folder / RECIPE_NAME)  # a fine-tuning run's own keys (RUN_ONLY_KEYS) come along
     task = data.get("task") or {}
-    recipe_data = {k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}
-    model = build_model(recipe_data, where=str(folder / RECIPE_NAME))
     recipe = model.recipe
-    own = model.state_dict()
-    weights = model_weights(load_safetensors(weights_file), own)
-    for problem, keys in (("missing", set(own) - set(weights)), ("unexpected", set(weights) - set(own))):
-        if keys:
-            keys = sorted(keys)
-            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-            raise ConfigError(f"{weights_file}: weights do not fit the model recipe; {problem}: {shown}")
-    bad = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if weights[k].shape != v.shape]
-    if bad:
-        raise ConfigError(f"{weights_file}: shapes do not fit the model: {', '.join(bad[:5])}")
-    model.load_state_dict({k: weights[k] for k in own})
+    load_state_strictly(model, model_weights(load_safetensors(weights_file), model.state_dict()), weights_file)
     model.to(device).eval()
     try:
         found = tokenizer_for(tokenizer, folder, recipe, data.get("init"))
@@ -202,10 +187,8 @@ def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: pretrained folder or OpenCLIP file not found")
     if is_model_folder(folder):
-        model = build_model(read_yaml(folder / RECIPE_NAME), overrides, str(folder / RECIPE_NAME))
-        load_weights(model, folder / WEIGHTS_NAME)
+        model = load(folder, overrides=overrides)
         conv = detect(model.cfg, folder)
-        model.eval()
     elif is_hf_folder(folder):
         model, conv, _, _ = load_hf(folder, overrides)
     else:
@@ -219,6 +202,7 @@ def from_pretrained(path: str | Path, name: str | None = None, **overrides: Any)
 
 
 __all__ = [
+    "RUN_ONLY_KEYS",
     "LoadedModel",
     "from_pretrained",
     "has_tokenizer",

@@ -23,14 +23,15 @@ from torch import nn
 
 import vlp.parts  # noqa: F401  registers every part type, so that recipes' type keys resolve
 from vlp.config import ConfigError, from_dict, read_yaml, to_dict
+from vlp.io.factory import apply_model_overrides
 from vlp.models.config import ModelConfig
 from vlp.models.model import VisionLanguageModel
 from vlp.recipe import parse_recipe
 from vlp.text import Tokenizer
-from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 RECIPE_NAME = "recipe.yaml"
+RUN_ONLY_KEYS = ("task", "init")  # recipe keys a fine-tuning run adds on top of a model recipe
 
 
 class CheckpointError(ConfigError):
@@ -174,7 +175,19 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         loaded = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read safetensors file: {err}") from err
-    expected, _ = canonical_state(model, copy=False)
+    return load_state_strictly(model, loaded, path)
+
+
+def load_state_strictly(model: nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+    """Fill ``model`` from ``weights``: every parameter and persistent buffer must be there with its shape, and
+    nothing else (a :class:`CheckpointError` naming ``source`` and the keys otherwise). A tensor the model
+    shares under several names (tied weights) may come under any of them, or under all."""
+    expected, aliases = canonical_state(model, copy=False)
+    loaded = dict(weights)
+    for alias, kept in aliases.items():  # files keep a shared tensor once; checkpoints restore every name
+        value = loaded.pop(alias, None)
+        if value is not None and kept not in loaded:
+            loaded[kept] = value
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     if missing or unexpected:
@@ -183,40 +196,53 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             parts.append(f"missing keys: {_names(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_names(unexpected)}")
-        raise CheckpointError(f"{path}: does not fit the model: " + "; ".join(parts))
+        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(parts))
     bad = [
         f"{k} {tuple(loaded[k].shape)} vs model {tuple(t.shape)}"
         for k, t in expected.items()
         if loaded[k].shape != t.shape
     ]
     if bad:
-        raise CheckpointError(f"{path}: shape mismatch: {_names(bad)}")
+        raise CheckpointError(f"{source}: shape mismatch: {_names(bad)}")
     with torch.no_grad():
         for name, target in expected.items():
             target.copy_(loaded[name])  # state_dict tensors alias the parameters, so this loads them
     return model
 
 
-def load_config(folder: str | Path) -> tuple[Any, Any]:
-    """``(ModelConfig, Recipe or None)`` from ``folder/recipe.yaml``; errors name the file."""
+def load_config(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(ModelConfig, Recipe or None)`` from ``folder/recipe.yaml`` with dotted ``overrides`` (keys outside a
+    recipe section are read under ``model.``); errors name the file. A fine-tuning run's own keys
+    (:data:`RUN_ONLY_KEYS`) are left out: they say how the model was trained, not what it is."""
     path = Path(folder) / RECIPE_NAME
     data = read_yaml(path)
     if "model" not in data:
         raise ConfigError(f"{path}: has no 'model' section")
+    data = apply_model_overrides({k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}, overrides)
     if set(data) - {"model"}:
         recipe = parse_recipe(data, where=str(path))
         return recipe.model, recipe
     return from_dict(ModelConfig, data["model"], f"{path}:model"), None
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved in ``folder`` and load its weights strictly; returned in eval mode."""
+def build_saved_model(folder: str | Path, overrides: dict[str, Any] | None = None) -> VisionLanguageModel:
+    """The model ``folder/recipe.yaml`` describes (weights not loaded), remembering its recipe (None when the
+    file holds only a ``model`` section) -- the one way a model, run or checkpoint folder's model is rebuilt."""
+    cfg, recipe = load_config(folder, overrides)
+    model = VisionLanguageModel(cfg)
+    model.recipe = recipe
+    return model
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None) -> nn.Module:
+    """Rebuild the model saved in ``folder`` and load its weights strictly; returned in eval mode.
+
+    ``overrides``: dotted recipe keys (see :func:`load_config`); one that changes a weight's shape makes the
+    strict load fail naming it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: model folder not found")
-    cfg, recipe = load_config(folder)
-    model = VisionLanguageModel(cfg)
-    model.recipe = recipe
+    model = build_saved_model(folder, overrides)
     load_weights(model, folder / WEIGHTS_NAME)
     return model.to(device).eval()
 
@@ -226,26 +252,32 @@ def has_tokenizer(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json"))
 
 
-def load_tokenizer(folder: str | Path) -> Any:
-    """The tokenizer saved beside the weights (``tokenizer.json`` or ``vocab.txt``; CLIP's BPE files give a
-    :class:`vlp.text.bpe.ClipTokenizer`)."""
-    folder = Path(folder)
-    if is_clip_tokenizer(folder):
-        return ClipTokenizer.load(folder)
-    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
-        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json or vocab.txt) were saved here")
-    return Tokenizer.load(folder)
+def load_tokenizer(path: str | Path, who: str | None = None) -> Any:
+    """The tokenizer of a folder (saved beside the weights) or file: WordPiece ``tokenizer.json`` / ``vocab.txt``,
+    or CLIP's BPE files (a :class:`vlp.text.bpe.ClipTokenizer`). The one implementation behind
+    ``vlp.load_tokenizer`` and :func:`vlp.io.folders.load_tokenizer`.
+
+    A missing or unreadable tokenizer is a :class:`ConfigError` naming the path and what was expected, prefixed
+    with ``who`` (the option that named it, e.g. ``--tokenizer``) when given."""
+    try:
+        return Tokenizer.load(path)
+    except (OSError, ValueError) as err:
+        prefix = f"{who}: " if who else ""
+        raise ConfigError(f"{prefix}cannot load a tokenizer from {str(path)!r}: {err}") from err
 
 
 __all__ = [
     "RECIPE_NAME",
+    "RUN_ONLY_KEYS",
     "WEIGHTS_NAME",
     "CheckpointError",
+    "build_saved_model",
     "canonical_state",
     "check_weights_file",
     "has_tokenizer",
     "load",
     "load_config",
+    "load_state_strictly",
     "load_tokenizer",
     "load_weights",
     "save_pretrained",
