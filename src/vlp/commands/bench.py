@@ -25,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "taxonomy",
         help="train each architecture family of the survey alike; one table of scores, size and latency",
         description="Single-stream (region, grid, patch), dual-stream co-attention, dual encoder, fusion + dual "
-        "(ALBEF) and mixture of modality experts (VLMo), each pretrained on the same ShapesWorld data for the "
-        "same steps, then retrieval R@1/RSUM, VQA and referring-expression accuracy, parameters and latency per "
-        "retrieval query and per VQA question. Writes OUT/taxonomy.md and OUT/results.json.",
+        "(ALBEF), mixture of modality experts (VLMo) and a unified encoder-decoder (OFA), each pretrained on the "
+        "same ShapesWorld data for the same steps, then retrieval R@1/RSUM, VQA and referring-expression "
+        "accuracy, parameters and latency per retrieval query and per VQA question. Writes OUT/taxonomy.md and "
+        "OUT/results.json.",
     )
     taxonomy.add_argument("--out", default="runs/taxonomy", help="output folder (default: runs/taxonomy)")
     taxonomy.add_argument("--budget-steps", type=int, default=None, help="pretraining steps per family (1000)")
@@ -35,6 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     taxonomy.add_argument("--images", type=int, default=None, help="ShapesWorld images (2000)")
     taxonomy.add_argument("--retrieval-images", type=int, default=None, help="test images in the gallery (100)")
     taxonomy.add_argument("--families", nargs="+", default=None, metavar="RECIPE",
-                          help="recipes to run (default: all seven families)")  # fmt: skip
+                          help="recipes to run (default: all eight families)")  # fmt: skip
     taxonomy.add_argument("--threads", type=int, default=None, help="torch threads (default: 1)")
     taxonomy.set_defaults(run=run_taxonomy)

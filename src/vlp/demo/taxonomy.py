@@ -53,6 +53,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("dual encoder", "patch", "clip-tiny"),
     Family("fusion + dual (ALBEF)", "patch", "albef-tiny"),
     Family("mixture of modality experts (VLMo)", "patch", "vlmo-tiny"),
+    Family("unified seq2seq (OFA)", "patch", "ofa-tiny"),  # every task generated: vlp.demo.taxonomy_seq2seq
 )
 
 
@@ -73,6 +74,7 @@ class TaxonomyConfig:
     retrieval_images: int = 100  # test images in the retrieval gallery (5 captions each)
     latency_repeats: int = 20
     threads: int = 1
+    location_bins: int = 64  # OFA's location tokens per coordinate (a 32-px image: half a pixel per bin)
     families: list[str] = field(default_factory=lambda: [f.recipe for f in FAMILIES])
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class TaxonomyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"taxonomy {name}={value!r}: expected an integer >= 1")
+        if not isinstance(self.location_bins, int) or self.location_bins < 2:
+            raise ConfigError(f"taxonomy location_bins={self.location_bins!r}: expected an integer >= 2")
         known = {f.recipe for f in FAMILIES}
         unknown = [r for r in self.families if r not in known]
         if unknown or not self.families:
@@ -118,6 +122,9 @@ def uniform_overrides(recipe: dict[str, Any], cfg: TaxonomyConfig) -> dict[str, 
     text = model.get("text") or {}
     if text.get("type", "bert") == "bert" and text.get("dim"):
         out["model.text.init_std"] = round(0.02 * math.sqrt(768 / text["dim"]), 4)
+    decoder = model.get("decoder") or {}
+    if decoder.get("dim"):  # OFA's decoder is a BERT-family stack too: the same width rule
+        out["model.decoder.init_std"] = round(0.02 * math.sqrt(768 / decoder["dim"]), 4)
     return out
 
 
@@ -145,9 +152,12 @@ def measure_family(
 ) -> dict[str, Any]:
     """Pretrain one family, then its retrieval, VQA, referring-expression scores, size and latencies."""
     from vlp.demo import taxonomy_tasks as tasks
+    from vlp.demo.taxonomy_seq2seq import is_seq2seq, measure_seq2seq
     from vlp.recipe import recipe_dict
 
     base = recipe_dict(fam.recipe)
+    if is_seq2seq(base):  # one multitask encoder-decoder: trained and scored its own way
+        return measure_seq2seq(fam, world, tokenizer, cfg, runs, uniform_overrides(base, cfg), log)
     recipe = model_recipe(fam.recipe, world, tokenizer, uniform_overrides(base, cfg))
     model, result = pretrain(recipe, tokenizer, runs / fam.recipe / "pretrain")
     row: dict[str, Any] = {
@@ -171,8 +181,9 @@ def chance_row(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Chance levels of the score columns: the same test data for every family, so any row's; for
     referring expressions a candidate-scoring row's (every fusion model chooses among the image's
     objects; a late-fusion box-regression row carries its own, lower chance level)."""
-    first = rows[0] if rows else {}
-    chance = {k: first.get(f"{k}_chance") for k in ("retrieval_r1", "retrieval_rsum", "vqa")}
+    # each from the first row that has it (the OFA row has no retrieval chance: it retrieves nothing)
+    chance = {k: next((r[f"{k}_chance"] for r in rows if r.get(f"{k}_chance") is not None), None)
+              for k in ("retrieval_r1", "retrieval_rsum", "vqa")}  # fmt: skip
     boxes = [r for r in rows if "refexp_mark" not in r and r.get("refexp_chance") is not None]
     chance["refexp"] = boxes[0]["refexp_chance"] if boxes else None
     return chance

@@ -1,0 +1,133 @@
+"""The OFA-style task end to end: a tokenizer with location tokens from the CLI, a few multitask steps with
+``vlp finetune``, ``vlp eval seq2seq``; the task's decoding against a plain step-by-step greedy decoder, the
+interleaving of the three tasks, clear errors for a tokenizer without location tokens, and the taxonomy row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vlp
+from vlp.cli import main
+from vlp.config import ConfigError
+from vlp.data.shapesworld import generate as generate_world
+from vlp.tasks.common import build_eval_dataset, load_model
+from vlp.tasks.decoding import DecodeOptions
+from vlp.tasks.seq2seq import build_finetuning, generate_boxes, generate_text
+from vlp.tasks.seq2seq.data import MixedTasks, instruction
+from vlp.tasks.seq2seq.evaluate import instruction_batches
+from vlp.text import Tokenizer
+from vlp.text.locations import location_ids
+
+RECIPE = Path(vlp.__file__).parent / "tasks" / "recipes" / "seq2seq-ofa-tiny.yaml"
+BINS = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ofa")
+    world = root / "shapes"
+    generate_world(world, images=40, size=32, seed=0, workers=1, formats=("albef", "vqa", "refcoco"))
+    tok = root / "tok"
+    assert main(["tokenizer", "train", "--input", str(world / "annotations" / "captions_train.json"), "--out",
+                 str(tok), "--vocab-size", "200", "--location-bins", str(BINS)]) == 0  # fmt: skip
+    size = Tokenizer.load(tok).vocab_size
+    run = root / "run"
+    assert main([
+        "finetune", str(RECIPE), "--tokenizer", str(tok), "--out", str(run), "--steps", "3",
+        "--set", f"data.root={world}", "--set", "train.batch_size=6", "--set", "train.num_workers=0",
+        "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.device=cpu",
+        "--set", f"model.text.vocab_size={size}", "--set", f"model.decoder.vocab_size={size}",
+    ]) == 0  # fmt: skip
+    return world, tok, run
+
+
+def manual_greedy(model, tokenizer, batch, allowed: list[int], steps: int, stop: int | None) -> list[list[int]]:
+    """Greedy decoding the plain way: the whole prefix through ``model.decode`` at every step, arg-max over
+    ``allowed`` ids only; the reference for the task's cached, masked decoding."""
+    from vlp.objectives.seq2seq import encoder_context
+
+    out = []
+    with torch.no_grad():
+        context = encoder_context(model, batch.input_ids, batch.attention_mask, model.image_tokens(batch))
+        for r in range(len(batch.meta)):
+            one = vlp.core.outputs.VisualTokens(context.tokens[r : r + 1], context.mask[r : r + 1])
+            tokens = [tokenizer.cls_id]
+            for _ in range(steps):
+                logits = model.decode(torch.tensor([tokens]), None, one)[0, -1]
+                tokens.append(max(allowed, key=lambda i: float(logits[i])))
+                if tokens[-1] == stop:
+                    break
+            out.append(tokens[1:])
+    return out
+
+
+def test_eval_writes_every_task_and_decoding_matches_the_plain_greedy_decoder(trained, tmp_path):
+    world, tok, run = trained
+    assert main(["eval", "seq2seq", "--model", str(run), "--out", str(tmp_path), "--batch-size", "16"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["metrics"]) == {"caption", "vqa", "refexp"}
+    assert 0 <= results["metrics"]["refexp"]["accuracy"] <= 100 and results["metrics"]["vqa"]["n_questions"] > 0
+    assert results["metrics"]["caption"]["n_images"] > 0 and "CIDEr" in results["metrics"]["caption"]
+    loaded = load_model(run)
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    bins = location_ids(tokenizer, BINS).tolist()
+    data = vlp.tasks.common.model_data_config(model)
+    refs = build_eval_dataset(vlp.tasks.common.eval_data_config(data, None, None, "refcoco"), "test", tokenizer)
+    batch = next(instruction_batches(refs, "refexp", tokenizer, 3, data.max_text_len, []))
+    boxes = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))
+    for box, ids in zip(boxes.tolist(), manual_greedy(model, tokenizer, batch, bins, 4, None)):
+        k = [bins.index(i) for i in ids]  # bin k stands for k / (N - 1); corners sorted
+        x, y = sorted([k[0], k[2]]), sorted([k[1], k[3]])
+        assert box == pytest.approx([x[0] / (BINS - 1), y[0] / (BINS - 1), x[1] / (BINS - 1), y[1] / (BINS - 1)])
+    words = [i for i in range(tokenizer.vocab_size) if i not in set(bins) | {0, tokenizer.cls_id, tokenizer.mask_id}]
+    texts = generate_text(model, tokenizer, batch, DecodeOptions(strategy="greedy", max_new_tokens=6))
+    manual = manual_greedy(model, tokenizer, batch, words, 6, tokenizer.sep_id)
+    assert texts == [tokenizer.decode(ids).strip() for ids in manual]
+
+
+def test_tasks_are_interleaved_in_equal_shares():
+    mixed = MixedTasks({"caption": list("abcd"), "vqa": list("xy"), "refexp": list("pqrstu")}, seed=0)
+    assert len(mixed) == 3 * 6
+    items = [mixed[i] for i in range(len(mixed))]
+    assert [t for t, _ in items[:6]] == ["caption", "vqa", "refexp"] * 2
+    # every sample of each task within its own cycle: the smaller sets repeat, none is left out
+    assert sorted(s for t, s in items if t == "refexp") == list("pqrstu")
+    assert sorted(s for t, s in items if t == "vqa") == sorted(list("xy") * 3)
+    assert instruction("refexp", {"text": "the red square"}) == 'which region does the text "the red square" describe?'
+
+
+def test_a_tokenizer_without_location_tokens_is_a_clear_error(trained):
+    world, tok, run = trained
+    plain = Tokenizer.train(["a red square", "what color is it"], vocab_size=60)
+    model = load_model(run).model
+    recipe = vlp.recipe.load_recipe("ofa-tiny")  # the checks come before any data is read
+    with pytest.raises(ConfigError, match="add_location_tokens"):
+        build_finetuning({"type": "seq2seq"}, recipe, model, plain)
+    with_bins = Tokenizer.load(tok)
+    small = vlp.recipe.recipe_dict("ofa-tiny")
+    small["model"]["text"]["vocab_size"] = small["model"]["decoder"]["vocab_size"] = with_bins.vocab_size - 1
+    small = vlp.create_model(small)
+    with pytest.raises(ConfigError, match="model.text.vocab_size"):
+        build_finetuning({"type": "seq2seq"}, recipe, small, with_bins)
+    with pytest.raises(ConfigError, match="task.tasks"):
+        build_finetuning({"type": "seq2seq", "tasks": ["retrieval"]}, recipe, model, with_bins)
+
+
+def test_taxonomy_row_of_the_unified_family(tmp_path):
+    from vlp.demo.taxonomy import TaxonomyConfig, run_taxonomy
+
+    cfg = TaxonomyConfig(images=60, budget_steps=2, finetune_steps=1, batch_size=6, retrieval_images=4,
+                         latency_repeats=2, vocab_size=150, location_bins=16, families=["ofa-tiny"])  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        summary = run_taxonomy(tmp_path, cfg, log=lambda line: None)
+    finally:
+        torch.set_num_threads(before)
+    row = summary["rows"][0]
+    assert row["pretrain_steps"] == 2 + 2 * 1  # the others' pretraining + two fine-tunings, as one run
+    assert row["retrieval_r1"] is None and "n/a (no retrieval: generation only)" in summary["table"]
+    assert 0 <= row["vqa"] <= 100 and 0 <= row["refexp"] <= 100 and row["latency_vqa_ms"] > 0
