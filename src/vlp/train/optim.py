@@ -108,13 +108,27 @@ def param_groups(module: nn.Module, cfg: OptimConfig, where: str = "optim") -> l
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
+def fused_adamw_fits(params: Iterable[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW kernel takes ``params``: dense floating tensors on CPU or CUDA, one
+    device type, none a DTensor (FSDP's shards keep torch's default). The kernel does the foreach update's
+    arithmetic in one pass per tensor; results agree to float rounding (~1e-8), at about 1/3 of the CPU time."""
+    params = list(params)
+    kinds = {p.device.type for p in params}
+    return (
+        len(kinds) == 1
+        and kinds <= {"cpu", "cuda"}
+        and all(type(p.data) is torch.Tensor and p.is_floating_point() and not p.is_sparse for p in params)
+    )
+
+
 def build_optimizer(module: nn.Module, cfg: OptimConfig, device: torch.device | None = None) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` of ``module`` (the unwrapped model).
 
-    On CUDA the fused kernel is used; elsewhere torch's default (foreach).
+    The fused kernel where it fits (:func:`fused_adamw_fits`: plain tensors on CPU or CUDA); torch's
+    default (foreach) elsewhere. ``device`` is unused: the parameters, already moved, tell.
     """
     groups = param_groups(module, cfg)
     for group in groups:
         del group["param_names"]  # keep optimizer state free of per-step bookkeeping
-    fused = device is not None and device.type == "cuda"
+    fused = fused_adamw_fits(p for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
