@@ -148,3 +148,24 @@ def test_siglip_last_pooling_is_not_cut():
     with torch.no_grad():
         torch.testing.assert_close(trimmed(b).text_embed, padded(b).text_embed, **TOL)
     assert set(seen) == {PADDED}
+
+
+def test_a_training_step_measures_each_mask_once(monkeypatch):
+    """The cut costs a host sync; ALBEF's step asks for it in the text tower, the fusion, MLM's second pass and
+    the momentum model, all with the batch's own mask: measured once for it, once for ITM's gathered rows."""
+    import vlp.text.trim as trim
+
+    calls = []
+    measure = trim._measure
+    monkeypatch.setattr(trim, "_measure", lambda *a: calls.append(a[0].shape) or measure(*a))
+    model = pair("albef-tiny", train=True)[0]
+    objectives = dict(model.recipe.objectives)
+    objectives["mlm"] = {"mask_id": 4, "vocab_size": 1000, "special_ids": [0, 1, 2, 3], "prob": 0.3}
+    step = Pretraining(model, build_objectives(objectives))
+    loss, logs = step(batch())
+    assert {"loss_itc", "loss_itm", "loss_mlm"} <= logs.keys()
+    assert len(calls) == 2, calls
+    mask = batch().attention_mask.clone()
+    assert trimmed_length(mask) == 24 and trimmed_length(mask) == 24 and len(calls) == 3
+    mask[0, 30] = True  # an in-place edit is seen: measured again
+    assert trimmed_length(mask) == 32 and len(calls) == 4

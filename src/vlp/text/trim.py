@@ -19,8 +19,36 @@ instead of what the padded pass computed there), and nothing reads them.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
+
+# The cuts of the last few masks seen: a training step asks for the cut of the same mask several times
+# (text tower, fusion, MLM's second pass, the momentum model), and each answer costs a host sync. An
+# entry is found only for the very same mask tensor (a weak reference, so that a freed tensor whose id
+# is reused never matches) at the same ``_version`` (an in-place edit invalidates it), and, when the
+# pool looks for a token in the ids, the very same unchanged ids tensor.
+_CUTS: list[tuple] = []
+_CUTS_KEPT = 8
+
+
+def _same(ref: weakref.ref | None, version: int, tensor: torch.Tensor | None) -> bool:
+    if ref is None or tensor is None:
+        return ref is None and tensor is None
+    return ref() is tensor and version == tensor._version
+
+
+def _measure(mask: torch.Tensor, ids: torch.Tensor | None, pooling: str, eos_id: int) -> int:
+    """Last kept position + 1 over all rows (and past the pooled token of each row): the one host sync."""
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    needed = [(mask.bool() * positions).amax()]
+    if ids is not None:
+        if pooling == "argmax":
+            needed.append(ids.argmax(dim=1).amax() + 1)
+        else:
+            needed.append((ids == eos_id).int().argmax(dim=1).amax() + 1)
+    return int(torch.stack(needed).amax().clamp_min(1))
 
 
 def trimmed_length(
@@ -32,21 +60,33 @@ def trimmed_length(
 ) -> int:
     """The length ``n <= L`` a ``(B, L)`` text batch can be cut to without changing kept positions or the pool.
 
-    ``multiple <= 0`` or ``pooling == "last"``: ``L`` (no cut). One host sync (the ``int``); under
-    ``torch.compile`` no cut either (a data-dependent length would break the graph or recompile it).
+    ``multiple <= 0`` or ``pooling == "last"``: ``L`` (no cut). One host sync (the ``int``), once per mask:
+    asked again for the same mask tensor (unchanged, and the same ids where the pool reads them), the
+    answer is remembered. Under ``torch.compile`` no cut (a data-dependent length would break the graph).
     """
     length = attention_mask.shape[1]
     if multiple <= 0 or pooling == "last" or length <= multiple or torch.compiler.is_compiling():
         return length
-    positions = torch.arange(1, length + 1, device=attention_mask.device)
-    needed = [(attention_mask.bool() * positions).amax()]  # last kept position + 1, over all rows
-    if input_ids is not None and input_ids.shape == attention_mask.shape:
-        if pooling == "argmax":
-            needed.append(input_ids.argmax(dim=1).amax() + 1)
-        elif pooling == "eos" and eos_id >= 0:
-            needed.append((input_ids == eos_id).int().argmax(dim=1).amax() + 1)
-    n = int(torch.stack(needed).amax().clamp_min(1))
-    return min(length, -(-n // multiple) * multiple)
+    reads_ids = input_ids is not None and input_ids.shape == attention_mask.shape
+    reads_ids = reads_ids and (pooling == "argmax" or (pooling == "eos" and eos_id >= 0))
+    ids = input_ids if reads_ids else None
+    params = (multiple, pooling, eos_id) if reads_ids else (multiple,)
+    # inference tensors keep no version counter: they are measured every time (one call per batch anyway)
+    cacheable = not attention_mask.is_inference() and (ids is None or not ids.is_inference())
+    for mask_ref, mask_version, ids_ref, ids_version, entry_params, n in _CUTS if cacheable else ():
+        if not _same(mask_ref, mask_version, attention_mask):
+            continue
+        # a cut that also kept a pooled token is still a valid (never shorter) cut for the mask alone
+        if (entry_params == params and _same(ids_ref, ids_version, ids)) or (
+            not reads_ids and entry_params[0] == multiple
+        ):
+            return n
+    n = min(length, -(-_measure(attention_mask, ids, pooling, eos_id) // multiple) * multiple)
+    if cacheable:
+        ids_entry = (weakref.ref(ids), ids._version) if ids is not None else (None, 0)
+        _CUTS.insert(0, (weakref.ref(attention_mask), attention_mask._version, *ids_entry, params, n))
+        del _CUTS[_CUTS_KEPT:]
+    return n
 
 
 def cut(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
