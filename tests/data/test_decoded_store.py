@@ -15,6 +15,7 @@ from vlp.config import ConfigError, from_dict
 from vlp.data import DataConfig, build_dataset, build_loader
 from vlp.data.decoded_store import DecodedStore
 from vlp.data.image_io import decode_image
+from vlp.data.loader import loader_workers
 from vlp.data.skipping import SampleError, Skipped
 
 SIZES = [(200, 150), (64, 64), (90, 120), (48, 40)]  # the first two are decoded in JPEG draft mode at size 32
@@ -48,11 +49,12 @@ def same(a, b) -> bool:
     return torch.equal(a["image"], b["image"]) and a.get("text") == b.get("text") and a["meta"] == b["meta"]
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_store_gives_the_decode_paths_samples_bit_for_bit(tmp_path, train) -> None:
+@pytest.mark.parametrize(("train", "eval_resize"), [(True, None), (False, None), (False, "none")])
+def test_store_gives_the_decode_paths_samples_bit_for_bit(tmp_path, train, eval_resize) -> None:
     root = write_set(tmp_path / "data")
-    plain = build_dataset(config(root), "train", train=train)
-    stored = build_dataset(config(root, str(tmp_path / "cache")), "train", train=train)
+    extra = {"transform": {"hflip": 0.5, "eval_resize": eval_resize}}  # "none": images of several sizes
+    plain = build_dataset(config(root, **extra), "train", train=train)
+    stored = build_dataset(config(root, str(tmp_path / "cache"), **extra), "train", train=train)
     assert stored.processor.store is not None and stored.processor.store.built
     for epoch in (0, 1):  # random crops and flips of two epochs
         plain.set_epoch(epoch)
@@ -61,7 +63,9 @@ def test_store_gives_the_decode_paths_samples_bit_for_bit(tmp_path, train) -> No
             assert same(plain[i], stored[i]), (train, epoch, i)
         # the batch path (what the DataLoader calls) equals the per-sample path
         indices = list(range(len(plain)))[::-1]
-        assert all(same(a, b) for a, b in zip(stored.__getitems__(indices), [plain[i] for i in indices]))
+        expected = [plain[i] for i in indices]
+        assert all(same(a, b) for a, b in zip(stored.__getitems__(indices), expected))
+        assert all(same(a, b) for a, b in zip(plain.__getitems__(indices), expected))
     skipped = [s for s in (stored[i] for i in range(len(stored))) if isinstance(s, Skipped)]
     assert sorted(s.reason for s in skipped) == ["corrupt_image", "missing_file"]
 
@@ -76,8 +80,9 @@ def test_store_holds_what_decode_image_returns(tmp_path) -> None:
     assert np.array_equal(np.asarray(image), np.asarray(expected))
 
 
-def test_loader_with_workers_reads_the_store(tmp_path) -> None:
+def test_loader_with_workers_reads_the_store(tmp_path, monkeypatch) -> None:
     root = write_set(tmp_path / "data")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)  # workers get cores
     batches = []
     for cache, workers in (("", 0), (str(tmp_path / "cache"), 1)):
         loader = build_loader(config(root, cache), "train", batch_size=4, num_workers=workers)
@@ -153,3 +158,16 @@ def test_streaming_data_refuses_the_store(tmp_path) -> None:
             "decoded_cache": str(tmp_path / "cache")}  # fmt: skip
     with pytest.raises(ConfigError, match=r"data.decoded_cache.*'webdataset' streams its shards"):
         build_dataset(from_dict(DataConfig, data), "train")
+
+
+def test_few_cores_load_stored_images_in_the_main_process(tmp_path, monkeypatch) -> None:
+    root = write_set(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    stored = build_dataset(config(root, cache), "train")
+    assert loader_workers(2, stored, cores=2, threads=2) == 0  # the workers would have no core of their own
+    assert loader_workers(2, stored, cores=16, threads=8) == 2
+    assert loader_workers(2, build_dataset(config(root), "train"), cores=2, threads=2) == 2  # decoding: as asked
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert build_loader(config(root, cache), "train", batch_size=4, num_workers=2).num_workers == 0
+    assert build_loader(config(root), "train", batch_size=4, num_workers=2).num_workers == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -230,6 +231,21 @@ class VLPLoader:
         self.set_epoch(self.epoch + 1)
 
 
+def loader_workers(requested: int, dataset: VLDataset | ShardStream, cores: int | None, threads: int) -> int:
+    """The DataLoader workers to start: ``requested``, or 0 for a data set whose images come decoded from
+    the store (``data.decoded_cache``, no region files) when the workers would have no core of their own
+    (cores <= torch threads + workers). What is left per sample then costs less than a step's share of
+    a worker's start, its copies of every batch and its contention with the model's threads. Exact: a
+    sample's randomness does not depend on who loads it."""
+    processor = getattr(dataset, "processor", None)
+    if requested == 0 or getattr(processor, "store", None) is None:
+        return requested
+    records = dataset.index.records
+    if records and records[0].get("regions"):
+        return requested  # region files are still read per sample: workers may pay
+    return 0 if (cores or 1) <= threads + requested else requested
+
+
 def build_loader(
     config: DataConfig,
     split: str,
@@ -258,8 +274,16 @@ def build_loader(
         config, split, tokenizer, train=train, batch_size=batch_size, shuffle=shuffle, rank=rank,
         world_size=world_size, drop_last=drop_last, normalize_answer=normalize_answer,
     )  # fmt: skip
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = loader_workers(num_workers, dataset, cores, torch.get_num_threads())
+    if workers != num_workers:
+        logger.info(
+            "%s/%s: images come decoded from %s; loading in the main process instead of %d worker(s) that would "
+            "share %s core(s) with %d torch thread(s)", config.type, split, config.decoded_cache, num_workers,
+            cores, torch.get_num_threads(),
+        )  # fmt: skip
     return VLPLoader(
-        dataset, batch_size, tokenizer, config.max_text_len, num_workers, shuffle, config.seed, rank, world_size,
+        dataset, batch_size, tokenizer, config.max_text_len, workers, shuffle, config.seed, rank, world_size,
         drop_last, pin_memory, timeout, name=f"{config.type}/{split}",
     )  # fmt: skip
 
