@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError
-from vlp.data.sources.image_folder import IMAGE_SUFFIXES, SPLIT_FOLDERS  # ImageNet's layout: <split>/<class>/<image>
+from vlp.data.sources.common import IMAGE_SUFFIXES
+from vlp.data.sources.image_folder import SPLIT_FOLDERS  # ImageNet's layout: <split>/<class>/<image>
 
 SPLITS = ("train", "restval", "val", "minival", "test", "testdev", "dev", "holdout")
 _SPLIT_WORD = re.compile(r"(?<![a-z])(" + "|".join(sorted(SPLITS, key=len, reverse=True)) + r")(?![a-z])")

@@ -34,10 +34,10 @@ from PIL import Image
 
 from vlp.config import ConfigError
 from vlp.data.image_io import ImageError, decode_image
+from vlp.data.sources.common import IMAGE_SUFFIXES
 from vlp.data.sources.manifest import _IMAGE_KEYS, CsvFormat, _separator
 from vlp.data.sources.webdataset import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = frozenset(f".{ext}" for ext in (*IMAGE_EXTENSIONS, "gif"))
 MANIFEST_SUFFIXES = frozenset((".jsonl", ".csv", ".tsv"))
 SHARD_SUFFIX = ".tar"
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own limit; DataConfig.max_image_pixels says the same

@@ -13,6 +13,11 @@ from vlp.data.skipping import Skipped, reject
 
 CaptionMode = Literal["pairs", "images"]
 
+# The image file suffixes every reader takes (folders of images, ImageNet-style class folders, WebDataset
+# members, `vlp predict` inputs): torchvision ImageFolder's IMG_EXTENSIONS plus .gif, in the order a
+# WebDataset sample with several image members is read from (jpg first, as img2dataset writes it).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
 
 @dataclass
 class SourceIndex:

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from vlp.config import ConfigError
-from vlp.data.sources.common import SourceIndex
+from vlp.data.sources.common import IMAGE_SUFFIXES, SourceIndex
 
-# the suffixes torchvision's ImageFolder accepts (IMG_EXTENSIONS) plus webp / tif
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
 SEEDED_SPLITS = ("all", "train", "test")
 

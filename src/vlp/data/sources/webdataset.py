@@ -3,7 +3,7 @@
 A shard is a plain tar whose members are grouped into samples by key: the
 member's path up to the first dot of its file name (``000000123.jpg``,
 ``000000123.txt``, ``000000123.json`` form sample ``000000123``). A sample
-needs an image (jpg/jpeg/png/webp/bmp/tif) and a caption (``.txt``, or a
+needs an image (jpg/jpeg/png/webp/bmp/tif/ppm/pgm/gif: ``common.IMAGE_SUFFIXES``) and a caption (``.txt``, or a
 ``caption`` in ``.json``).
 
 Shards are scanned header by header (:func:`scan_shard`): the scan records
@@ -24,8 +24,9 @@ from pathlib import Path
 
 from vlp.config import ConfigError
 from vlp.data.skipping import Skipped
+from vlp.data.sources.common import IMAGE_SUFFIXES
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+IMAGE_EXTENSIONS = tuple(suffix[1:] for suffix in IMAGE_SUFFIXES)  # a member's extension has no dot
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
