@@ -17,6 +17,7 @@ from vlp.data import build_dataset
 from vlp.data.config import DataConfig
 from vlp.data.detect import detect_data
 from vlp.data.registry import resolve_context
+from vlp.data.shapesworld import generate
 from vlp.data.sources.webdataset import ShardReader
 from vlp.io.folders import load_any
 from vlp.tasks import captioning
@@ -199,6 +200,28 @@ def test_webdataset_output_reads_back(blip_folders, itm_folders, web, tmp_path, 
     stream = build_dataset(config, "train", tokenizer, batch_size=2, shuffle=False, rank=0, world_size=1)
     items = list(stream)
     assert sum(len(i.batch.input_ids) for i in items) == len(kept) and not any(i.skips for i in items)
+    # shards in, shards out; an ALBEF list needs image files, which shards do not have
+    code, err = capfilt(capsys, captioner, filt, out, tmp_path / "again", "--format", "wds")
+    assert code == 0, err
+    code, err = capfilt(capsys, captioner, filt, out, tmp_path / "albef")
+    assert code == 2 and "--format wds" in err
+
+
+def test_shapesworld_and_karpathy_folders_are_read_one_record_per_image(tmp_path):
+    world = tmp_path / "shapes"
+    generate(world, images=20, size=32, seed=0, workers=1, formats=("albef", "karpathy"))
+    expected: dict[str, list[str]] = {}
+    for entry in json.loads((world / "annotations" / "captions_train.json").read_text()):
+        expected.setdefault(str((world / entry["image"]).resolve()), []).append(entry["caption"])
+    found = {str(Path(i.path).resolve()): list(i.captions) for i in read_web_images(world, "train")}
+    assert found == expected and all(len(c) == 5 for c in found.values())
+    # the same images through the Karpathy file alone (a folder holding only dataset_shapes.json)
+    karpathy = tmp_path / "karpathy"
+    karpathy.mkdir()
+    (karpathy / "dataset_shapes.json").write_text((world / "annotations" / "dataset_shapes.json").read_text())
+    (karpathy / "images").symlink_to(world / "images")
+    found = {str(Path(i.path).resolve()): sorted(i.captions) for i in read_web_images(karpathy, "train")}
+    assert found == {k: sorted(v) for k, v in expected.items()}
 
 
 def test_bad_inputs_name_what_is_wrong(blip_folders, itm_folders, web, tmp_path, capsys):

@@ -371,6 +371,8 @@ def run_capfilt(
     """
     out = Path(out)
     items = read_web_images(data, options.split)
+    if options.format == "albef-json" and any(item.path is None for item in items):
+        raise ConfigError("--format albef-json: the web set is WebDataset shards (no image files); use --format wds")
     prepare_out(out, resume, force)
     settings = {**asdict(options), "filter": names[1], "images": len(items)}
     log = PredictionLog(out / PROGRESS_DIR / "progress.jsonl", names[0], settings, overwrite=force)
@@ -399,10 +401,6 @@ def run_capfilt(
         if options.format == "wds":
             files = _write_shards(out, options.split, good, by_key, options.shard_size, reader)
         else:
-            if any(item.path is None for item in items):
-                raise ConfigError(
-                    "--format albef-json: the web set is WebDataset shards (no image files); use --format wds"
-                )
             files = _write_albef(out, options.split, good, by_key)
         decisions = {"format": "vlp-capfilt/1", "settings": settings, "captioner": names[0], "images": records}
         files.append(write_atomic(out / f"decisions_{options.split}.json", json.dumps(decisions, ensure_ascii=False)))
