@@ -18,7 +18,7 @@ Predict: :func:`heatmap` ``(model, tok, image, text) -> (H, W)`` array, :func:`l
 :func:`save_overlay` (PNG of the image with the heat map and box drawn over it).
 """
 
-from vlp.tasks.perception.evaluate import evaluate, unique_queries
+from vlp.tasks.perception.evaluate import evaluate, evaluate_thresholds, unique_queries
 from vlp.tasks.perception.head import (
     check_dense,
     dense_similarity,
@@ -34,6 +34,7 @@ __all__ = [
     "colorize",
     "dense_similarity",
     "evaluate",
+    "evaluate_thresholds",
     "heat_box",
     "heat_to_image",
     "heatmap",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,14 @@ def unique_queries(record: dict[str, Any], categories: list[str]) -> list[tuple[
 
 
 def _score(sim: np.ndarray, record: dict[str, Any], target: list[float], geometry: Any, method: str,
-           k: float) -> dict[str, Any]:  # fmt: skip
-    """One query: the box of its heat map at image size, and whether the map's peak hits the target."""
+           ks: Sequence[float]) -> dict[str, Any]:  # fmt: skip
+    """One query: the box of its heat map at image size for every ``k`` of ``ks`` (the map upsampled once),
+    and whether the map's peak hits the target."""
     heat = heat_to_image(sim, record["width"], record["height"], geometry.view(record["width"], record["height"]))
-    box, _ = heat_box(heat, method, k)
+    boxes = [list(heat_box(heat, method, k)[0]) for k in ks]
     peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     hit = target[0] <= peak_x + 0.5 <= target[2] and target[1] <= peak_y + 0.5 <= target[3]
-    return {"box": list(box), "target": target, "hit": hit, "size": (record["width"], record["height"])}
+    return {"boxes": boxes, "target": target, "hit": hit, "size": (record["width"], record["height"])}
 
 
 def evaluate(
@@ -63,6 +65,29 @@ def evaluate(
     Returns ``accuracy``, ``miou``, ``pointing``, ``n_queries``, ``chance`` and, with
     ``keep_predictions``, ``predictions`` ``[{"image_id", "query", "box", "target", "iou"}]``.
     """
+    return evaluate_thresholds(model, tokenizer, data, split=split, templates=templates, threshold=threshold,
+                               ks=(k,), batch_size=batch_size, num_workers=num_workers,
+                               keep_predictions=keep_predictions)[0]  # fmt: skip
+
+
+def evaluate_thresholds(
+    model: Any,
+    tokenizer: Any,
+    data: Any,
+    *,
+    split: str = "test",
+    templates: Any = "photo",
+    threshold: str = "std",
+    ks: Sequence[float] = (1.0,),
+    batch_size: int = 64,
+    num_workers: int = 0,
+    keep_predictions: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate` at every ``k`` of ``ks`` (``threshold: std``, mean + k * std), in that order, from one
+    pass of the model: the heat maps do not depend on the threshold, so they are computed (and upsampled) once.
+    """
+    if not ks:
+        raise ConfigError("perception: ks is empty; give at least one threshold k")
     check_dense(model)
     config = data if isinstance(data, DataConfig) else model_data_config(model)
     geometry = eval_geometry(config.image_size, config.transform)
@@ -98,24 +123,31 @@ def evaluate(
                     record = index.records[meta["index"]]
                     for name, target in queries[meta["index"]]:
                         sim = (patches[b] @ text[position[name]].float().cpu()).view(h, w).numpy()
-                        row = _score(sim, record, target, geometry, threshold, k)
+                        row = _score(sim, record, target, geometry, threshold, ks)
                         rows.append({"image_id": record.get("image_id"), "query": name, **row})
     finally:
         model.train(was_training)
-    pred = torch.tensor([r["box"] for r in rows], dtype=torch.float64)
     target = torch.tensor([r["target"] for r in rows], dtype=torch.float64)
-    iou = elementwise_box_iou(pred, target)
     scale = torch.tensor([[w, h, w, h] for w, h in (r["size"] for r in rows)], dtype=torch.float64)
     normalized = target / scale
     area = ((normalized[:, 2] - normalized[:, 0]) * (normalized[:, 3] - normalized[:, 1])).mean().item()
-    metrics: dict[str, Any] = {
-        "accuracy": 100 * (iou >= 0.5).double().mean().item(),
-        "miou": 100 * iou.mean().item(),
-        "pointing": 100 * sum(r["hit"] for r in rows) / len(rows),
-        "n_queries": len(rows),
-        "chance": {**centre_box_chance(normalized), "pointing": 100 * area},
-    }
-    if keep_predictions:
-        metrics["predictions"] = [{"image_id": r["image_id"], "query": r["query"], "box": r["box"],
-                                   "target": r["target"], "iou": v} for r, v in zip(rows, iou.tolist())]  # fmt: skip
-    return metrics
+    pointing = 100 * sum(r["hit"] for r in rows) / len(rows)
+    chance = {**centre_box_chance(normalized), "pointing": 100 * area}
+    out = []
+    for j in range(len(ks)):
+        pred = torch.tensor([r["boxes"][j] for r in rows], dtype=torch.float64)
+        iou = elementwise_box_iou(pred, target)
+        metrics: dict[str, Any] = {
+            "accuracy": 100 * (iou >= 0.5).double().mean().item(),
+            "miou": 100 * iou.mean().item(),
+            "pointing": pointing,
+            "n_queries": len(rows),
+            "chance": dict(chance),
+        }
+        if keep_predictions:
+            metrics["predictions"] = [
+                {"image_id": r["image_id"], "query": r["query"], "box": r["boxes"][j], "target": r["target"], "iou": v}
+                for r, v in zip(rows, iou.tolist())
+            ]
+        out.append(metrics)
+    return out
