@@ -239,6 +239,22 @@ def test_pooling_and_projection_variants(tmp_path, changes):
     check_matches(load_openclip(write_hub(tmp_path / "hub", cfg, state)), state, cfg)
 
 
+def test_argmax_pooling_follows_the_ids_when_eot_is_not_the_last_vocab_id(tmp_path):
+    """OpenCLIP's pool_type 'argmax' pools at ``text.argmax(dim=-1)``, wherever <|endoftext|> sits in the
+    vocabulary (a tokenizer with fewer tokens than the embedding table, a vocabulary grown past eot): the
+    import pools at the argmax of the ids too, as the CLIP import does, not at a fixed id vocab_size - 1."""
+    cfg = config()
+    state = make_state(cfg, seed=6)
+    model = load_openclip(write_hub(tmp_path / "hub", cfg, state))
+    assert (model.cfg.text.pooling, model.cfg.text.eos_id) == ("argmax", -1)
+    sot, eot = 38, 39  # ids 40..49 exist in the table but the tokenizer never writes them
+    ids = torch.tensor([[sot, 5, 9, eot, 0, 0, 0, 0], [sot, 3, 4, 5, 6, 7, 8, eot]])
+    mask = torch.arange(CONTEXT) <= (ids == eot).int().argmax(1, keepdim=True)
+    with torch.no_grad():
+        close(model.encode_text(ids, mask), F.normalize(reference_text(state, ids, cfg), dim=-1))
+        close(model.encode_text(IDS, MASK), F.normalize(reference_text(state, IDS, cfg), dim=-1))  # eot = vocab - 1
+
+
 def test_last_token_pooling_warns_and_matches_unpadded_text(tmp_path):
     cfg = config(text_cfg__pool_type="last")
     state = make_state(cfg, seed=5)

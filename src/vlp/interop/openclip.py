@@ -29,9 +29,9 @@ text_projection.weight / .bias (proj_bias)     text_proj.weight / .bias (image_p
 =============================================  ==========================================
 
 The ModifiedResNet's attention pool already outputs the joint embedding; vlp's model always
-has an ``image_proj``, which is set to the identity (no bias) and reported as such. Text is
-pooled at the highest token id (CLIP's ``<|endoftext|>``) for OpenCLIP's ``argmax``; ``eos`` /
-``first`` / ``last`` pooling are vlp's ``eos`` with the config's ``eos_id`` / ``cls`` / the last token.
+has an ``image_proj``, which is set to the identity (no bias) and reported as such. OpenCLIP's
+``argmax`` text pooling (at the highest token id, CLIP's ``<|endoftext|>``) is vlp's ``argmax``;
+``eos`` / ``first`` / ``last`` pooling are vlp's ``eos`` with the config's ``eos_id`` / ``cls`` / the last token.
 OpenAI's models use QuickGELU; most LAION-trained OpenCLIP models use GELU: the state dict does not
 say which, the config's ``quick_gelu`` does (without a config: ``act``, default quick_gelu).
 """
@@ -140,8 +140,10 @@ def _text_section(state: Mapping[str, torch.Tensor], act: str, config: OpenClipC
     else:
         heads = max(width // 64, 1)
     pool = cfg.get("pool_type", "argmax")
-    # argmax of the ids = the highest id = CLIP's <|endoftext|> (vocab - 1); vlp pools at its first occurrence
-    pooling, eos_id = {"argmax": ("eos", vocab - 1), "first": ("cls", -1), "last": ("eos", -1)}.get(
+    # OpenCLIP's argmax pools at text.argmax(dim=-1), the first highest id (CLIP's <|endoftext|>) wherever eot
+    # sits in the vocabulary: vlp's argmax pooling is the same rule (as the CLIP import writes it), whereas a
+    # fixed eos id vocab - 1 would miss an eot below it (a tokenizer smaller than the embedding table)
+    pooling, eos_id = {"argmax": ("argmax", -1), "first": ("cls", -1), "last": ("eos", -1)}.get(
         pool, ("eos", int(cfg.get("eos_id", 2)))
     )
     if pool == "last":
