@@ -42,6 +42,9 @@ class DemoConfig:
     head_lr: float = 2e-3  # new task heads start from scratch: a higher rate (ViLT uses 10x)
     caption_beams: int = 3
     threads: int = 1
+    # processes for the three fine-tunes, which are independent after pretraining: 2 runs the longest (VQA)
+    # in a second process meanwhile (same scores: each seeds itself); 1 runs them one after the other
+    finetune_processes: int = 2
     workers: int | None = None  # ShapesWorld generator processes (None = its default)
     examples: int = 8
     # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) in a second process while the demo
@@ -57,7 +60,8 @@ class DemoConfig:
         if not isinstance(self.tag_steps, int) or self.tag_steps < 0:
             raise ConfigError(f"demo tag_steps={self.tag_steps!r}: expected an integer >= 0 (0 = no tagging stage)")
         for name in ("images", "vocab_size", "pretrain_steps", "batch_size", "vqa_steps", "refexp_steps",
-                     "caption_steps", "caption_beams", "threads", "examples", "generation_sample_steps"):  # fmt: skip
+                     "caption_steps", "caption_beams", "threads", "finetune_processes", "examples",
+                     "generation_sample_steps"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"demo {name}={value!r}: expected an integer >= 1")

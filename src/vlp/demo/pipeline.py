@@ -142,14 +142,19 @@ def run_demo(
             with timer.step(title, log):
                 output = step(model, tokenizer, world, cfg)
                 _collect(key, output, rows, metrics, examples, log)
+        # longest first: with 2 processes the first runs in a second process while the others run here
         tuned = (
-            ("vqa", f"fine-tune VQA ({cfg.vqa_steps} steps) and evaluate", steps.vqa_step),
-            ("refexp", f"fine-tune referring expressions ({cfg.refexp_steps} steps) and evaluate", steps.refexp_step),
-            ("captions", f"fine-tune captioning ({cfg.caption_steps} steps) and evaluate", steps.captioning_step),
+            ("vqa", f"VQA ({cfg.vqa_steps} steps)", "vqa_step"),
+            ("refexp", f"referring expressions ({cfg.refexp_steps} steps)", "refexp_step"),
+            ("captions", f"captioning ({cfg.caption_steps} steps)", "captioning_step"),
         )
-        for key, title, step in tuned:
-            with timer.step(title, log):
-                output = step(pretrained, tokenizer, world, cfg, runs)
+        side = " (the first in a second process)" if cfg.finetune_processes > 1 else ""
+        with timer.step(f"fine-tune and evaluate {', '.join(t for _, t, _ in tuned)}{side}", log):
+            from vlp.demo.parallel import run_finetunes
+
+            outputs = run_finetunes([(title, name) for _, title, name in tuned], pretrained, tokenizer,
+                                    out / "tokenizer", world, cfg, runs, cfg.finetune_processes, log)  # fmt: skip
+            for (key, _, _), output in zip(tuned, outputs):
                 _collect(key, output, rows, metrics, examples, log)
                 finetune_runs[key] = output.run_dir
         trained_for = None
