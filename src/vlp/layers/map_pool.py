@@ -27,8 +27,11 @@ class MapPool(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         probe = self.probe.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        # key_padding_mask: True = ignore; only pass one when some token is dropped (keeps the fast path)
-        ignore = None if mask is None or bool(mask.all()) else ~mask
+        # key_padding_mask: True = ignore. Passed whenever there is a mask: checking first whether it drops any
+        # token (bool(mask.all())) would read it back to the host, a device sync per call. A query that is not
+        # the keys never takes MultiheadAttention's fused fast path anyway, and an all-False key_padding_mask
+        # adds zeros to the scores: on the CPU the output is bit for bit the unmasked one (tests/layers).
+        ignore = None if mask is None else ~mask
         pooled = self.attention(probe, tokens, tokens, key_padding_mask=ignore, need_weights=False)[0]
         pooled = pooled + self.mlp(self.layernorm(pooled))
         return pooled[:, 0]
