@@ -96,6 +96,7 @@ RESUME_MAY_CHANGE = (
     *(f"optim.{key}" for key in ("lr", "weight_decay", "betas", "eps", "grad_clip")),
     "schedule",
     "init",
+    "data.decoded_cache",  # the same samples bit for bit, decoded once or every time
 )
 _ABSENT = object()
 
