@@ -20,10 +20,7 @@ names nothing (no such path, a glob without matches) is a :class:`~vlp.config.Co
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -35,7 +32,7 @@ from PIL import Image
 from vlp.config import ConfigError
 from vlp.data.image_io import ImageError, decode_image
 from vlp.data.sources.common import IMAGE_SUFFIXES
-from vlp.data.sources.manifest import _IMAGE_KEYS, CsvFormat, _separator
+from vlp.data.sources.manifest import manifest_images
 from vlp.data.sources.webdataset import IMAGE_EXTENSIONS
 
 MANIFEST_SUFFIXES = frozenset((".jsonl", ".csv", ".tsv"))
@@ -77,42 +74,12 @@ def folder_images(folder: Path) -> list[Path]:
 
 
 def _manifest_inputs(path: Path) -> list[ImageInput]:
-    """The images a JSONL or CSV manifest names, relative to its folder; a bad line becomes an error input."""
-    root = path.parent
-    out: list[ImageInput] = []
-    if path.suffix.lower() in (".csv", ".tsv"):
-        text = path.read_bytes().decode("utf-8-sig", errors="replace")
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_separator(path, text.split("\n", 1)[0],
-                                                                                     CsvFormat()))  # fmt: skip
-        column = next((k for k in _IMAGE_KEYS if k in (reader.fieldnames or [])), None)
-        if column is None:
-            raise ConfigError(f"{path}: CSV header {reader.fieldnames} has no image column ({'/'.join(_IMAGE_KEYS)})")
-        for number, row in enumerate(reader, start=2):
-            value = row.get(column)
-            if not value:
-                out.append(ImageInput(f"{path}:{number}", error=f"missing_field: no '{column}' value"))
-            else:
-                out.append(ImageInput(str(root / value), path=root / value))
-        return out
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            source = f"{path}:{number}"
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append(ImageInput(source, error="bad_encoding: line is not UTF-8"))
-                continue
-            except json.JSONDecodeError as err:
-                out.append(ImageInput(source, error=f"malformed_json: {err}"))
-                continue
-            image = next((record[k] for k in _IMAGE_KEYS if isinstance(record, dict) and record.get(k)), None)
-            if not isinstance(image, str):
-                out.append(ImageInput(source, error=f"missing_field: no '{_IMAGE_KEYS[0]}' path"))
-            else:
-                out.append(ImageInput(str(root / image), path=root / image))
-    return out
+    """The images a JSONL or CSV manifest names (relative to its folder), read by the manifest loader's reader; a
+    record it would skip becomes an error input with the same reason."""
+    return [
+        ImageInput(str(image), path=image) if isinstance(image, Path) else ImageInput(source, error=image)
+        for source, image in manifest_images(path)
+    ]
 
 
 def _member_ext(name: str) -> str:

@@ -31,6 +31,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +64,23 @@ def _first(record: dict[str, Any], keys: tuple[str, ...], keep_empty: bool = Fal
     return None
 
 
+def _image_of(record: Any, image_keys: tuple[str, ...]) -> str | tuple[str, str]:
+    """The record's image path as written, or ``(skip reason, detail)``."""
+    if not isinstance(record, dict):
+        return "bad_record", f"expected a JSON object, got {type(record).__name__}"
+    image = _first(record, image_keys)
+    if not isinstance(image, str):
+        return "missing_field", f"no '{image_keys[0]}' path"
+    return image
+
+
 def _entry(
     record: Any, images_dir: Path, source: str, strict: bool, image_keys: tuple[str, ...] = _IMAGE_KEYS,
     caption_keys: tuple[str, ...] = _CAPTION_KEYS,
 ) -> ImageCaptions | Skipped:  # fmt: skip
-    if not isinstance(record, dict):
-        return reject("bad_record", source, f"expected a JSON object, got {type(record).__name__}", strict)
-    image = _first(record, image_keys)
-    if not isinstance(image, str):
-        return reject("missing_field", source, f"no '{image_keys[0]}' path", strict)
+    image = _image_of(record, image_keys)
+    if isinstance(image, tuple):
+        return reject(image[0], source, image[1], strict)
     # an empty caption is there but empty (empty_caption), not missing
     captions = _first(record, caption_keys, keep_empty=True)
     if captions is None:
@@ -87,8 +96,16 @@ def _entry(
     return ImageCaptions(str(resolve(images_dir, image)), image_id, captions, source, extra)
 
 
-def _jsonl_entries(path: Path, images_dir: Path, strict: bool, skips: list[Skipped]) -> list[ImageCaptions]:
-    entries = []
+@dataclass(frozen=True)
+class ManifestRow:
+    """One record of a manifest (a JSONL line, a CSV row as ``{column: cell}``), or why it has none."""
+
+    source: str  # FILE:LINE
+    record: Any = None
+    problem: tuple[str, str] | None = None  # (skip reason, detail)
+
+
+def _jsonl_rows(path: Path) -> Iterator[ManifestRow]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             source = f"{path}:{number}"
@@ -97,16 +114,12 @@ def _jsonl_entries(path: Path, images_dir: Path, strict: bool, skips: list[Skipp
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                skips.append(reject("bad_encoding", source, "line is not UTF-8", strict))
+                yield ManifestRow(source, problem=("bad_encoding", "line is not UTF-8"))
                 continue
             try:
-                record = json.loads(line)
+                yield ManifestRow(source, json.loads(line))
             except json.JSONDecodeError as err:
-                skips.append(reject("malformed_json", source, str(err), strict))
-                continue
-            entry = _entry(record, images_dir, source, strict)
-            (skips if isinstance(entry, Skipped) else entries).append(entry)
-    return entries
+                yield ManifestRow(source, problem=("malformed_json", str(err)))
 
 
 def _separator(path: Path, header: str, fmt: CsvFormat) -> str:
@@ -117,39 +130,64 @@ def _separator(path: Path, header: str, fmt: CsvFormat) -> str:
     return found[0] if found else ("\t" if path.suffix == ".tsv" else ",")
 
 
-def _csv_entries(
-    path: Path, images_dir: Path, strict: bool, skips: list[Skipped], fmt: CsvFormat
-) -> list[ImageCaptions]:
+def _keys(fmt: CsvFormat) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The image and caption keys a manifest is read with."""
+    return (fmt.image_key,) if fmt.image_key else _IMAGE_KEYS, (fmt.caption_key,) if fmt.caption_key else _CAPTION_KEYS
+
+
+def _csv_rows(path: Path, fmt: CsvFormat, captions: bool) -> Iterator[ManifestRow]:
     text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     separator = _separator(path, text.split("\n", 1)[0], fmt)
     if len(separator) != 1:
         raise ConfigError(f"data.options.csv_separator: {fmt.separator!r} must be one character (or \\t)")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
     header = reader.fieldnames or []
-    image_keys = (fmt.image_key,) if fmt.image_key else _IMAGE_KEYS
-    caption_keys = (fmt.caption_key,) if fmt.caption_key else _CAPTION_KEYS
-    if not any(k in header for k in image_keys) or not any(k in header for k in caption_keys):
+    image_keys, caption_keys = _keys(fmt)
+    if not any(k in header for k in image_keys) or (captions and not any(k in header for k in caption_keys)):
+        wanted = f"an image column ({'/'.join(image_keys)})"
+        wanted += f" and a caption column ({'/'.join(caption_keys)})" if captions else ""
         raise ConfigError(
-            f"{path}: CSV header {header} (separator {separator!r}) needs an image column ({'/'.join(image_keys)}) "
-            f"and a caption column ({'/'.join(caption_keys)}); set data.options.csv_img_key / csv_caption_key "
-            "/ csv_separator"
+            f"{path}: CSV header {header} (separator {separator!r}) needs {wanted}; set data.options.csv_img_key "
+            "/ csv_caption_key / csv_separator"
         )
-    entries = []
     for number, row in enumerate(reader, start=2):
         if None in row:  # more cells than header columns: a broken row
-            skips.append(reject("bad_record", f"{path}:{number}", "more cells than header columns", strict))
-            continue
-        entry = _entry(dict(row), images_dir, f"{path}:{number}", strict, image_keys, caption_keys)
-        (skips if isinstance(entry, Skipped) else entries).append(entry)
-    return entries
+            yield ManifestRow(f"{path}:{number}", problem=("bad_record", "more cells than header columns"))
+        else:
+            yield ManifestRow(f"{path}:{number}", dict(row))
+
+
+def manifest_rows(path: Path, csv_format: CsvFormat | None = None, captions: bool = True) -> Iterator[ManifestRow]:
+    """Every record of a JSONL or CSV / TSV manifest, in file order: the one reader of manifest files (the
+    loader's :func:`read_manifest` and ``vlp predict``'s inputs). ``captions``: a CSV header must name a caption
+    column too (a header without the columns needed is a ConfigError; a bad line is a row with a problem)."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _csv_rows(path, csv_format or CsvFormat(), captions)
+    return _jsonl_rows(path)
+
+
+def manifest_images(path: Path, csv_format: CsvFormat | None = None) -> Iterator[tuple[str, str | Path]]:
+    """``(FILE:LINE, image)`` for every record of a manifest, captions or not: ``image`` is the record's image
+    file (a :class:`~pathlib.Path`, relative paths resolved against the manifest's folder), or a ``"reason:
+    detail"`` string saying why the record gives none (the reasons :func:`read_manifest` skips it for)."""
+    image_keys, _ = _keys(csv_format or CsvFormat())
+    for row in manifest_rows(path, csv_format, captions=False):
+        image = _image_of(row.record, image_keys) if row.problem is None else row.problem
+        yield row.source, (f"{image[0]}: {image[1]}" if isinstance(image, tuple) else resolve(path.parent, image))
 
 
 def _read_entries(
     path: Path, images_dir: Path, strict: bool, skips: list[Skipped], fmt: CsvFormat
 ) -> list[ImageCaptions]:
-    if path.suffix in (".csv", ".tsv"):
-        return _csv_entries(path, images_dir, strict, skips, fmt)
-    return _jsonl_entries(path, images_dir, strict, skips)
+    image_keys, caption_keys = _keys(fmt)
+    entries = []
+    for row in manifest_rows(path, fmt):
+        if row.problem is not None:
+            skips.append(reject(row.problem[0], row.source, row.problem[1], strict))
+            continue
+        entry = _entry(row.record, images_dir, row.source, strict, image_keys, caption_keys)
+        (skips if isinstance(entry, Skipped) else entries).append(entry)
+    return entries
 
 
 def _by_split(entries: list[ImageCaptions], split: str, source: str, strict: bool, skips: list[Skipped],
