@@ -9,15 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import vlp
 from vlp.cli import main
 from vlp.config import ConfigError
 from vlp.data.shapesworld import generate as generate_world
-from vlp.tasks.common import build_eval_dataset, load_model
+from vlp.demo.taxonomy import TaxonomyConfig, run_taxonomy
+from vlp.objectives.seq2seq import encoder_context
+from vlp.tasks.common import build_eval_dataset, image_batch, load_model
 from vlp.tasks.decoding import DecodeOptions
-from vlp.tasks.seq2seq import build_finetuning, generate_boxes, generate_text
-from vlp.tasks.seq2seq.data import MixedTasks, instruction
+from vlp.tasks.seq2seq import build_finetuning, caption, generate_boxes, generate_text, ground
+from vlp.tasks.seq2seq.data import MixedTasks, instruction, refexp_instruction
 from vlp.tasks.seq2seq.evaluate import instruction_batches
 from vlp.text import Tokenizer
 from vlp.text.locations import location_ids
@@ -48,8 +51,6 @@ def trained(tmp_path_factory):
 def manual_greedy(model, tokenizer, batch, allowed: list[int], steps: int, stop: int | None) -> list[list[int]]:
     """Greedy decoding the plain way: the whole prefix through ``model.decode`` at every step, arg-max over
     ``allowed`` ids only; the reference for the task's cached, masked decoding."""
-    from vlp.objectives.seq2seq import encoder_context
-
     out = []
     with torch.no_grad():
         context = encoder_context(model, batch.input_ids, batch.attention_mask, model.image_tokens(batch))
@@ -118,8 +119,6 @@ def test_a_tokenizer_without_location_tokens_is_a_clear_error(trained):
 
 
 def test_taxonomy_row_of_the_unified_family(tmp_path):
-    from vlp.demo.taxonomy import TaxonomyConfig, run_taxonomy
-
     cfg = TaxonomyConfig(images=60, budget_steps=2, finetune_steps=1, batch_size=6, retrieval_images=4,
                          latency_repeats=2, vocab_size=150, location_bins=16, families=["ofa-tiny"])  # fmt: skip
     before = torch.get_num_threads()
@@ -131,3 +130,19 @@ def test_taxonomy_row_of_the_unified_family(tmp_path):
     assert row["pretrain_steps"] == 2 + 2 * 1  # the others' pretraining + two fine-tunings, as one run
     assert row["retrieval_r1"] is None and "n/a (no retrieval: generation only)" in summary["table"]
     assert 0 <= row["vqa"] <= 100 and 0 <= row["refexp"] <= 100 and row["latency_vqa_ms"] > 0
+
+
+def test_predict_on_own_images_matches_the_task_decoding(trained):
+    world, _, run = trained
+    loaded = load_model(run)
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    path = sorted((world / "images" / "test").glob("*.png"))[0]
+    width, height = Image.open(path).size
+    boxes = ground(model, tokenizer, [path], ["the red shape"])
+    enc = tokenizer([refexp_instruction("the red shape")], max_length=24)
+    batch = image_batch(model, [path]).replace(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool())
+    x0, y0, x1, y1 = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))[0].tolist()
+    assert boxes == [pytest.approx([x0 * width, y0 * height, x1 * width, y1 * height])]
+    assert len(caption(model, tokenizer, [path, path])) == 2
+    with pytest.raises(ValueError, match="one text per image"):
+        ground(model, tokenizer, [path], ["a", "b"])
