@@ -78,7 +78,10 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         keep_mask: torch.Tensor | None = None,
         causal: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``bias``: the :func:`attention_bias` of ``keep_mask`` and ``causal`` when the caller already built it
+        (a stack builds it once for all its layers); it then replaces them."""
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
@@ -88,12 +91,47 @@ class Attention(nn.Module):
             if context is not None:
                 raise ValueError("self-attention takes no context; build it with cross=True")
             q, k, v = self.qkv(x).chunk(3, dim=-1)
+        if bias is None:
+            bias = attention_bias(keep_mask, causal, q.shape[1], k.shape[1], q.dtype, q.device)
+        return self._attend(q, k, v, bias)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        bias = attention_bias(keep_mask, causal, q.shape[2], k.shape[2], q.dtype, q.device)
         drop = self.dropout if self.training else 0.0
-        if bias is None and causal is False:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
         b, h, n, dh = out.shape
         return self.out(out.transpose(1, 2).reshape(b, n, h * dh))
+
+    def forward_at(
+        self,
+        x_at: torch.Tensor,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Self-attention output ``(B, Q, D)`` at positions ``index`` ``(B, Q)`` only; ``x_at`` = ``x`` there.
+
+        Keys and values come from every token of ``x`` (B, N, D), queries only from ``x_at``: the same
+        numbers as :meth:`forward` at those positions, for ``Q / N`` of the query, output and attention work
+        (the last layer of a tower whose pool reads one token). Causal: the query at position ``p`` sees keys
+        ``<= p``.
+        """
+        if self.cross:
+            raise ValueError("forward_at is self-attention only")
+        dim = self.out.in_features
+        weight, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x_at, weight[:dim], None if b is None else b[:dim])
+        k, v = F.linear(x, weight[dim:], None if b is None else b[dim:]).chunk(2, dim=-1)
+        bias = None
+        if keep_mask is not None or causal:
+            blocked = torch.zeros(1, 1, 1, x.shape[1], dtype=torch.bool, device=x.device)
+            if keep_mask is not None:
+                blocked = blocked | ~keep_mask[:, None, None, :]
+            if causal:
+                keys = torch.arange(x.shape[1], device=x.device)
+                blocked = blocked | (keys > index[:, None, :, None])
+            bias = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(
+                blocked, torch.finfo(q.dtype).min
+            )
+        return self._attend(q, k, v, bias)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.layers.attention import Attention
+from vlp.layers.attention import Attention, attention_bias
 
 
 class QuickGELU(nn.Module):
@@ -111,8 +111,12 @@ class TransformerBlock(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         causal: bool = False,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = self._residual(x, self.norm1, lambda h: self.attn(h, keep_mask=keep_mask, causal=causal), self.ls1)
+        """``attn_bias``: :func:`~vlp.layers.attention.attention_bias` of ``keep_mask`` and ``causal``, built once
+        by a stack for all its layers (None: built here)."""
+        attend = lambda h: self.attn(h, keep_mask=keep_mask, causal=causal, bias=attn_bias)  # noqa: E731
+        x = self._residual(x, self.norm1, attend, self.ls1)
         if self.cross_attn is not None and context is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context, keep_mask=context_mask))
         if self.norm_first:
@@ -120,6 +124,31 @@ class TransformerBlock(nn.Module):
             return x + (self.ls2(branch) if self.ls2 is not None else branch)
         branch = self.mlp(x)
         return self.norm2(x + (self.ls2(branch) if self.ls2 is not None else branch))
+
+    def forward_at(
+        self, x: torch.Tensor, index: torch.Tensor, keep_mask: torch.Tensor | None = None, causal: bool = False
+    ) -> torch.Tensor:
+        """This (pre-norm, self-attention) block's output ``(B, Q, D)`` at positions ``index`` ``(B, Q)`` only.
+
+        The same numbers as ``forward(x)`` there: every token still gives keys and values, but only the
+        ``Q`` selected ones are queried and go through the output projection and the MLP. For the last
+        block of a tower whose pool reads one token ([CLS], CLIP's end token).
+        """
+        if not self.norm_first:  # cross-attention, as in forward without context, does not run
+            raise ValueError("forward_at needs a pre-norm block (norm_first=True)")
+        rows = index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        h = self.norm1(x)
+        branch = self.attn.forward_at(h.gather(1, rows), h, index, keep_mask, causal)
+        x = x.gather(1, rows) + self.dropout(self.ls1(branch) if self.ls1 is not None else branch)
+        branch = self.mlp(self.norm2(x))
+        return x + (self.ls2(branch) if self.ls2 is not None else branch)
+
+
+def stack_bias(x: torch.Tensor, keep_mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    """The self-attention bias of a stack's layers, built once for all of them (None: no mask, not causal)."""
+    if keep_mask is None and not causal:
+        return None
+    return attention_bias(keep_mask, causal, x.shape[1], x.shape[1], x.dtype, x.device)
 
 
 class Transformer(nn.Module):
@@ -145,14 +174,29 @@ class Transformer(nn.Module):
         return_all: bool = False,
     ):
         hidden = []
+        bias = stack_bias(x, keep_mask, causal)
         for layer in self.layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, keep_mask, context, context_mask, causal, use_reentrant=False)
+                x = checkpoint(layer, x, keep_mask, context, context_mask, causal, bias, use_reentrant=False)
             else:
-                x = layer(x, keep_mask, context, context_mask, causal)
+                x = layer(x, keep_mask, context, context_mask, causal, bias)
             if return_all:
                 hidden.append(x)
         return (x, hidden) if return_all else x
+
+    def forward_at(
+        self, x: torch.Tensor, index: torch.Tensor, keep_mask: torch.Tensor | None = None, causal: bool = False
+    ) -> torch.Tensor:
+        """The stack's output ``(B, Q, D)`` at positions ``index`` ``(B, Q)``: every layer but the last in full,
+        the last one for those queries only (:meth:`TransformerBlock.forward_at`). Needs ``depth >= 1``."""
+        *body, last = self.layers
+        bias = stack_bias(x, keep_mask, causal)
+        for layer in body:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, keep_mask, None, None, causal, bias, use_reentrant=False)
+            else:
+                x = layer(x, keep_mask, None, None, causal, bias)
+        return last.forward_at(x, index, keep_mask, causal)
 
 
 def masked_mean(x: torch.Tensor, keep_mask: torch.Tensor | None) -> torch.Tensor:

@@ -242,6 +242,11 @@ class VisionLanguageModel(nn.Module):
             pooled = self.fusion.encode_text(cut(tokens, n), cut(attention_mask, n))[:, 0]
         else:
             fusion = self.fusion
+            end = fusion.unimodal_text_layers() if fusion is not None else None
+            if tokens is None and (end is None or end == getattr(self.text, "num_layers", -1)):
+                pooled = self._pooled_text(input_ids, attention_mask, token_type_ids)
+                if pooled is not None:
+                    return F.normalize(self.text_proj(pooled), dim=-1)
             if fusion is not None and fusion.unimodal_text_layers() != fusion.text_input_layers():
                 # e.g. BLIP: the fusion input is the embeddings, the unimodal text is the whole stack
                 end = fusion.unimodal_text_layers()
@@ -250,6 +255,14 @@ class VisionLanguageModel(nn.Module):
                 tokens = self.text_tokens(input_ids, attention_mask, token_type_ids)
             pooled = self.text.pool(tokens, input_ids, attention_mask)
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def _pooled_text(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor | None:
+        """The whole text tower's pooled ``(B, D)``, its last layer run for the pooled token only (None: the
+        tower cannot: post-norm, mean pooling, ...); on the trimmed batch like :meth:`text_tokens`."""
+        if not getattr(self.text, "pools_one_token", False) or input_ids.dim() != 2:
+            return None
+        n = self._text_length(input_ids, attention_mask)
+        return self.text.forward_pooled(cut(input_ids, n), cut(attention_mask, n), cut(token_type_ids, n))
 
     def _image_embed(self, image: VisualTokens) -> torch.Tensor:
         if self.towers_in_fusion:
@@ -304,6 +317,11 @@ class VisionLanguageModel(nn.Module):
     def encode_image(self, batch_or_images: Batch | torch.Tensor) -> torch.Tensor:
         """L2-normalized image embeddings ``(B, embed_dim)`` of the dual-encoder side."""
         self._need_dual()
+        prefix_tokens = getattr(self.vision, "prefix_tokens", None)
+        has_prefix = getattr(self.vision, "num_prefix_tokens", 0) > 0
+        if prefix_tokens is not None and has_prefix and not self.towers_in_fusion and self._image_pool() == "first":
+            # [CLS] pooling reads one token: the tower's last layer runs for that query only
+            return F.normalize(self.image_proj(prefix_tokens(batch_or_images)[:, 0]), dim=-1)
         return self._image_embed(self.image_tokens(batch_or_images))
 
     # ----------------------------------------------------------------- generation

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlp.config import part
 from vlp.layers import TransformerBlock, activation, masked_mean
+from vlp.layers.block import stack_bias
 from vlp.text.config import TextConfig
 from vlp.text.embeddings import TextEmbeddings
 
@@ -166,11 +167,14 @@ class BertTextEncoder(nn.Module):
             _check_mask(context_mask, context, "context_mask")
         causal = self.cfg.causal if causal is None else causal
         states = []
+        bias = stack_bias(hidden, attention_mask, causal)  # once for every layer, not once per layer
         for layer in self.layers[start:end]:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, attention_mask, context, context_mask, causal, use_reentrant=False)
+                hidden = checkpoint(
+                    layer, hidden, attention_mask, context, context_mask, causal, bias, use_reentrant=False
+                )
             else:
-                hidden = layer(hidden, attention_mask, context, context_mask, causal)
+                hidden = layer(hidden, attention_mask, context, context_mask, causal, bias)
             if return_all:
                 states.append(hidden)
         if end == self.num_layers:
@@ -182,6 +186,38 @@ class BertTextEncoder(nn.Module):
     ) -> torch.Tensor:
         """``(B, L, D) -> (B, D)`` by ``cfg.pooling`` (see :func:`pool_tokens`)."""
         return pool_tokens(hidden, self.cfg.pooling, attention_mask, input_ids, self.cfg.eos_id)
+
+    @property
+    def pools_one_token(self) -> bool:
+        """True when :meth:`forward_pooled` applies: a pre-norm stack whose pool reads one token per row."""
+        return self.cfg.norm_first and self.num_layers > 0 and self.cfg.pooling in ("cls", "eos", "argmax")
+
+    def forward_pooled(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``pool(forward(input_ids, ...), input_ids, attention_mask)`` ``(B, D)``, computing less: the last layer
+        runs for the pooled token's query only (keys and values still come from every token) and the final
+        norm on that token only. Needs :attr:`pools_one_token`."""
+        if not self.pools_one_token:
+            raise ValueError(
+                f"forward_pooled needs a pre-norm tower pooled at one token; this one has norm_first="
+                f"{self.cfg.norm_first}, pooling={self.cfg.pooling!r}, layers={self.num_layers}"
+            )
+        hidden = self.embeddings(input_ids, token_type_ids)
+        _check_mask(attention_mask, hidden, "attention_mask")
+        index = pool_index(hidden, self.cfg.pooling, attention_mask, input_ids, self.cfg.eos_id)[:, None]
+        *body, last = self.layers
+        causal = self.cfg.causal
+        bias = stack_bias(hidden, attention_mask, causal)
+        for layer in body:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = checkpoint(layer, hidden, attention_mask, None, None, causal, bias, use_reentrant=False)
+            else:
+                hidden = layer(hidden, attention_mask, None, None, causal, bias)
+        return self.final_norm(last.forward_at(hidden, index, attention_mask, causal))[:, 0]
 
 
 def pool_tokens(
@@ -205,28 +241,43 @@ def pool_tokens(
         return hidden[:, 0]
     if mode == "last":  # SigLIP: the last position whatever the mask (its tokenizer pads to a fixed length)
         return hidden[:, -1]
-    if mode == "argmax":
-        if input_ids is None:
-            raise ValueError("argmax pooling needs input_ids")
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), input_ids.argmax(dim=1)]
     if mode == "mean":
         _check_mask(attention_mask, hidden, "attention_mask")
         return masked_mean(hidden, attention_mask)
-    if mode != "eos":
+    if mode not in ("argmax", "eos"):
         raise ValueError(f"pooling={mode!r}: expected 'cls', 'eos', 'argmax', 'mean' or 'last'")
     rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, pool_index(hidden, mode, attention_mask, input_ids, eos_id)]
+
+
+def pool_index(
+    hidden: torch.Tensor,
+    mode: str,
+    attention_mask: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    eos_id: int = -1,
+) -> torch.Tensor:
+    """The position ``(B,)`` that ``cls`` / ``eos`` / ``argmax`` pooling reads in each row (see :func:`pool_tokens`)."""
+    rows = hidden.shape[0]
+    if mode == "cls":
+        return torch.zeros(rows, dtype=torch.long, device=hidden.device)
+    if mode == "argmax":
+        if input_ids is None:
+            raise ValueError("argmax pooling needs input_ids")
+        return input_ids.argmax(dim=1)
+    if mode != "eos":
+        raise ValueError(f"pooling={mode!r}: pool_index reads one token: expected 'cls', 'eos' or 'argmax'")
     if eos_id >= 0:
         if input_ids is None:
             raise ValueError("eos pooling with eos_id needs input_ids")
         is_eos = input_ids == eos_id
         if not bool(is_eos.any(dim=1).all()):
             raise ValueError(f"eos pooling: some rows of input_ids lack the eos token id {eos_id}")
-        return hidden[rows, is_eos.int().argmax(dim=1)]
+        return is_eos.int().argmax(dim=1)
     if attention_mask is None:
-        return hidden[:, -1]
+        return torch.full((rows,), hidden.shape[1] - 1, dtype=torch.long, device=hidden.device)
     _check_mask(attention_mask, hidden, "attention_mask")
-    last = attention_mask.long().sum(dim=1).clamp_min(1) - 1
-    return hidden[rows, last]
+    return attention_mask.long().sum(dim=1).clamp_min(1) - 1
 
 
 def _check_mask(mask: torch.Tensor | None, x: torch.Tensor, name: str) -> None:

@@ -215,6 +215,17 @@ class PatchEncoder(VisualEncoder):
 
     def forward(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
         images = images_of(batch_or_images, "patch encoder", self.config.in_channels)
+        batch = images.shape[0]
+        x, grid = self._embed(images)
+        if self.transformer is not None:
+            x = self.transformer(x)
+        x = self.norm(x)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        positions = grid_token_positions(grid_positions(grid, x.device), batch, self.num_prefix_tokens)
+        return VisualTokens(tokens=x, mask=mask, positions=positions)
+
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``(B, C, H, W) -> ((B, prefix + h*w, D), (h, w))``: patches, [CLS], positions, ``norm_pre``."""
         batch, _, height, width = images.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -226,13 +237,23 @@ class PatchEncoder(VisualEncoder):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.to(x.dtype).expand(batch, -1, -1), x], dim=1)
         x = x + self.position_embedding(grid).to(x.dtype)
-        x = self.norm_pre(self.pos_drop(x))
-        if self.transformer is not None:
-            x = self.transformer(x)
-        x = self.norm(x)
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        positions = grid_token_positions(grid_positions(grid, x.device), batch, self.num_prefix_tokens)
-        return VisualTokens(tokens=x, mask=mask, positions=positions)
+        return self.norm_pre(self.pos_drop(x)), grid
+
+    def prefix_tokens(self, batch_or_images: Batch | torch.Tensor) -> torch.Tensor:
+        """The final prefix tokens ``(B, prefix, D)`` ([CLS]): ``forward(...).tokens[:, :prefix]``, computing less.
+
+        The last block runs for the prefix queries only (every patch still gives keys and values) and the
+        final norm reads the prefix only: what a [CLS]-pooled image embedding needs, for about 1/12 less
+        work in a 12-layer ViT-B/32. Needs a [CLS] token.
+        """
+        if not self.num_prefix_tokens:
+            raise ValueError("prefix_tokens needs a prefix token (patch.cls_token: true)")
+        images = images_of(batch_or_images, "patch encoder", self.config.in_channels)
+        x, _ = self._embed(images)
+        if self.transformer is None:
+            return self.norm(x[:, : self.num_prefix_tokens])
+        index = torch.arange(self.num_prefix_tokens, device=x.device).expand(x.shape[0], -1)
+        return self.norm(self.transformer.forward_at(x, index))
 
     def dense_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """MaskCLIP's dense patch features: ``(B, 3, H, W) -> ((B, h*w, D), (h, w))``, raster order.
