@@ -85,6 +85,54 @@ def test_ivfpq_recall_at_10_against_exact(tmp_path):
     assert np.mean([len(set(f) & set(t)) / 10 for f, t in zip(full, truth)]) >= recall
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_ivfpq_built_from_mapped_shards_equals_one_in_memory_build(tmp_path, sampled):
+    """Training on the sampled rows gathered from the memory-mapped shards and adding shard by shard gives the
+    index that training on ``vectors[rows]`` and adding every row at once gives (the build before: same codes)."""
+    faiss = pytest.importorskip("faiss", reason=NO_FAISS)
+    rng = np.random.default_rng(3)
+    data = unit(rng.normal(size=(5000, 16)))
+    options = IndexOptions(index_type="ivfpq", nlist=4, m=4, nbits=4 if sampled else 8)
+    vector_index(tmp_path / "ivf", data, options, shard=1400)
+    # the reference: what index_embeddings did with every row loaded; 4-bit codes train on 2^4 x 256 sampled rows
+    rows = np.random.default_rng(0).permutation(5000)[: 16 * 256] if sampled else slice(None)
+    reference = faiss.IndexIVFPQ(faiss.IndexFlatIP(16), 16, 4, 4, options.nbits, faiss.METRIC_INNER_PRODUCT)
+    stored = read_embeddings(tmp_path / "ivf")[0]  # the rows as written (normalised again by the writer)
+    reference.train(np.ascontiguousarray(stored[rows]))
+    reference.add(stored)
+    ours = faiss.read_index(str(tmp_path / "ivf" / "index.faiss"))
+    for built in (ours, reference):
+        built.nprobe = 4
+    queries = unit(rng.normal(size=(20, 16)))
+    assert np.array_equal(ours.search(queries, 15)[1], reference.search(queries, 15)[1])
+    assert np.array_equal(ours.search(queries, 15)[0], reference.search(queries, 15)[0])
+    assert faiss.serialize_index(ours).tobytes() == faiss.serialize_index(reference).tobytes()
+
+
+def test_indexing_an_embeddings_folder_never_loads_all_rows(tmp_path, monkeypatch):
+    """An exact index over the shards reads them memory-mapped: 1M x 512 rows are 2 GB, which loading every
+    shard and concatenating them held twice (4 GB peak for an index that needs none of the rows in memory)."""
+    vectors = unit(np.random.default_rng(4).normal(size=(900, 8)))
+    writer = EmbeddingWriter(tmp_path / "flat", "vectors")
+    for start in range(0, 900, 300):
+        writer.write_shard([f"v{i}" for i in range(start, start + 300)], vectors[start : start + 300])
+    loads = []
+    real_load = np.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("mmap_mode"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", recording_load)
+    index = index_embeddings(tmp_path / "flat", IndexOptions(index_type="flat"))
+    assert loads and all(mode == "r" for mode in loads), loads
+    monkeypatch.setattr(np, "load", real_load)
+    stored = np.concatenate([np.load(tmp_path / "flat" / f"embeddings-{i:05d}.npy") for i in range(3)])
+    assert np.allclose(stored, vectors, atol=1e-6)
+    assert np.array_equal(index.vectors(), stored)
+    assert np.array_equal(read_embeddings(tmp_path / "flat")[0], stored)  # read whole: the same rows
+
+
 def test_without_faiss_ivfpq_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     vectors = unit(np.random.default_rng(2).normal(size=(300, 16)))

@@ -142,17 +142,30 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_embeddings(folder: str | Path) -> tuple[np.ndarray, list[str]]:
-    """``(vectors (N, D) float32, keys)`` of an embeddings folder, as meta.json lists them."""
+def read_embedding_shards(folder: str | Path) -> tuple[list[np.ndarray], list[str]]:
+    """``(shards, keys)`` of an embeddings folder: each shard's ``(N_i, D)`` float32 rows memory-mapped (read
+    from disk as they are used, never all held at once), and the keys of all rows in order."""
     folder = Path(folder)
     meta = read_meta(folder)
-    parts = [np.load(folder / s["file"], allow_pickle=False) for s in meta["shards"]]
+    shards = [np.load(folder / s["file"], mmap_mode="r", allow_pickle=False) for s in meta["shards"]]
     keys = (folder / PATHS_NAME).read_text(encoding="utf-8").splitlines()[: meta["count"]]
-    dim = meta["dim"] or 0
-    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
-    if len(vectors) != len(keys):
-        raise ConfigError(f"{folder}: {len(vectors)} embeddings but {len(keys)} lines in {PATHS_NAME}")
+    count = sum(len(s) for s in shards)
+    if count != len(keys):
+        raise ConfigError(f"{folder}: {count} embeddings but {len(keys)} lines in {PATHS_NAME}")
+    return shards, keys
+
+
+def read_embeddings(folder: str | Path) -> tuple[np.ndarray, list[str]]:
+    """``(vectors (N, D) float32, keys)`` of an embeddings folder, as meta.json lists them."""
+    shards, keys = read_embedding_shards(folder)
+    dim = read_meta(folder)["dim"] or 0
+    # one array filled shard by shard: np.concatenate of loaded shards would hold every row twice
+    vectors = np.empty((len(keys), dim), dtype=np.float32)
+    start = 0
+    for shard in shards:
+        vectors[start : start + len(shard)] = shard
+        start += len(shard)
     return vectors, keys
 
 
-__all__ = ["EmbeddingWriter", "read_embeddings", "read_meta"]
+__all__ = ["EmbeddingWriter", "read_embedding_shards", "read_embeddings", "read_meta"]

@@ -47,7 +47,7 @@ from vlp.data.image_io import ImageError
 from vlp.data.inputs import IMAGE_SUFFIXES, ImageInput, list_inputs, read_input
 from vlp.data.transforms import ImageTransform
 from vlp.io.atomic import write_atomic
-from vlp.io.embeddings import EmbeddingWriter, read_embeddings, read_meta
+from vlp.io.embeddings import EmbeddingWriter, read_embedding_shards, read_meta
 from vlp.tasks.common import has_dual, has_fusion, image_batch, model_data_config
 from vlp.tasks.retrieval.head import encode, pair_scorer
 from vlp.tasks.retrieval.index_inputs import (
@@ -158,22 +158,25 @@ def index_embeddings(
     """Index the embeddings folder ``folder`` (written by :func:`build_index` or ``vlp predict embed``) as
     ``options`` say; ``inputs`` (absolute specs) give the roots and captions. Returns the opened index."""
     folder = Path(folder)
-    vectors, keys = read_embeddings(folder)
+    # the shards stay memory-mapped: an exact index needs none of their rows here, IVF-PQ reads a training
+    # sample and then adds shard by shard (1M x 512 rows are 2 GB; loading them all held them twice)
+    shards, keys = read_embedding_shards(folder)
     if not keys:
         raise ConfigError(f"{folder}: holds no embeddings to index")
-    plan = index_plan(len(keys), int(vectors.shape[1]), options or IndexOptions())
+    dim = int(read_meta(folder)["dim"])
+    plan = index_plan(len(keys), dim, options or IndexOptions())
     specs = list(inputs)
     (folder / INDEX_NAME).unlink(missing_ok=True)  # the folder is unfinished until index.json is rewritten
     if plan["type"] == "ivfpq":
         faiss = import_faiss("an IVF-PQ index")
-        dim = vectors.shape[1]
         quantizer = faiss.IndexFlatIP(dim)
         ivf = faiss.IndexIVFPQ(quantizer, dim, plan["nlist"], plan["m"], plan["nbits"], faiss.METRIC_INNER_PRODUCT)
         # a seeded sample trains the coarse and product quantizers (FAISS wants 39..256 points a centroid)
         sample = max(plan["nlist"] * 256, 2 ** plan["nbits"] * 256)
-        rows = np.random.default_rng(0).permutation(len(vectors))[:sample] if len(vectors) > sample else slice(None)
-        ivf.train(np.ascontiguousarray(vectors[rows]))
-        ivf.add(vectors)
+        rows = np.random.default_rng(0).permutation(len(keys))[:sample] if len(keys) > sample else np.arange(len(keys))
+        ivf.train(_gather_rows(shards, rows, dim))
+        for shard in shards:  # added in row order, so ids are row numbers as when added at once
+            ivf.add(np.ascontiguousarray(shard, dtype=np.float32))
         tmp = folder / f".{FAISS_NAME}.tmp"
         faiss.write_index(ivf, str(tmp))
         os.replace(tmp, folder / FAISS_NAME)
@@ -185,10 +188,21 @@ def index_embeddings(
     else:
         (folder / CAPTIONS_NAME).unlink(missing_ok=True)
     info = {"format": FORMAT, "model": model_id or read_meta(folder).get("model"), **plan, "count": len(keys),
-            "dim": int(vectors.shape[1]), "roots": input_roots(specs), "inputs": specs,
+            "dim": dim, "roots": input_roots(specs), "inputs": specs,
             "captions": captions is not None}  # fmt: skip
     write_atomic(folder / INDEX_NAME, json.dumps(info, indent=1) + "\n")
     return OpenedIndex(folder)
+
+
+def _gather_rows(shards: list[np.ndarray], rows: np.ndarray, dim: int) -> np.ndarray:
+    """``(len(rows), dim)`` float32: the rows ``rows`` (global row numbers, in that order) of the shards."""
+    starts = np.cumsum([0] + [len(s) for s in shards])
+    which = np.searchsorted(starts, rows, side="right") - 1
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    for s in np.unique(which):
+        picked = which == s
+        out[picked] = shards[s][rows[picked] - starts[s]]
+    return out
 
 
 # ----------------------------------------------------------------------------- searching
