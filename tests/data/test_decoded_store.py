@@ -169,5 +169,6 @@ def test_few_cores_load_stored_images_in_the_main_process(tmp_path, monkeypatch)
     assert loader_workers(2, build_dataset(config(root), "train"), cores=2, threads=2) == 2  # decoding: as asked
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert build_loader(config(root, cache), "train", batch_size=4, num_workers=2).num_workers == 0
+    loader = build_loader(config(root, cache), "train", batch_size=4, num_workers=2)
+    assert loader.num_workers == 0 and loader.prefetch_thread  # made one batch ahead in a thread instead
     assert build_loader(config(root), "train", batch_size=4, num_workers=2).num_workers == 2

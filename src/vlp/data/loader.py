@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,6 +110,63 @@ def build_dataset(
     return VLDataset(index, processor, seed=config.seed)
 
 
+class _Prefetched:
+    """The items of ``source``, made one ahead in a daemon thread.
+
+    Nothing in making a batch draws from the training process's random streams (samples draw from
+    generators seeded by (seed, epoch, index), the sampler from its own), so the thread changes no
+    value; the loader still counts only the batches it hands out. The tensor work, PIL and the
+    tokenizer release the GIL, so the thread mostly runs while the model's step waits on its own kernels.
+    An error in the thread is raised in the caller, at the batch where it happened.
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator[LoaderItem]) -> None:
+        self.source = source
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vlp-prefetch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.source:
+                if not self._put(item):
+                    return
+        except BaseException as err:  # handed to the caller, raised there
+            self._put(err)
+            return
+        self._put(self._END)
+
+    def _put(self, value: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[LoaderItem]:
+        return self
+
+    def __next__(self) -> LoaderItem:
+        value = self.queue.get()
+        if value is self._END:
+            self.thread.join()
+            raise StopIteration
+        if isinstance(value, BaseException):
+            self.thread.join()
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop the thread (a run that ends mid-epoch) and wait for it."""
+        self.stop.set()
+        self.thread.join()
+
+
 class VLPLoader:
     """Batches of a dataset with an exact, saveable position (see the module docstring)."""
 
@@ -126,7 +185,10 @@ class VLPLoader:
         pin_memory: bool = False,
         timeout: float = 0.0,
         name: str = "data",
+        prefetch_thread: bool = False,
     ) -> None:
+        """``prefetch_thread``: with ``num_workers=0``, make the next batch in a background thread while the
+        caller trains on this one (the batches and the position are the same; see :class:`_Prefetched`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -136,6 +198,7 @@ class VLPLoader:
         self.pin_memory = pin_memory
         self.timeout = timeout
         self.name = name
+        self.prefetch_thread = prefetch_thread
         self.streaming = isinstance(dataset, ShardStream)
         if self.streaming:
             self.rank, self.world_size = dataset.rank, dataset.world_size
@@ -211,10 +274,15 @@ class VLPLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collate,
                           drop_last=self.drop_last, **common)  # fmt: skip
 
+    def _items(self) -> Iterator[LoaderItem]:
+        items = iter(self._dataloader())
+        return _Prefetched(items) if self.prefetch_thread and self.num_workers == 0 else items
+
     def __iter__(self) -> Iterator[Batch]:
         finished = False
+        items = self._items()
         try:
-            for item in self._dataloader():
+            for item in items:
                 assert isinstance(item, LoaderItem)
                 self.batches += 1
                 self.samples += item.consumed
@@ -224,6 +292,8 @@ class VLPLoader:
                     yield item.batch
             finished = True
         finally:
+            if isinstance(items, _Prefetched):
+                items.close()
             if not finished:  # a run that stops mid-epoch (a step budget) still reports what it skipped
                 self.epoch_skips.log(f"{self.name} epoch {self.epoch} so far: ")
         self.epoch_skips.log(f"{self.name} epoch {self.epoch}: ")
@@ -278,13 +348,13 @@ def build_loader(
     workers = loader_workers(num_workers, dataset, cores, torch.get_num_threads())
     if workers != num_workers:
         logger.info(
-            "%s/%s: images come decoded from %s; loading in the main process instead of %d worker(s) that would "
-            "share %s core(s) with %d torch thread(s)", config.type, split, config.decoded_cache, num_workers,
-            cores, torch.get_num_threads(),
+            "%s/%s: images come decoded from %s; loading in a thread of the main process instead of %d worker(s) "
+            "that would share %s core(s) with %d torch thread(s)", config.type, split, config.decoded_cache,
+            num_workers, cores, torch.get_num_threads(),
         )  # fmt: skip
     return VLPLoader(
         dataset, batch_size, tokenizer, config.max_text_len, workers, shuffle, config.seed, rank, world_size,
-        drop_last, pin_memory, timeout, name=f"{config.type}/{split}",
+        drop_last, pin_memory, timeout, name=f"{config.type}/{split}", prefetch_thread=workers != num_workers,
     )  # fmt: skip
 
 
