@@ -3,6 +3,7 @@ referring-expression boxes as one mixed stream of (image, instruction, target) s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ class MixedLoader:
     def __len__(self) -> int:
         return len(self.indices) // self.batch_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Seq2SeqBatch]:
         loader = DataLoader(Subset(self.dataset, self.indices), batch_size=self.batch_size, shuffle=False,
                             collate_fn=self.collate, num_workers=self.num_workers, drop_last=True)  # fmt: skip
         return iter(loader)
