@@ -18,7 +18,6 @@ what ``meta.json`` lists counts, so a run stopped at any point resumes after its
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -101,7 +100,11 @@ class EmbeddingWriter:
         ``{"path", "error"}`` records of the inputs left out since the last shard. None when only
         skipped inputs came (they are recorded all the same)."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        keys = [_check_key(k) for k in keys]
+        keys = list(keys)
+        lines = "\n".join(keys) + "\n" if keys else ""
+        if "\r" in lines or lines.count("\n") != len(keys):  # one scan of the joined text, not a check per key
+            for key in keys:
+                _check_key(key)
         if vectors.ndim != 2 or vectors.shape[0] != len(keys):
             raise ValueError(f"embeddings: expected ({len(keys)}, D) vectors for {len(keys)} keys, got {vectors.shape}")
         if keys and self.meta["dim"] not in (None, vectors.shape[1]):
@@ -111,11 +114,10 @@ class EmbeddingWriter:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, np.finfo(np.float32).tiny)
             written = self.folder / SHARD_PATTERN.format(len(self.meta["shards"]))
-            buffer = io.BytesIO()
-            np.save(buffer, vectors)
-            write_atomic(written, buffer.getvalue())
+            # np.save straight into the temporary file: through a BytesIO the rows were copied three times
+            write_atomic(written, lambda handle: np.save(handle, vectors))
             with (self.folder / PATHS_NAME).open("a", encoding="utf-8") as handle:
-                handle.write("".join(f"{k}\n" for k in keys))
+                handle.write(lines)
             self.meta["shards"].append({"file": written.name, "count": len(keys)})
             self.meta["dim"] = int(vectors.shape[1])
             self.meta["count"] += len(keys)

@@ -191,6 +191,7 @@ def index_embeddings(
             "dim": dim, "roots": input_roots(specs), "inputs": specs,
             "captions": captions is not None}  # fmt: skip
     write_atomic(folder / INDEX_NAME, json.dumps(info, indent=1) + "\n")
+    del shards, keys, captions  # OpenedIndex reads the paths again: 10^6 keys held twice would cost ~100 MB
     return OpenedIndex(folder)
 
 
