@@ -1,29 +1,31 @@
 """Pretraining on real-format files: ``vlp pretrain``'s path against a plain PyTorch loop.
 
 The data set is written first, in the Karpathy layout (``dataset.json`` + a folder of JPEGs): ``--images``
-64x64 JPEGs (default 3,000), 5 captions each, one training sample per (image, caption). Both sides train
-a CLIP of two 2-layer 128-wide towers (patch 8, 4 heads, MLP 512, embedding 128) at batch 128 with AdamW:
+64x64 JPEGs (default 3,000), 5 captions each, one training sample per (image, caption). Every side trains
+a CLIP of two 2-layer 128-wide towers (patch 8, 4 heads, MLP 512, embedding 128; 887k parameters on both
+sides) at batch 128 with AdamW, with the same torch threads:
 
-- vlp:   clip-tiny with those sizes, data type ``karpathy``, run exactly as ``vlp pretrain`` runs it:
-         :func:`vlp.train.jobs.build_pretraining_job` (``build_loader`` over the JPEG files) +
-         :class:`vlp.train.engine.Trainer`. ``--cache`` sets ``data.decoded_cache`` (the decoded-image
-         store; default on, in a temporary folder); ``--workers`` sets ``train.num_workers``.
-- plain: the same shapes written in ~120 lines of plain PyTorch (``nn.TransformerEncoder``), over
-         tensors decoded once into memory: every image as a normalized float tensor, every caption
-         tokenized once (padded to the longest caption), a random batch of (image, caption) pairs per
-         step, symmetric InfoNCE, grad clipping, AdamW.
+- vlp:        clip-tiny at those sizes, data type ``karpathy``, run as ``vlp pretrain`` runs it:
+              :func:`vlp.train.jobs.build_pretraining_job` (``build_loader`` over the JPEG files, with
+              ``train.num_workers`` = ``--workers``, the recipe default 2) + :class:`vlp.train.engine.Trainer`,
+              with ``data.decoded_cache`` (the decoded-image store, in a temporary folder);
+- vlp-decode: the same without the store (every JPEG decoded each time it is drawn);
+- plain:      the same shapes in ~120 lines of plain PyTorch (``nn.TransformerEncoder``), over tensors
+              decoded once into memory: every image a normalized float tensor, every caption tokenized once
+              (padded to the longest caption), a random batch of (image, caption) pairs per step, symmetric
+              InfoNCE, grad clipping, ``torch.optim.AdamW`` with its defaults.
 
-Both are timed from the batch after ``--warmup`` steps to the last step, so start-up (the plain loop's
-decode, vlp's store build, the engine's final checkpoint) is left out alike; the store build is
-printed separately. Rounds alternate the order of the two. Two clocks: wall time and this process's
-CPU time (``time.process_time``: all its threads, not the loader workers'). The ratio printed is
-vlp / plain samples per second, medians over rounds.
+Each run is timed from step ``--warmup`` to the start of its last step, so start-up (the plain loop's
+decode, vlp's store build, the engine's final checkpoint) is left out alike; the store build is printed
+separately. Every round runs each side once, each going first in turn. Two clocks: wall time, and this
+process's CPU time (``time.process_time``: all its threads, not loader worker processes). The ratios
+printed are medians over rounds of samples per second, vlp / plain.
 
-Both use vlp's default training transform, except that it is set to ``train_crop: resize`` here: the
-images already are 64x64, so both sides see every image as it was stored (the plain loop has no
-augmentation). ``--augment`` keeps vlp's random resized crop (more work for vlp: a PIL crop per sample).
+vlp's training transform is set to ``train_crop: resize``: the images already are 64x64, so every side
+sees each image as stored (the plain loop has no augmentation). ``--augment`` keeps vlp's random resized
+crop (more work for vlp: a PIL crop per sample).
 
-    python benchmarks/bench_pretrain_real.py [--images 3000] [--steps 40] [--rounds 3] [--threads 2]
+    python benchmarks/bench_pretrain_real.py [--images 3000] [--steps 30] [--rounds 3] [--threads 2] [--cache both]
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ class Tower(nn.Module):
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(n) if self.causal else None
+        # boolean like the padding mask (True = masked): mixing float and bool masks takes a slower path
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1) if self.causal else None
         return self.norm(self.blocks(x, mask=mask, src_key_padding_mask=pad, is_causal=self.causal))
 
 
@@ -164,16 +167,18 @@ def run_plain(memory: tuple, vocab: int, steps: int, batch: int, warmup: int, lr
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     pair_t = torch.tensor(pairs)
     wall = cpu = 0.0
-    for step in range(steps):
+    for step in range(steps):  # clocked like vlp's: from step `warmup` to the start of the last step
         if step == warmup:
             wall, cpu = -time.perf_counter(), -time.process_time()
+        elif step == steps - 1:
+            wall, cpu = wall + time.perf_counter(), cpu + time.process_time()
         chosen = pair_t[order[(step * batch) % (len(order) - batch) :][:batch]]
         loss = model(images[chosen[:, 0]], ids[chosen[:, 1]], mask[chosen[:, 1]])
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return wall + time.perf_counter(), cpu + time.process_time(), float(loss)
+    return wall, cpu, loss.item()
 
 
 # ------------------------------------------------------------------------------------------- vlp
@@ -216,13 +221,14 @@ def run_vlp(recipe: Any, tokenizer: Any, run_dir: Path, warmup: int) -> tuple[fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000, help="JPEGs to write (5 captions each)")
-    parser.add_argument("--steps", type=int, default=40, help="steps per run (the first --warmup are not timed)")
+    parser.add_argument("--steps", type=int, default=30, help="steps per run (the first --warmup are not timed)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, both sides")
-    parser.add_argument("--workers", type=int, default=0, help="vlp's train.num_workers")
-    parser.add_argument("--cache", choices=["on", "off"], default="on", help="vlp's data.decoded_cache")
+    parser.add_argument("--workers", type=int, default=2, help="vlp's train.num_workers (the recipe default: 2)")
+    parser.add_argument("--cache", choices=["on", "off", "both"], default="both",
+                        help="vlp's data.decoded_cache: on, off, or both side by side")  # fmt: skip
     parser.add_argument("--augment", action="store_true", help="keep vlp's random resized crop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -248,37 +254,47 @@ def main() -> int:
         ]  # fmt: skip
         if not args.augment:
             overrides.append("data.transform.train_crop=resize")
-        if args.cache == "on":
-            overrides.append(f"data.decoded_cache={root / 'cache'}")
-        recipe = load_recipe("clip-tiny", overrides)
+        recipes = {}
+        if args.cache in ("on", "both"):
+            recipes["vlp"] = load_recipe("clip-tiny", [*overrides, f"data.decoded_cache={root / 'cache'}"])
+        if args.cache in ("off", "both"):
+            recipes["vlp-decode"] = load_recipe("clip-tiny", overrides)
+        recipe = next(iter(recipes.values()))
         start = time.perf_counter()
         memory = decode_all(root / "data", tokenizer, recipe.data.max_text_len)
         print(f"plain loop: decoded and tokenized into memory in {time.perf_counter() - start:.1f} s", flush=True)
-        wall: dict[str, list[float]] = {"vlp": [], "plain": []}
-        cpu: dict[str, list[float]] = {"vlp": [], "plain": []}
+        names = [*recipes, "plain"]
+        wall: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         for i in range(args.rounds):
-            for name in ("vlp", "plain") if i % 2 == 0 else ("plain", "vlp"):
-                if name == "vlp":
-                    w, c, build_s = run_vlp(recipe, tokenizer, root / f"run{i}", args.warmup)
-                    print(f"round {i + 1}: vlp data set + store ready in {build_s:.1f} s", flush=True)
-                else:
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # each goes first in turn
+                if name == "plain":
                     w, c, _ = run_plain(memory, tokenizer.vocab_size, args.steps, args.batch_size, args.warmup,
                                         recipe.optim.lr, recipe.train.seed)  # fmt: skip
+                else:
+                    w, c, build_s = run_vlp(recipes[name], tokenizer, root / f"{name}{i}", args.warmup)
+                    print(f"round {i + 1}: {name} data set (and store) ready in {build_s:.1f} s", flush=True)
                 wall[name].append(timed_samples / w)
                 cpu[name].append(timed_samples / c)
-            print(
-                f"round {i + 1}: samples/s vlp {wall['vlp'][-1]:7.1f} plain {wall['plain'][-1]:7.1f}   "
-                f"samples/CPU-s vlp {cpu['vlp'][-1]:7.1f} plain {cpu['plain'][-1]:7.1f}",
-                flush=True,
-            )
-    wall_ratio = statistics.median(wall["vlp"]) / statistics.median(wall["plain"])
-    cpu_ratio = statistics.median(cpu["vlp"]) / statistics.median(cpu["plain"])
+            print(f"round {i + 1}: samples/s " + "  ".join(f"{n} {wall[n][-1]:.1f}" for n in names)
+                  + "   samples/CPU-s " + "  ".join(f"{n} {cpu[n][-1]:.1f}" for n in names), flush=True)  # fmt: skip
     print(
         f"{args.images} images x 5 captions, batch {args.batch_size}, {args.steps} steps ({args.warmup} untimed), "
-        f"{args.threads} threads, {args.workers} loader workers, cache {args.cache}, "
-        f"{'random resized crop' if args.augment else 'no augmentation'}"
+        f"{args.threads} threads, train.num_workers={args.workers}, "
+        f"{'random resized crop' if args.augment else 'no augmentation'}; medians of {args.rounds} rounds"
     )
-    print(f"vlp / plain, samples/s (median of {args.rounds} rounds): wall {wall_ratio:.3f}, CPU time {cpu_ratio:.3f}")
+    for name in recipes:
+        wall_ratio = statistics.median(wall[name]) / statistics.median(wall["plain"])
+        cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu["plain"])
+        print(
+            f"{name} / plain: samples/s {statistics.median(wall[name]):.1f} / {statistics.median(wall['plain']):.1f}"
+            f" = {wall_ratio:.3f} wall, {cpu_ratio:.3f} by CPU time of this process"
+            + (
+                f" (leaves out its {args.workers} loader worker processes)"
+                if name == "vlp-decode" and args.workers
+                else ""
+            )
+        )
     return 0
 
 

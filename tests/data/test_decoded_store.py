@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.data.loaders_helpers import patterned
+from loaders_helpers import patterned
 
 from vlp.config import ConfigError, from_dict
 from vlp.data import DataConfig, build_dataset, build_loader
@@ -172,3 +173,19 @@ def test_few_cores_load_stored_images_in_the_main_process(tmp_path, monkeypatch)
     loader = build_loader(config(root, cache), "train", batch_size=4, num_workers=2)
     assert loader.num_workers == 0 and loader.prefetch_thread  # made one batch ahead in a thread instead
     assert build_loader(config(root), "train", batch_size=4, num_workers=2).num_workers == 2
+
+
+def test_concurrent_builders_decode_once(tmp_path) -> None:
+    root = write_set(tmp_path / "data")
+    paths = sorted(str(p) for p in (root / "images").iterdir())
+    stores: list[DecodedStore] = []
+    threads = [threading.Thread(target=lambda: stores.append(DecodedStore(tmp_path / "c", paths, (32, 32))))
+               for _ in range(3)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(s.built for s in stores) == [False, False, True]  # the others waited and found it done
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 1
+    first = paths[0]
+    assert all(np.array_equal(s.array(first)[0], stores[0].array(first)[0]) for s in stores)

@@ -27,13 +27,20 @@ names it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent builders then each write a whole store, the last one wins
+    fcntl = None
 
 import numpy as np
 from PIL import Image
@@ -45,6 +52,19 @@ logger = logging.getLogger("vlp.data")
 FORMAT = "vlp-decoded-store"
 VERSION = 1
 PREFIX = "vlp-decoded-"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (``flock``; no lock where the OS has none)."""
+    with path.open("a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _stat(path: str) -> list[int]:
@@ -85,11 +105,18 @@ class DecodedStore:
         self._key = _digest({**settings, "files": self._files})
         self._pixels: np.ndarray | None = None
         self.built = False  # True when this instance decoded the images (False: an up-to-date store was found)
-        index = self._read_index()
-        if index is None:
-            index = self._build(unique)
-            self.built = True
-        self.pixels_path = self.folder / index["pixels"]
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"data.decoded_cache: {self.folder} exists and is not a folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # one builder at a time (the ranks of a run, two runs on one data set): the others wait, then
+        # find the store up to date
+        with _locked(self.folder / f"{self.name}.lock"):
+            index = self._read_index()
+            if index is None:
+                index = self._build(unique)
+                self.built = True
+            self.pixels_path = self.folder / index["pixels"]
+            self._map()  # mapped now: a later rebuild by another process may remove the file, not this view
         # path -> (offset, height, width, full width, full height) or (reason, detail)
         self._entries: dict[str, list] = index["entries"]
 
@@ -161,9 +188,6 @@ class DecodedStore:
         return index
 
     def _build(self, paths: list[str]) -> dict[str, Any]:
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ValueError(f"data.decoded_cache: {self.folder} exists and is not a folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
         logger.info("decoding %d image(s) once into %s", len(paths), self.folder)
         build = uuid.uuid4().hex[:12]
         pixels_name = f"{self.name}-{build}.u8"
