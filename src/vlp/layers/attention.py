@@ -119,10 +119,15 @@ class Attention(nn.Module):
         """
         if self.cross:
             raise ValueError("forward_at is self-attention only")
-        dim = self.out.in_features
-        weight, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x_at, weight[:dim], None if b is None else b[:dim])
-        k, v = F.linear(x, weight[dim:], None if b is None else b[dim:]).chunk(2, dim=-1)
+        dim = x.shape[-1]
+        weight = getattr(self.qkv, "weight", None)
+        if isinstance(weight, torch.Tensor):  # the query rows of the fused weight for the selected tokens only
+            b = self.qkv.bias
+            q = F.linear(x_at, weight[:dim], None if b is None else b[:dim])
+            k, v = F.linear(x, weight[dim:], None if b is None else b[dim:]).chunk(2, dim=-1)
+        else:  # a replaced projection (int8: vlp.models.quantize) is called whole
+            q = self.qkv(x_at)[..., :dim]
+            k, v = self.qkv(x)[..., dim:].chunk(2, dim=-1)
         bias = None
         if keep_mask is not None or causal:
             blocked = torch.zeros(1, 1, 1, x.shape[1], dtype=torch.bool, device=x.device)
