@@ -110,6 +110,24 @@ def test_vqa_fine_tuned_in_the_second_process_equals_it_fine_tuned_here(demo, tm
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_samples_drawn_by_the_generator_process_equal_samples_drawn_here(demo, tmp_path):
+    # the text-to-image child draws the report's samples right after training; drawing them here from its saved
+    # model, as the demo did before, gives the same pixels
+    import numpy as np
+    from PIL import Image
+
+    from vlp.demo.config import DemoConfig
+    from vlp.demo.generation import generated_images, sample_prompts
+    from vlp.demo.steps import test_objects
+
+    out, _ = demo
+    prompts = sample_prompts([o for objs in test_objects(out / "world").values() for o in objs])
+    here = generated_images(out / "runs" / "generation" / "model", prompts, tmp_path / "generation.png",
+                            steps=DemoConfig.quick().generation_sample_steps)  # fmt: skip
+    theirs = np.asarray(Image.open(out / "figures" / "generation.png"))
+    assert theirs.shape == np.asarray(Image.open(here)).shape and (theirs == np.asarray(Image.open(here))).all()
+
+
 def _row(results, task, metric_start):
     return next(r for r in results["table"] if r["task"] == task and r["metric"].startswith(metric_start))
 

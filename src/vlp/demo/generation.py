@@ -38,14 +38,18 @@ def train_generator(run_dir: str | Path, seconds: float, quick: bool = False) ->
     return Path(summary["model"]), summary
 
 
-def _train_niced(run_dir: str, seconds: float, quick: bool) -> None:
+def _train_niced(run_dir: str, seconds: float, quick: bool, sample: tuple[list[str], str, int] | None) -> None:
     """:func:`train_generator` at a lower CPU priority: its budget is CPU time, so what it trains does not change,
     but while the demo runs two processes of its own (the fine-tunes) it yields the cores to them, which the
-    demo waits for first, instead of taking a third of each."""
+    demo waits for first, instead of taking a third of each. ``sample`` ``(prompts, PNG path, DDIM steps)``:
+    then draw the report's samples here too (:func:`generated_images`), off the demo's own process."""
     import os
 
     os.nice(10)
-    train_generator(run_dir, seconds, quick)
+    model, _ = train_generator(run_dir, seconds, quick)
+    if sample is not None:
+        prompts, png, steps = sample
+        generated_images(model, prompts, Path(png), steps=steps)
 
 
 class BackgroundGenerator:
@@ -53,15 +57,18 @@ class BackgroundGenerator:
 
     :meth:`result` waits for it and returns ``(model folder, summary)``, or ``(None, reason)`` when the
     child failed (its output is in ``run_dir/log.txt``): a demo goes on without generated images rather
-    than losing the other results.
+    than losing the other results. ``sample`` ``(prompts, PNG path, DDIM steps)``: the child also draws the
+    samples of :func:`generated_images` into that PNG, whose path the summary then holds under ``figure``.
     """
 
-    def __init__(self, run_dir: str | Path, seconds: float, quick: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, seconds: float, quick: bool = False,
+                 sample: tuple[list[str], str | Path, int] | None = None) -> None:  # fmt: skip
         import multiprocessing
 
         self.run_dir = Path(run_dir)
+        self.sample = None if sample is None else (list(sample[0]), str(sample[1]), int(sample[2]))
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_train_niced, args=(str(self.run_dir), seconds, quick), daemon=True
+            target=_train_niced, args=(str(self.run_dir), seconds, quick, self.sample), daemon=True
         )
         self.process.start()
 
@@ -73,6 +80,8 @@ class BackgroundGenerator:
         if self.process.exitcode != 0 or not summary.is_file():
             return None, f"text-to-image training exited with code {self.process.exitcode}; see {self.run_dir}"
         data = json.loads(summary.read_text(encoding="utf-8"))
+        if self.sample is not None and Path(self.sample[1]).is_file():
+            data["figure"] = self.sample[1]
         return Path(data["model"]), data
 
 

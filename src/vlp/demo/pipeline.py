@@ -114,7 +114,12 @@ def run_demo(
             from vlp.demo.generation import BackgroundGenerator
 
             log(f"    text-to-image: training t2i-shapes for {cfg.generation_seconds:g} CPU s in a second process")
-            background = BackgroundGenerator(runs / "generation", cfg.generation_seconds, quick)
+            from vlp.demo.generation import sample_prompts
+
+            # the child also draws the report's samples once trained, so the demo does not wait for them
+            sample = (sample_prompts(_test_objects_list(world)), figures_dir / "generation.png",
+                      cfg.generation_sample_steps)  # fmt: skip
+            background = BackgroundGenerator(runs / "generation", cfg.generation_seconds, quick, sample)
         recipe = model_recipe(DEMO_RECIPE, world, tokenizer, {
             "data.image_size": cfg.image_size, "model.vision.image_size": cfg.image_size,
             "model.vision.patch_size": cfg.patch_size,
@@ -235,12 +240,13 @@ def _draw(
     notes, captions = [], {}
     generator, trained, sample_steps = generation
     if generator is not None:
-        from vlp.demo.generation import generated_images, sample_prompts
-        from vlp.demo.steps import test_objects
+        if trained is not None and trained.get("figure"):  # drawn by the process that trained the model
+            drawn["generation"] = Path(trained["figure"])
+        else:
+            from vlp.demo.generation import generated_images, sample_prompts
 
-        # single-object prompts in the words of ShapesWorld's captions, for objects of the test images
-        prompts = sample_prompts([o for objs in test_objects(world).values() for o in objs])
-        drawn["generation"] = generated_images(generator, prompts, folder / "generation.png", steps=sample_steps)
+            prompts = sample_prompts(_test_objects_list(world))
+            drawn["generation"] = generated_images(generator, prompts, folder / "generation.png", steps=sample_steps)
         how = f"{sample_steps} DDIM steps, guidance 3, seed 0"
         if trained is not None:
             captions["generation"] = (
@@ -264,6 +270,14 @@ def _draw(
         "`metrics.jsonl` in `runs/` (`vlp plot runs/pretrain`)."
     )
     return drawn, notes, captions
+
+
+def _test_objects_list(world: Path) -> list[dict[str, Any]]:
+    """Every object of the test images, in order: the text-to-image prompts are single-object prompts in the
+    words of ShapesWorld's captions for some of them."""
+    from vlp.demo.steps import test_objects
+
+    return [o for objs in test_objects(world).values() for o in objs]
 
 
 def _write(result: DemoResult, cfg: DemoConfig, quick: bool, captions: dict[str, str]) -> Path:
