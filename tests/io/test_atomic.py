@@ -26,3 +26,21 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_atomic(path, "new\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["paths.txt"]
+
+
+def test_a_writer_function_writes_into_the_temp_file(tmp_path):
+    """np.save(handle, rows) straight into the file (no bytes copy of a large array); a writer that fails
+    leaves the old file and no temp file."""
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "embeddings-00000.npy"
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_atomic(path, lambda handle: np.save(handle, rows))
+    assert np.array_equal(np.load(path), rows)
+
+    def failing(handle):
+        handle.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, failing)
+    assert np.array_equal(np.load(path), rows) and [p.name for p in tmp_path.iterdir()] == [path.name]
