@@ -169,3 +169,35 @@ def test_a_training_step_measures_each_mask_once(monkeypatch):
     assert trimmed_length(mask) == 24 and trimmed_length(mask) == 24 and len(calls) == 3
     mask[0, 30] = True  # an in-place edit is seen: measured again
     assert trimmed_length(mask) == 32 and len(calls) == 4
+
+
+class PadToMax:
+    """A tokenizer that pads every batch to ``max_length``, as CLIP's BPE tokenizer does (to 77)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_id
+
+    def __call__(self, texts, max_length: int = 40):
+        return self.tokenizer(texts, max_length=max_length, padding="max_length")
+
+
+def test_zeroshot_and_retrieval_text_encoding_run_on_the_cut_batch():
+    """Zero-shot prompts and retrieval captions padded to 40: the tower reads 8 positions, embeddings as padded."""
+    from vlp.tasks.retrieval.head import encode
+    from vlp.tasks.zeroshot.head import class_embeddings
+    from vlp.text import Tokenizer
+
+    captions = ["a red circle", "two blue squares left of a green triangle", "a small yellow star"] * 2
+    tok = PadToMax(Tokenizer.train(captions * 4, vocab_size=120))
+    images = [Batch(images=torch.randn(3, 3, 32, 32), image_index=torch.arange(3))]
+    trimmed, padded = pair("clip-tiny")
+    seen = text_lengths(trimmed)
+    with torch.no_grad():
+        classes = [
+            class_embeddings(m, tok, ["red", "green"], ["a photo of a {}.", "a {} shape"]) for m in (trimmed, padded)
+        ]
+        encoded = [encode(m, images, captions, tok, mode="dual", device="cpu") for m in (trimmed, padded)]
+    torch.testing.assert_close(classes[0], classes[1], **TOL)
+    torch.testing.assert_close(encoded[0].text_embed, encoded[1].text_embed, **TOL)
+    torch.testing.assert_close(encoded[0].image_embed, encoded[1].image_embed, **TOL)
+    assert seen and max(seen) == 16 and PADDED not in seen  # the longest prompt/caption fits in 16 of 40
