@@ -35,7 +35,7 @@ from vlp.data.sources.common import SourceIndex, check_text
 from vlp.data.sources.regions import RegionError, load_regions
 from vlp.data.sources.vqav2 import SoftScore, soft_score
 from vlp.data.sources.webdataset import ShardReader, TarSample
-from vlp.data.transforms import ImageTransform, Item, swap_left_right
+from vlp.data.transforms import ImageTransform, Item, normalize_uint8, swap_left_right
 
 _META_KEYS = ("image_id", "question_id", "ref_id", "ann_id", "sent_id", "answers", "answer_type", "question_type",
               "captions", "category_id", "target_index", "labels", "attributes")  # fmt: skip
@@ -63,12 +63,9 @@ class ProcessorConfig:
 
 def normalize_pixels(pixels: np.ndarray, transform: TransformConfig) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 as :func:`vlp.data.transforms.to_tensor` makes each image:
-    the same element-wise operations in the same order, so the same values bit for bit."""
-    out = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
-    out = out.div_(255.0) if transform.rescale == 1 / 255 else out.mul_(transform.rescale)
-    mean = torch.tensor(transform.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(transform.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return out.sub_(mean).div_(std)
+    the same element-wise operations in the same order, so the same values bit for bit (looked up per channel:
+    :func:`vlp.data.transforms.normalize_uint8`)."""
+    return normalize_uint8(pixels, transform.mean, transform.std, transform.rescale)
 
 
 class SampleProcessor:
