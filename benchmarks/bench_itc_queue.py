@@ -1,0 +1,144 @@
+"""ALBEF's ITC queue, and SigLIP against CLIP's softmax loss, at a budget where the models retrieve.
+
+One ShapesWorld world (the demo's: 3,000 images at 32x32, seed 0), one tokenizer and one tagger (the demo's
+image tower trained to name the shape categories in each image, task `tagging`, as the demo and the README's
+tour start pretraining from it) are made once; then, each from the tagger's image tower, at the same budget:
+
+- albef-demo with the momentum model (model.momentum 0.995, ALBEF's; the demo runs without it, and the queue
+  holds the momentum model's features) and `objectives.itc.queue_size` 0, then QUEUE; evaluated on the test
+  split by ITC alone (`--dual`) and by ITC top-k + ITM re-ranking;
+- the same model as a dual encoder (objectives replaced by `itc` alone, or by `siglip` with a learnable
+  logit bias started at -10 and scale at 10, as SigLIP), evaluated by `--dual`; the run's last logged
+  logit bias and scale are printed, to show whether the bias moved.
+
+Runs are sequential, each with one torch thread (a shared 2-core machine). One seed: a single run's
+RSUM moves by tens of points between seeds (README, the demo), so differences smaller than that
+are not evidence either way. Usage:
+
+    python benchmarks/bench_itc_queue.py [--out runs/itc-queue] [--steps 1000] [--queue 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vlp.text import Tokenizer
+
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "vlp" / "demo" / "recipes" / "albef-demo.yaml"
+VLP = str(Path(sys.executable).with_name("vlp"))
+# the demo's tagging step (src/vlp/demo/steps.py): its model, lr 2e-3 cosine, warm-up steps // 20, batch 32
+TAGGER = """base: {base}
+task: {{type: tagging, pool: auto, min_area: 0}}
+init: null
+data: {{options: {{format: instances}}}}
+optim: {{lr: 2.0e-3}}
+schedule: {{name: cosine, warmup_steps: {warmup}}}
+train: {{steps: {steps}, batch_size: 32, log_every: 25, checkpoint_every: 0, find_unused_parameters: true}}
+"""
+
+
+def run(cmd: list[str], log: Path) -> dict[str, float]:
+    """Run ``cmd`` with one thread, its output to ``log``; wall and CPU seconds (the child's user + system)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    wall, before = time.perf_counter(), os.times()
+    with log.open("w", encoding="utf-8") as out:
+        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    after = os.times()
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+    cpu = after.children_user - before.children_user + after.children_system - before.children_system
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": cpu}
+
+
+def last_logged(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
+    """The last value of each of ``keys`` in the run's metrics.jsonl."""
+    found: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        found.update({k: record[k] for k in keys if k in record})
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/itc-queue")
+    parser.add_argument("--images", type=int, default=3000, help="ShapesWorld images (the demo's 3,000)")
+    parser.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
+    parser.add_argument("--steps", type=int, default=1000, help="pretraining steps of 32, every arm")
+    # 2,048 < the 2,160 training images, so the queue seldom holds an image twice (a repeat is a positive,
+    # by image id), and it is 64 batches old at most, which the teacher at decay 0.995 (~200 steps) spans
+    parser.add_argument("--queue", type=int, default=2048, help="objectives.itc.queue_size of the queue arm")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, tok, tagger = out / "data", out / "data" / "tokenizer", out / "tagger"
+    costs: dict[str, dict[str, float]] = {}
+    if not (data / "meta.json").exists():
+        synth = [VLP, "data", "synth", "--out", str(data), "--images", str(args.images), "--size", "32",
+                 "--seed", str(args.seed), "--quiet", "--overwrite", "--workers", "1"]  # fmt: skip
+        costs["render"] = run(synth, out / "synth.log")
+    if not (tok / "vocab.txt").exists():
+        captions = str(data / "annotations" / "dataset_shapes.json")
+        train_tok = [VLP, "tokenizer", "train", "--input", captions, "--out", str(tok), "--vocab-size", "400"]
+        costs["tokenizer"] = run(train_tok, out / "tokenizer.log")
+    # the model's vocabulary is the tokenizer's (as the demo sets it)
+    vocab = Tokenizer.load(tok).vocab_size
+    common = ["--set", f"data.root={data}", "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
+              "--set", f"train.seed={args.seed}", "--overwrite"]  # fmt: skip
+    recipe = out / "tagger.yaml"
+    recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, args.tag_steps // 20), steps=args.tag_steps))
+    costs["tagger"] = run([VLP, "finetune", str(recipe), "--out", str(tagger), "--tokenizer", str(tok), *common],
+                          out / "tagger.log")  # fmt: skip
+    pretrain = [VLP, "pretrain", str(DEMO_RECIPE), *common, "--set", f"model.tokenizer={tok}",
+                "--set", f"train.steps={args.steps}", "--set", f"train.init={tagger}",
+                "--set", "train.init_parts=[vision]"]  # fmt: skip
+    albef = ["--set", "model.momentum=0.995"]
+    dual = ["--set", "model.heads={}"]
+    # SigLIP's start: scale 10 (temperature 0.1), bias -10
+    siglip = ["--set", "objectives={siglip: {weight: 1.0}}", "--set", "model.logit_bias=true",
+              "--set", "model.temperature=0.1"]  # fmt: skip
+    arms = {
+        "albef q=0": albef + ["--set", "objectives.itc.queue_size=0"],
+        f"albef q={args.queue}": albef + ["--set", f"objectives.itc.queue_size={args.queue}"],
+        "clip loss": dual + ["--set", "objectives={itc: {weight: 1.0}}"],
+        "siglip loss": dual + siglip,
+    }
+    rows = []
+    for name, extra in arms.items():
+        run_dir = out / name.replace(" ", "_").replace("=", "")
+        costs[name] = run([*pretrain, "--out", str(run_dir), *extra], Path(f"{run_dir}.log"))
+        modes = ["dual", "itm"] if name.startswith("albef") else ["dual"]
+        for mode in modes:
+            eval_dir = Path(f"{run_dir}-eval-{mode}")
+            flags = ["--dual"] if mode == "dual" else []
+            cost = run([VLP, "eval", "retrieval", "--model", str(run_dir), "--data", str(data), "--out", str(eval_dir),
+                        *flags], Path(f"{eval_dir}.log"))  # fmt: skip
+            costs[f"{name} eval {mode}"] = cost
+            result = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
+            m, chance = result["metrics"], result["chance"]
+            logged = last_logged(run_dir, ("logit_bias", "logit_scale"))
+            rows.append((name, "ITC alone" if mode == "dual" else "ITC + ITM", m, logged))
+    print(f"\n{args.images} images at 32x32, seed {args.seed}; tagger {args.tag_steps} steps, pretraining "
+          f"{args.steps} steps of 32 per arm, one thread each; test split")  # fmt: skip
+    print(f"{'arm':<14} {'ranked by':<10} {'i2t R@1/5/10':>18} {'t2i R@1/5/10':>18} {'RSUM':>6}  logged at the end")
+    for name, mode, m, logged in rows:
+        i2t = "/".join(f"{m[f'i2t_r{k}']:.1f}" for k in (1, 5, 10))
+        t2i = "/".join(f"{m[f't2i_r{k}']:.1f}" for k in (1, 5, 10))
+        extra = ", ".join(f"{k} {v:.3f}" for k, v in logged.items()) if name.startswith("siglip") else ""
+        print(f"{name:<14} {mode:<10} {i2t:>18} {t2i:>18} {m['rsum']:6.1f}  {extra}")
+    print(f"chance RSUM {chance['rsum']:.1f} ({m['n_images']} images, {m['n_texts']} captions)")
+    total = sum(c["cpu_s"] for c in costs.values())
+    print("\ncost (CPU s / wall s): " + "; ".join(f"{k} {c['cpu_s']:.0f}/{c['wall_s']:.0f}" for k, c in costs.items()))
+    print(f"total CPU {total / 60:.1f} min")
+    (out / "bench.json").write_text(json.dumps({"args": vars(args), "costs": costs, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
