@@ -53,6 +53,8 @@ def test_report_embeds_every_picture(demo):
     summary = json.loads((out / "runs" / "generation" / "summary.json").read_text())
     assert summary["steps"] == 2 and (out / "runs" / "generation" / "model" / "model.safetensors").is_file()
     assert f"on the second core during this demo for {summary['cpu_seconds']:.0f} s of CPU time" in report
+    # every run read its images from the demo's decoded-image store
+    assert any((out / "decoded").glob("vlp-decoded-*.json"))
     # the pretrained model is a reusable save_pretrained folder
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
 

@@ -9,14 +9,16 @@ Steps (each printed with its wall and CPU time):
    with ``save_pretrained`` (``OUT/model``, usable with ``vlp eval ... --model OUT/model``);
 4. straight from pretraining: image-text retrieval (dual side), zero-shot classification with prompt
    templates, zero-shot heat maps;
-5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning;
+5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning (VQA in a
+   second process meanwhile, :mod:`vlp.demo.parallel`);
 6. meanwhile, in a second process, train a small text-to-image model for ``generation_seconds`` of CPU
-   time (or use a trained ``generator``);
+   time and draw its samples (or use a trained ``generator``);
 7. draw the pictures and write ``report.md`` + ``results.json``.
 
-Everything but step 6 runs in this process through the Python APIs. Output folder layout:
-``world/`` (the data), ``tokenizer/``, ``runs/<step>/`` (training runs with ``metrics.jsonl``),
-``model/``, ``figures/*.png``, ``report.md``, ``results.json``.
+Everything else runs in this process through the Python APIs. Every training and evaluation reads the
+images from one decoded-image store (``data.decoded_cache``, the same pixels as decoding each time).
+Output folder layout: ``world/`` (the data), ``decoded/`` (the store), ``tokenizer/``, ``runs/<step>/``
+(training runs with ``metrics.jsonl``), ``model/``, ``figures/*.png``, ``report.md``, ``results.json``.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ def run_demo(
             "model.vision.patch_size": cfg.patch_size,
             "train.steps": cfg.pretrain_steps, "train.batch_size": cfg.batch_size, "train.seed": cfg.seed,
             "optim.lr": cfg.pretrain_lr, "schedule.warmup_steps": max(1, min(100, cfg.pretrain_steps // 10)),
-            "train.log_every": max(1, min(25, cfg.pretrain_steps // 10)), **cfg.recipe_overrides,
+            "train.log_every": max(1, min(25, cfg.pretrain_steps // 10)),
+            # every image decoded once (the same pixels bit for bit); the fine-tunes inherit it from this recipe
+            "data.decoded_cache": str(out / "decoded"), **cfg.recipe_overrides,
         })  # fmt: skip
         if cfg.tag_steps:
             with timer.step(f"train the image tower to tag the objects of each image ({cfg.tag_steps} steps)", log):
