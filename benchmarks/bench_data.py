@@ -9,16 +9,19 @@ tensors through a DataLoader with the same number of workers and batch size:
 - vlp without draft mode, to show where the speed comes from.
 
 Run: ``.venv/bin/python benchmarks/bench_data.py [--images 300] [--workers 2]``.
-Prints images/s of each (best of interleaved rounds) and the ratio vlp /
-baseline (the target is >= 1.5). Wall-clock rates need an otherwise idle
-machine; the CPU milliseconds per image (one process, ``time.process_time``)
-printed below them hardly move when other processes compete for the cores.
+Prints images/s of each (median of interleaved rounds, and the best) and the
+ratio of the medians vlp / baseline (the target is >= 1.5). Wall-clock rates
+need an otherwise idle machine; the CPU milliseconds per image printed beside
+them (main process + DataLoader workers, and one process without a
+DataLoader) hardly move when other processes compete for the cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -69,12 +72,19 @@ class Baseline(Dataset):
         return to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def images_per_s(make_iter, count: int) -> float:
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers that exited and were joined
+    return usage.ru_utime + usage.ru_stime
+
+
+def images_per_s(make_iter, count: int) -> tuple[float, float]:
+    """``(images/s, CPU ms per image)`` of one pass; the CPU time is the main process's and its DataLoader
+    workers' together (workers are joined at the end of the pass), which competing processes hardly move."""
+    start, cpu = time.perf_counter(), time.process_time() + _children_cpu()
     seen = sum(len(batch) for batch in make_iter())
     elapsed = time.perf_counter() - start
     assert seen == count, f"saw {seen} images, expected {count}"
-    return count / elapsed
+    return count / elapsed, 1000 * (time.process_time() + _children_cpu() - cpu) / count
 
 
 def cpu_ms_per_image(dataset: Dataset, count: int) -> float:
@@ -85,16 +95,18 @@ def cpu_ms_per_image(dataset: Dataset, count: int) -> float:
     return 1000 * (time.process_time() - start) / count
 
 
-def compare(pipelines: dict, count: int, rounds: int) -> dict[str, float]:
-    """Best images/s of each pipeline over ``rounds`` interleaved passes (after one warm-up pass each),
-    so that a burst of load from other processes does not favour whichever pipeline ran last."""
+def compare(pipelines: dict, count: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """``(images/s, CPU ms per image)`` of each pipeline in ``rounds`` interleaved passes (after one warm-up
+    pass each; the order turns every round), so that a burst of load from other processes does not favour
+    whichever pipeline ran last."""
     for make_iter in pipelines.values():
         images_per_s(make_iter, count)
-    best = dict.fromkeys(pipelines, 0.0)
-    for _ in range(rounds):
-        for name, make_iter in pipelines.items():
-            best[name] = max(best[name], images_per_s(make_iter, count))
-    return best
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
+    names = list(pipelines)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(images_per_s(pipelines[name], count))
+    return runs
 
 
 def main() -> int:
@@ -127,18 +139,26 @@ def main() -> int:
             return lambda: loader
 
         pipelines = {"baseline": baseline_iter, "vlp": vlp_iter(True), "no_draft": vlp_iter(False)}
-        best = compare(pipelines, args.images, args.repeats)
-        base, fast, full = best["baseline"], best["vlp"], best["no_draft"]
+        runs = compare(pipelines, args.images, args.repeats)
+        rate = {name: statistics.median(r for r, _ in passes) for name, passes in runs.items()}
+        loader_cpu = {name: statistics.median(c for _, c in passes) for name, passes in runs.items()}
+        base, fast = rate["baseline"], rate["vlp"]
         config = from_dict(DataConfig, {"type": "manifest", "root": str(root), "paths": {"images": "images"}})
         vlp_dataset = build_dataset(config, "train")
         cpu_base = cpu_fast = float("inf")
         for _ in range(args.repeats):  # interleaved, best of each
             cpu_base = min(cpu_base, cpu_ms_per_image(baseline, args.images))
             cpu_fast = min(cpu_fast, cpu_ms_per_image(vlp_dataset, args.images))
-    print(f"baseline (PIL open + resize)   {base:8.1f} images/s")
-    print(f"vlp, draft mode off            {full:8.1f} images/s")
-    print(f"vlp (draft mode)               {fast:8.1f} images/s")
-    print(f"CPU per image: baseline {cpu_base:.2f} ms, vlp {cpu_fast:.2f} ms (CPU ratio {cpu_base / cpu_fast:.2f}x)")
+    best = {name: max(r for r, _ in passes) for name, passes in runs.items()}
+    labels = {"baseline": "baseline (PIL open + resize)", "no_draft": "vlp, draft mode off", "vlp": "vlp (draft mode)"}
+    for name, label in labels.items():
+        print(f"{label:<30} {rate[name]:8.1f} images/s median of {args.repeats} (best {best[name]:.1f}), "
+              f"{loader_cpu[name]:.2f} CPU ms per image (main process + workers)")  # fmt: skip
+    print(
+        f"CPU per image through the DataLoader: ratio baseline / vlp {loader_cpu['baseline'] / loader_cpu['vlp']:.2f}x"
+    )
+    print(f"CPU per image, one process, no DataLoader: baseline {cpu_base:.2f} ms, vlp {cpu_fast:.2f} ms "
+          f"(ratio {cpu_base / cpu_fast:.2f}x)")  # fmt: skip
     ratio = fast / base
     print(f"ratio vlp / baseline = {ratio:.2f}x (target >= 1.5x): {'PASS' if ratio >= 1.5 else 'BELOW TARGET'}")
     return 0 if ratio >= 1.5 else 1
