@@ -20,10 +20,10 @@ from vlp.objectives.seq2seq import encoder_context
 from vlp.tasks.common import build_eval_dataset, image_batch, load_model
 from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.seq2seq import build_finetuning, caption, generate_boxes, generate_text, ground
-from vlp.tasks.seq2seq.data import MixedTasks, instruction, refexp_instruction
+from vlp.tasks.seq2seq.data import MixedTasks, Seq2SeqCollate, instruction, refexp_instruction
 from vlp.tasks.seq2seq.evaluate import instruction_batches
 from vlp.text import Tokenizer
-from vlp.text.locations import location_ids
+from vlp.text.locations import add_location_tokens, location_ids
 
 RECIPE = Path(vlp.__file__).parent / "tasks" / "recipes" / "seq2seq-ofa-tiny.yaml"
 BINS = 16
@@ -101,6 +101,28 @@ def test_tasks_are_interleaved_in_equal_shares():
     assert instruction("refexp", {"text": "the red square"}) == 'which region does the text "the red square" describe?'
 
 
+def test_instructions_keep_the_whole_expression_when_the_tokenizer_spells_the_template_out():
+    # a tokenizer trained on expressions alone never saw "which region does the text": it spells the template
+    # out piece by piece (as the taxonomy's ShapesWorld tokenizer does), and must not eat the expression's tokens
+    expressions = ["the orange object to the left of the large blue object", "the small purple cross", "the box"]
+    tok = add_location_tokens(Tokenizer.train(expressions * 5, vocab_size=60), 8)
+    long = expressions[0]
+    own = tok([long], max_length=4096).attention_mask.sum().item()
+    whole = tok([refexp_instruction(long)], max_length=4096)  # the reference: nothing truncated
+    whole = whole.input_ids[0][whole.attention_mask[0].bool()].tolist()
+    assert len(whole) > own + 10  # the template costs more than ten pieces here
+    sample = {"image": torch.zeros(3, 8, 8), "text": long, "target_box": torch.tensor([0.1, 0.2, 0.5, 0.6]),
+              "meta": {"index": 0}}  # fmt: skip
+    for max_text_len in (own, own + 3):  # the expression alone fits in data.max_text_len
+        sb = Seq2SeqCollate(tok, location_ids(tok), max_text_len)([("refexp", sample)])
+        assert sb.batch.input_ids[0][sb.batch.attention_mask[0]].tolist() == whole
+        batch = next(instruction_batches([sample], "refexp", tok, 1, max_text_len, []))
+        assert batch.input_ids[0][batch.attention_mask[0]].tolist() == whole
+    # the expression's own budget still holds: a longer one is cut to max_text_len pieces of its own
+    cut = Seq2SeqCollate(tok, location_ids(tok), own - 4)([("refexp", sample)]).batch
+    assert int(cut.attention_mask.sum()) == len(whole) - 4
+
+
 def test_a_tokenizer_without_location_tokens_is_a_clear_error(trained):
     world, tok, run = trained
     plain = Tokenizer.train(["a red square", "what color is it"], vocab_size=60)
@@ -116,6 +138,10 @@ def test_a_tokenizer_without_location_tokens_is_a_clear_error(trained):
         build_finetuning({"type": "seq2seq"}, recipe, small, with_bins)
     with pytest.raises(ConfigError, match="task.tasks"):
         build_finetuning({"type": "seq2seq", "tasks": ["retrieval"]}, recipe, model, with_bins)
+    # the template comes on top of data.max_text_len: 60 + its pieces overflow ofa-tiny's 64 positions
+    recipe.data.max_text_len = 60
+    with pytest.raises(ConfigError, match=r"data.max_text_len=60 plus .* model.text.max_positions=64"):
+        build_finetuning({"type": "seq2seq"}, recipe, model, with_bins)
 
 
 def test_taxonomy_row_of_the_unified_family(tmp_path):
@@ -139,7 +165,7 @@ def test_predict_on_own_images_matches_the_task_decoding(trained):
     path = sorted((world / "images" / "test").glob("*.png"))[0]
     width, height = Image.open(path).size
     boxes = ground(model, tokenizer, [path], ["the red shape"])
-    enc = tokenizer([refexp_instruction("the red shape")], max_length=24)
+    enc = tokenizer([refexp_instruction("the red shape")], max_length=4096)  # the whole instruction
     batch = image_batch(model, [path]).replace(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool())
     x0, y0, x1, y1 = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))[0].tolist()
     assert boxes == [pytest.approx([x0 * width, y0 * height, x1 * width, y1 * height])]

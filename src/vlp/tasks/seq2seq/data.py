@@ -35,6 +35,17 @@ def refexp_instruction(expression: str) -> str:
     return f'which region does the text "{expression}" describe?'
 
 
+def instruction_length(tokenizer: Any, max_text_len: int) -> int:
+    """The token budget of an instruction: ``max_text_len`` for the task's own text (the question, the
+    expression) plus the word pieces the refexp template around it takes (the longest template).
+
+    Counting the template against ``max_text_len`` cut the expression: a small tokenizer that never saw
+    "which region does the text ... describe?" spells the template out piece by piece (29 pieces with the
+    taxonomy's 400-word ShapesWorld tokenizer), which left the expression 2 of 24 tokens ("the little")."""
+    template = tokenizer([refexp_instruction("")], max_length=4096).attention_mask
+    return max_text_len + int(template.sum()) - 2  # the template's [CLS] and [SEP] are already in max_text_len
+
+
 def instruction(task: str, sample: dict[str, Any]) -> str:
     """The encoder text of ``sample`` for ``task``."""
     if task == "caption":
@@ -135,6 +146,7 @@ class Seq2SeqCollate:
 
     def __init__(self, tokenizer: Any, bins: torch.Tensor, max_text_len: int) -> None:
         self.tokenizer, self.bins, self.max_text_len = tokenizer, bins, max_text_len
+        self.instruction_len = instruction_length(tokenizer, max_text_len)
 
     def __call__(self, items: list[tuple[str, Any]]) -> Seq2SeqBatch:
         kept = [(t, s) for t, s in items if not isinstance(s, Skipped)]
@@ -144,7 +156,7 @@ class Seq2SeqCollate:
         samples = [s for _, s in kept]
         targets = [s["text"] if t == "caption" else answer_of(s["meta"]) if t == "vqa" else s["target_box"]
                    for t, s in kept]  # fmt: skip
-        enc = self.tokenizer([instruction(t, s) for t, s in kept], max_length=self.max_text_len)
+        enc = self.tokenizer([instruction(t, s) for t, s in kept], max_length=self.instruction_len)
         dec_ids, dec_mask = decoder_rows(self.tokenizer, tasks, targets, self.bins, self.max_text_len)
         batch = Batch(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool(),
                       images=torch.stack([s["image"] for s in samples]),
@@ -176,6 +188,7 @@ __all__ = [
     "answer_of",
     "decoder_rows",
     "instruction",
+    "instruction_length",
     "refexp_instruction",
     "task_datasets",
 ]

@@ -20,21 +20,24 @@ from vlp.metrics.refexp import centre_box_chance, pixel_ious
 from vlp.metrics.vqa import answer_prior, vqa_score
 from vlp.tasks.common import build_eval_dataset
 from vlp.tasks.decoding import DecodeOptions
-from vlp.tasks.seq2seq.data import SHAPES_FORMATS, TASK_NAMES, instruction
+from vlp.tasks.seq2seq.data import SHAPES_FORMATS, TASK_NAMES, instruction, instruction_length
 from vlp.tasks.seq2seq.decode import generate_boxes, generate_text
 from vlp.tasks.vqa.head import dataset_vocab
 
 
 def instruction_batches(dataset: Any, task: str, tokenizer: Any, batch_size: int, max_len: int,
                         skipped: list) -> Iterator[Batch]:  # fmt: skip
-    """The dataset's samples in order as Batches of images + the task's instruction; bad samples go to ``skipped``."""
+    """The dataset's samples in order as Batches of images + the task's instruction; bad samples go to ``skipped``.
+
+    ``max_len``: the data's ``max_text_len``, for the question or expression; the template comes on top of it."""
+    limit = instruction_length(tokenizer, max_len)
 
     def collate(samples: list[Any]) -> Batch | None:
         skipped.extend(s for s in samples if isinstance(s, Skipped))
         kept = [s for s in samples if not isinstance(s, Skipped)]
         if not kept:
             return None
-        enc = tokenizer([instruction(task, s) for s in kept], max_length=max_len)
+        enc = tokenizer([instruction(task, s) for s in kept], max_length=limit)
         return Batch(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool(),
                      images=torch.stack([s["image"] for s in kept]),
                      target_boxes=torch.stack([s["target_box"] for s in kept]) if task == "refexp" else None,

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader, Subset
 
 from vlp.config import ConfigError, from_dict
 from vlp.objectives.seq2seq import encoder_context, seq2seq_loss
-from vlp.tasks.seq2seq.data import TASK_NAMES, MixedTasks, Seq2SeqBatch, Seq2SeqCollate, task_datasets
+from vlp.tasks.seq2seq.data import (
+    TASK_NAMES,
+    MixedTasks,
+    Seq2SeqBatch,
+    Seq2SeqCollate,
+    instruction_length,
+    task_datasets,
+)
 from vlp.text.locations import location_ids
 
 
@@ -94,6 +101,19 @@ def check_vocabulary(model: Any, tokenizer: Any) -> None:
             )
 
 
+def check_instruction_length(model: Any, tokenizer: Any, max_text_len: int) -> None:
+    """The longest instruction (``max_text_len`` of text + the refexp template) must fit the encoder's positions."""
+    need = instruction_length(tokenizer, max_text_len)
+    text = getattr(model, "text", None)
+    have = getattr(getattr(text, "embeddings", None), "max_positions", None)
+    if have is not None and have < need:
+        raise ConfigError(
+            f"data.max_text_len={max_text_len} plus the refexp instruction's {need - max_text_len} template pieces "
+            f"= {need} tokens, more than model.text.max_positions={have}; raise model.text.max_positions to {need} "
+            "or lower data.max_text_len"
+        )
+
+
 def build_finetuning(
     task: dict[str, Any], recipe: Any, model: Any, tokenizer: Any, *, rank: int = 0, world_size: int = 1
 ) -> tuple[Any, Any]:
@@ -104,6 +124,7 @@ def build_finetuning(
     except ValueError as err:
         raise ConfigError(f"task.bins / tokenizer: {err}") from None
     check_vocabulary(model, tokenizer)
+    check_instruction_length(model, tokenizer, recipe.data.max_text_len)
     datasets = task_datasets(recipe.data, opts.tasks, "train", tokenizer, train=True)
     mixed = MixedTasks(datasets, seed=recipe.train.seed)
     collate = Seq2SeqCollate(tokenizer, bins, recipe.data.max_text_len)
@@ -112,4 +133,11 @@ def build_finetuning(
     return Seq2SeqModule(model, opts.label_smoothing), loader
 
 
-__all__ = ["MixedLoader", "Seq2SeqModule", "Seq2SeqTask", "build_finetuning", "check_vocabulary"]
+__all__ = [
+    "MixedLoader",
+    "Seq2SeqModule",
+    "Seq2SeqTask",
+    "build_finetuning",
+    "check_instruction_length",
+    "check_vocabulary",
+]

@@ -9,7 +9,7 @@ import torch
 
 from vlp.tasks.common import check_texts, image_batch, load_upright, model_data_config
 from vlp.tasks.decoding import DecodeOptions
-from vlp.tasks.seq2seq.data import CAPTION_INSTRUCTION, refexp_instruction
+from vlp.tasks.seq2seq.data import CAPTION_INSTRUCTION, instruction_length, refexp_instruction
 from vlp.tasks.seq2seq.decode import generate_boxes, generate_text
 
 
@@ -17,7 +17,7 @@ def _batch(model: Any, tokenizer: Any, images: Sequence[Any], texts: list[str]) 
     if len(texts) != len(images):
         raise ValueError(f"got {len(images)} images but {len(texts)} texts: give one text per image")
     device = next(model.parameters()).device
-    enc = tokenizer(texts, max_length=model_data_config(model).max_text_len)
+    enc = tokenizer(texts, max_length=instruction_length(tokenizer, model_data_config(model).max_text_len))
     batch = image_batch(model, images)
     return batch.replace(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool()).to(device)
 
