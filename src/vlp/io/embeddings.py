@@ -46,6 +46,10 @@ class EmbeddingWriter:
     ``model`` and ``settings`` say what made the embeddings: a folder that holds embeddings of
     another model or settings is never appended to (nor is a non-empty folder without ``meta.json``);
     ``overwrite=True`` starts the folder afresh instead.
+
+    ``done``: the keys the folder listed (embedded or skipped) when it was opened, which a resumed run leaves
+    out. Shards written since are not added: a build of 10^6 images would hold every key a second time
+    (~100 MB) for a set nobody reads after the run has chosen what to embed.
     """
 
     def __init__(
@@ -123,8 +127,6 @@ class EmbeddingWriter:
             self.meta["count"] += len(keys)
         self.meta["skipped"].extend({"path": str(s["path"]), "error": str(s["error"])} for s in skipped)
         write_atomic(self.folder / META_NAME, json.dumps(self.meta, indent=1) + "\n")
-        self.done.update(keys)
-        self.done.update(str(s["path"]) for s in skipped)
         return written
 
 
