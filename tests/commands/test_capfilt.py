@@ -175,6 +175,18 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_set(blip_folders, itm_folder
     assert [line.split(",")[0] for line in err.splitlines()] == ["capfilt: 4/5 images", "capfilt: 5/5 images"]
     for name in ("capfilt_train.json", "decisions_train.json"):
         assert (tmp_path / "part" / name).read_text() == (tmp_path / "whole" / name).read_text()
+    # another threshold on a finished run: the set is written again from the logged probabilities, nothing redone
+    logged = progress.read_text()
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--samples-per-image", "2", "--resume",
+                        "--threshold", "0.3")  # fmt: skip
+    assert code == 0 and err == "" and progress.read_text() == logged
+    texts = [
+        t for r in json.loads((tmp_path / "part" / "decisions_train.json").read_text())["images"] for t in r["texts"]
+    ]
+    assert [t["kept"] for t in texts] == [t["p_match"] > 0.3 for t in texts]
+    assert len(json.loads((tmp_path / "part" / "capfilt_train.json").read_text())) == len(
+        {(r["key"], t["text"]) for r in json.loads((tmp_path / "part" / "decisions_train.json").read_text())["images"]
+         for t in r["texts"] if t["p_match"] > 0.3})  # fmt: skip
 
 
 def test_webdataset_output_reads_back(blip_folders, itm_folders, web, tmp_path, capsys):

@@ -10,7 +10,9 @@ kept texts of each image (a synthetic text equal to a kept one is kept once).
 The work is streamed in batches of images and logged batch by batch (``OUT/.capfilt/progress.jsonl``,
 :class:`vlp.io.predictions.PredictionLog`): a stopped run continues at the first batch not logged,
 and since batch ``b``'s sampling is seeded from ``(seed, b, sample)`` alone, the resumed set equals an
-uninterrupted one. The final set is written atomically once every batch is done: an ALBEF/BLIP
+uninterrupted one. The log holds every text's ``p_match``, so the output settings (``threshold``,
+``format``, ``shard_size``) may change on ``--resume``: a finished run is then only written again.
+The final set is written atomically once every batch is done: an ALBEF/BLIP
 caption list (``OUT/capfilt_{split}.json``, one entry per kept text) or WebDataset shards
 (``OUT/shards/capfilt_{split}-NNNNNN.tar``, one sample per kept text), both read back by vlp's
 loaders (:mod:`vlp.data.detect` recognises the folder), plus ``OUT/decisions_{split}.json`` with
@@ -49,6 +51,7 @@ from vlp.tasks.decoding import DecodeOptions
 
 FORMATS = ("albef-json", "wds")
 PROGRESS_DIR = ".capfilt"
+OUTPUT_SETTINGS = ("threshold", "format", "shard_size")  # applied at the final write: may change on resume
 
 
 @dataclass
@@ -375,10 +378,12 @@ def run_capfilt(
         raise ConfigError("--format albef-json: the web set is WebDataset shards (no image files); use --format wds")
     prepare_out(out, resume, force)
     settings = {**asdict(options), "filter": names[1], "images": len(items)}
-    log = PredictionLog(out / PROGRESS_DIR / "progress.jsonl", names[0], settings, overwrite=force)
+    # what the logged work depends on; the output settings are applied when the set is written
+    work = {k: v for k, v in settings.items() if k not in OUTPUT_SETTINGS}
+    log = PredictionLog(out / PROGRESS_DIR / "progress.jsonl", names[0], work, overwrite=force)
     stats = CapFiltStats(total=len(items))
     if log.resumed:
-        _count(stats, read_progress(log.out))
+        _count(stats, apply_threshold(read_progress(log.out), options.threshold))
     reader = ShardReader()
     models = (captioner.model, filt.model)
     was_training = [m.training for m in models]
@@ -395,7 +400,9 @@ def run_capfilt(
             if progress is not None:
                 progress(stats)
         log.close()
-        records = read_progress(log.out)
+        records = apply_threshold(read_progress(log.out), options.threshold)
+        stats = CapFiltStats(total=len(items))
+        _count(stats, records)
         by_key = {item.key: item for item in items}
         good = [r for r in records if "error" not in r]
         if options.format == "wds":
@@ -423,6 +430,14 @@ def _count(stats: CapFiltStats, records: list[dict[str, Any]]) -> None:
             stats.kept[text["source"]] += int(text["kept"])
 
 
+def apply_threshold(records: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """``records`` with every text's ``kept`` set to ``p_match > threshold`` (in place; returned)."""
+    for record in records:
+        for text in record.get("texts", []):
+            text["kept"] = text["p_match"] > threshold
+    return records
+
+
 def read_progress(path: Path) -> list[dict[str, Any]]:
     """Every image record of a progress log, in batch order."""
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -431,9 +446,11 @@ def read_progress(path: Path) -> list[dict[str, Any]]:
 
 __all__ = [
     "FORMATS",
+    "OUTPUT_SETTINGS",
     "CapFiltOptions",
     "CapFiltStats",
     "WebImage",
+    "apply_threshold",
     "batch_seed",
     "filter_batch",
     "kept_texts",
