@@ -159,7 +159,7 @@ def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None]:
         return _open_bytes(bytes(source))
     path = os.fspath(source)  # os, not pathlib: a Path per image costs more than the stat and the open
     try:
-        handle = open(path, "rb")  # closed by the with below; PIL reopens a non-JPEG by name
+        handle = open(path, "rb")  # closed by the with below; PIL reopens only a large non-JPEG by name
     except FileNotFoundError as err:
         raise ImageError("missing_file", f"{Path(path)} does not exist") from err
     with handle:
