@@ -168,3 +168,19 @@ def test_train_rejects_bad_arguments():
         Tokenizer.train([], vocab_size=50)
     with pytest.raises(TypeError, match=r"texts\[1\]: expected a string"):
         Tokenizer.train(["a dog", None], vocab_size=50)
+
+
+def test_pad_rows_on_a_hand_worked_batch():
+    from vlp.text.tokenized import pad_rows
+
+    rows = [([5, 6, 7], [0, 0, 1], [-1, 0, -1]), ([9], [0], [-1])]
+    out = pad_rows(rows, None, pad_id=2)
+    assert out.input_ids.tolist() == [[5, 6, 7], [9, 2, 2]]
+    assert out.token_type_ids.tolist() == [[0, 0, 1], [0, 0, 0]]
+    assert out.word_ids.tolist() == [[-1, 0, -1], [-1, -1, -1]]
+    assert out.attention_mask.tolist() == [[True, True, True], [True, False, False]]
+    fixed = pad_rows(rows, 5, pad_id=2)
+    assert fixed.input_ids.tolist() == [[5, 6, 7, 2, 2], [9, 2, 2, 2, 2]]
+    assert fixed.attention_mask.dtype == torch.bool and fixed.input_ids.dtype == torch.long
+    empty = pad_rows([], 4, pad_id=2)
+    assert empty.input_ids.shape == (0, 4) and empty.attention_mask.shape == (0, 4)

@@ -24,7 +24,7 @@ import tokenizers
 import torch
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
-from vlp.text.tokenized import BackendTokenizer, TokenizedText, text_list
+from vlp.text.tokenized import BackendTokenizer, TokenizedText, pad_rows, text_list
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 WORD_END = "</w>"
@@ -224,17 +224,8 @@ class ClipTokenizer(BackendTokenizer):
         if max_length < 3:
             raise ValueError(f"max_length={max_length}: must leave room for the 2 special tokens and one piece")
         encodings = self._encode(texts, max_length)
-        length = max_length if padding == "max_length" else max((len(e.ids) for e in encodings), default=0)
-        batch = len(encodings)
-        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.bool)
-        words = torch.full((batch, length), -1, dtype=torch.long)
-        for i, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[i, :n] = torch.tensor(enc.ids, dtype=torch.long)
-            mask[i, :n] = True
-            words[i, :n] = torch.tensor([-1 if w is None else w for w in enc.word_ids], dtype=torch.long)
-        return TokenizedText(ids, mask, torch.zeros_like(ids), words)
+        rows = [(e.ids, [0] * len(e.ids), [-1 if w is None else w for w in e.word_ids]) for e in encodings]
+        return pad_rows(rows, max_length if padding == "max_length" else None, self.pad_id)
 
     # ----- pickling -----------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

@@ -38,6 +38,19 @@ class TokenizedText:
         return (self.input_ids, self.attention_mask, self.token_type_ids, self.word_ids)
 
 
+def pad_rows(rows: list[tuple[list[int], list[int], list[int]]], pad_to: int | None, pad_id: int) -> TokenizedText:
+    """Right-pad rows of (ids, segment ids, word ids) to ``pad_to`` (or the longest row) with ``pad_id``,
+    segment 0, word -1 and mask False."""
+    length = pad_to if pad_to is not None else max((len(r[0]) for r in rows), default=0)
+    # One tensor per field from padded lists: four small tensors per row cost more than the tokenizing.
+    shape = (len(rows), length)
+    ids = torch.tensor([r[0] + [pad_id] * (length - len(r[0])) for r in rows], dtype=torch.long).view(shape)
+    types = torch.tensor([r[1] + [0] * (length - len(r[1])) for r in rows], dtype=torch.long).view(shape)
+    words = torch.tensor([r[2] + [-1] * (length - len(r[2])) for r in rows], dtype=torch.long).view(shape)
+    mask = torch.arange(length) < torch.tensor([len(r[0]) for r in rows], dtype=torch.long).view(-1, 1)
+    return TokenizedText(ids, mask, types, words)
+
+
 def text_list(texts: Any, name: str) -> list[str]:
     """``texts`` as a list of strings; a bare string is refused (it would be split into characters)."""
     if isinstance(texts, str):

@@ -22,7 +22,7 @@ import tokenizers
 import torch
 
 from vlp.text.bpe import ClipTokenizer, is_clip_tokenizer
-from vlp.text.tokenized import BackendTokenizer, TokenizedText, text_list
+from vlp.text.tokenized import BackendTokenizer, TokenizedText, pad_rows, text_list
 from vlp.text.tokenizer_files import (
     CLS,
     MASK,
@@ -182,7 +182,7 @@ class Tokenizer(BackendTokenizer):
             inputs = list(zip(texts, pair))
         encodings = self._encode(inputs, max_length, add_special_tokens=True)
         rows = [(e.ids, e.type_ids, [-1 if w is None else w for w in e.word_ids]) for e in encodings]
-        return self._collate(rows, max_length if padding == "max_length" else None)
+        return pad_rows(rows, max_length if padding == "max_length" else None, self.pad_id)
 
     def encode_tags(
         self,
@@ -211,23 +211,7 @@ class Tokenizer(BackendTokenizer):
             (e.ids + [self.sep_id], [1] * (len(e.ids) + 1), [-1 if w is None else w for w in e.word_ids] + [-1])
             for e in encodings
         ]
-        return self._collate(rows, max_length if padding == "max_length" else None)
-
-    def _collate(self, rows: list[tuple[list[int], list[int], list[int]]], pad_to: int | None) -> TokenizedText:
-        """Right-pad rows of (ids, segment ids, word ids) with ``[PAD]``, segment 0, word -1, mask False."""
-        length = pad_to if pad_to is not None else max((len(r[0]) for r in rows), default=0)
-        batch = len(rows)
-        ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        types = torch.zeros((batch, length), dtype=torch.long)
-        words = torch.full((batch, length), -1, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.bool)
-        for i, (row_ids, row_types, row_words) in enumerate(rows):
-            n = len(row_ids)
-            ids[i, :n] = torch.tensor(row_ids, dtype=torch.long)
-            types[i, :n] = torch.tensor(row_types, dtype=torch.long)
-            words[i, :n] = torch.tensor(row_words, dtype=torch.long)
-            mask[i, :n] = True
-        return TokenizedText(ids, mask, types, words)
+        return pad_rows(rows, max_length if padding == "max_length" else None, self.pad_id)
 
     # ----- pickling (DataLoader workers) --------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, str]:
