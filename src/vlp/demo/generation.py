@@ -38,14 +38,10 @@ def train_generator(run_dir: str | Path, seconds: float, quick: bool = False) ->
     return Path(summary["model"]), summary
 
 
-def _train_niced(run_dir: str, seconds: float, quick: bool, sample: tuple[list[str], str, int] | None) -> None:
-    """:func:`train_generator` at a lower CPU priority: its budget is CPU time, so what it trains does not change,
-    but while the demo runs two processes of its own (the fine-tunes) it yields the cores to them, which the
-    demo waits for first, instead of taking a third of each. ``sample`` ``(prompts, PNG path, DDIM steps)``:
-    then draw the report's samples here too (:func:`generated_images`), off the demo's own process."""
-    import os
-
-    os.nice(10)
+def _train_and_sample(run_dir: str, seconds: float, quick: bool, sample: tuple[list[str], str, int] | None) -> None:
+    """:func:`train_generator`, then, with ``sample`` ``(prompts, PNG path, DDIM steps)``, the report's samples
+    (:func:`generated_images`), here, off the demo's own process. It runs at the demo's priority: at a lower one
+    a busy machine's other jobs starved it (48 CPU s in 35 minutes), and the demo waits for it at the end."""
     model, _ = train_generator(run_dir, seconds, quick)
     if sample is not None:
         prompts, png, steps = sample
@@ -68,7 +64,7 @@ class BackgroundGenerator:
         self.run_dir = Path(run_dir)
         self.sample = None if sample is None else (list(sample[0]), str(sample[1]), int(sample[2]))
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_train_niced, args=(str(self.run_dir), seconds, quick, self.sample), daemon=True
+            target=_train_and_sample, args=(str(self.run_dir), seconds, quick, self.sample), daemon=True
         )
         self.process.start()
 
