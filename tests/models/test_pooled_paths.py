@@ -44,8 +44,8 @@ def test_embeddings_and_gradients_equal_the_full_pass(pooling, causal):
     results = []
     for fast in (True, False):
         model.zero_grad()
-        text, image = (model.encode_text(ids, mask), model.encode_image(images)) if fast else full_pass(
-            model, ids, mask, images
+        text, image = (
+            (model.encode_text(ids, mask), model.encode_image(images)) if fast else full_pass(model, ids, mask, images)
         )
         (text.square().sum() + (text @ image.T).sum() + image.pow(3).sum()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -57,7 +57,7 @@ def test_embeddings_and_gradients_equal_the_full_pass(pooling, causal):
     assert grads.keys() == ref_grads.keys()
     for key in grads:
         scale = max(1.0, float(ref_grads[key].abs().max()))
-        assert float((grads[key] - ref_grads[key]).abs().max()) <= 1e-6 * scale, (key, float((grads[key] - ref_grads[key]).abs().max()), scale)
+        assert float((grads[key] - ref_grads[key]).abs().max()) <= 1e-6 * scale, key
     assert seen[0] == 1 and seen[1] == 40  # the last layer's MLP ran on the pooled token, then on all 40
 
 
@@ -73,3 +73,21 @@ def test_block_forward_at_equals_forward_at_those_positions():
         full = stack(x, keep, causal=causal)
         at = stack.forward_at(x, index, keep, causal=causal)
         torch.testing.assert_close(at, full.gather(1, index[..., None].expand(-1, -1, 16)), **TOL)
+
+
+def test_the_attention_bias_is_built_once_per_tower(monkeypatch):
+    """A causal, masked text tower of 2 layers: one bias for the stack (it was built in every layer)."""
+    import vlp.layers.attention as attention
+    import vlp.layers.block as block
+
+    calls = []
+    build = attention.attention_bias
+    counting = lambda *a, **k: calls.append(a[0].shape if a[0] is not None else None) or build(*a, **k)  # noqa: E731
+    monkeypatch.setattr(block, "attention_bias", counting)
+    monkeypatch.setattr(attention, "attention_bias", counting)
+    torch.manual_seed(0)
+    model = vlp.create_model("clip-tiny", **{"model.text_trim": 0}).eval()
+    ids, mask = text_batch(model.cfg.text.vocab_size)
+    with torch.no_grad():
+        model.text(ids, mask)
+    assert model.text.num_layers == 2 and len(calls) == 1

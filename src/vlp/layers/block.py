@@ -115,7 +115,10 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """``attn_bias``: :func:`~vlp.layers.attention.attention_bias` of ``keep_mask`` and ``causal``, built once
         by a stack for all its layers (None: built here)."""
-        attend = lambda h: self.attn(h, keep_mask=keep_mask, causal=causal, bias=attn_bias)  # noqa: E731
+
+        def attend(h: torch.Tensor) -> torch.Tensor:
+            return self.attn(h, keep_mask=keep_mask, causal=causal, bias=attn_bias)
+
         x = self._residual(x, self.norm1, attend, self.ls1)
         if self.cross_attn is not None and context is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context, keep_mask=context_mask))
