@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -60,6 +61,10 @@ def pad_sample_regions(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]
     return out
 
 
+def _image_size(image: Any) -> tuple[int, int]:
+    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[-2:])
+
+
 def collate(
     samples: list[dict[str, Any]], tokenizer: Any = None, max_text_len: int = 40, num_answers: int | None = None
 ) -> Batch:
@@ -78,7 +83,8 @@ def collate(
     if not samples:
         return Batch(**fields)
     if any("image" in s for s in samples):
-        sizes = [tuple(s["image"].shape[-2:]) if "image" in s else None for s in samples]
+        # (3, H, W) float tensors, or (H, W, 3) uint8 arrays from a worker's unnormalized batch (LoaderCollate)
+        sizes = [_image_size(s["image"]) if "image" in s else None for s in samples]
         if len(set(sizes) - {None}) > 1:  # an eval rule that keeps the aspect ratio (transform.eval_resize: vilt)
             named = ", ".join(f"{size} ({m.get('image', '?')})" for size, m in zip(sizes, meta) if size is not None)
             raise ValueError(
@@ -128,14 +134,18 @@ def collate(
 @dataclass
 class LoaderItem:
     """What a DataLoader worker hands back: the batch (None if every sample was bad),
-    the skipped records, and how many dataset positions the batch consumed."""
+    the skipped records, and how many dataset positions the batch consumed. ``pixels``: the batch's
+    ``images`` are still (B, H, W, 3) uint8, for the receiving process to normalize (a quarter of the bytes
+    of float32 through shared memory)."""
 
     batch: Batch | None
     skips: list[Skipped] = field(default_factory=list)
     consumed: int = 0
+    pixels: bool = False
 
     def pin_memory(self) -> LoaderItem:
-        return LoaderItem(self.batch.pin_memory() if self.batch is not None else None, self.skips, self.consumed)
+        batch = self.batch.pin_memory() if self.batch is not None else None
+        return LoaderItem(batch, self.skips, self.consumed, self.pixels)
 
 
 class LoaderCollate:
@@ -150,4 +160,5 @@ class LoaderCollate:
         skips = [x for x in items if isinstance(x, Skipped)]
         samples = [x for x in items if not isinstance(x, Skipped)]
         batch = collate(samples, self.tokenizer, self.max_text_len, self.num_answers) if samples else None
-        return LoaderItem(batch, skips, len(items))
+        pixels = batch is not None and batch.images is not None and batch.images.dtype == torch.uint8
+        return LoaderItem(batch, skips, len(items), pixels)

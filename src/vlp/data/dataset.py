@@ -241,15 +241,19 @@ class VLDataset(Dataset):
             sample["meta"]["index"] = i
         return sample
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any] | Skipped]:
+    def __getitems__(self, indices: list[int], normalize: bool = True) -> list[dict[str, Any] | Skipped]:
         """``[self[i] for i in indices]`` (what a DataLoader fetches for one batch), with the images
-        normalized by a few whole-batch tensor ops instead of a handful per image; same values bit for bit."""
+        normalized by a few whole-batch tensor ops instead of a handful per image; same values bit for bit.
+        ``normalize=False`` leaves each ``image`` as its transformed (H, W, 3) uint8 array (what a DataLoader
+        worker sends: :class:`vlp.data.loader.VLPLoader` normalizes the batch in the main process)."""
         samples = []
         for i in indices:
             sample = self.processor(self.index.records[i], sample_rng(self.seed, self.epoch, i), pixels=True)
             if not isinstance(sample, Skipped):
                 sample["meta"]["index"] = i
             samples.append(sample)
+        if not normalize:
+            return samples
         with_image = [s for s in samples if not isinstance(s, Skipped) and "image" in s]
         transform = self.processor.config.transform
         by_shape: dict[tuple[int, ...], list[dict[str, Any]]] = {}
