@@ -15,6 +15,7 @@ in the :class:`LoaderItem`) and collates the rest.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,12 @@ def collate(
             )
         # default_collate = torch.stack, but in a DataLoader worker it stacks straight into shared memory:
         # torch.stack would allocate the batch and pickling would copy it into shared memory again
-        fields["images"] = default_collate([s["image"] for s in samples])
+        images = [s["image"] for s in samples]
+        if isinstance(images[0], np.ndarray):
+            with warnings.catch_warnings():  # PIL's pixels are read-only; they are only read (copied by the stack)
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images = [torch.from_numpy(image) for image in images]
+        fields["images"] = default_collate(images)
     if all("text" in s for s in samples):
         texts = [s["text"] for s in samples]
         for m, text in zip(meta, texts):
