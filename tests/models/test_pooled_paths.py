@@ -40,7 +40,7 @@ def test_embeddings_and_gradients_equal_the_full_pass(pooling, causal):
     ids, mask = text_batch(model.cfg.text.vocab_size)
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     seen = []
-    hook = model.text.layers[-1].mlp.register_forward_hook(lambda m, a, out: seen.append(out.shape[1]))
+    hook = model.text.layers[-1].mlp.register_forward_hook(lambda m, a, out: seen.append(out.shape[:2].numel()))
     results = []
     for fast in (True, False):
         model.zero_grad()
@@ -58,7 +58,7 @@ def test_embeddings_and_gradients_equal_the_full_pass(pooling, causal):
     for key in grads:
         scale = max(1.0, float(ref_grads[key].abs().max()))
         assert float((grads[key] - ref_grads[key]).abs().max()) <= 1e-6 * scale, key
-    assert seen[0] == 1 and seen[1] == 40  # the last layer's MLP ran on the pooled token, then on all 40
+    assert seen == [4, 4 * 40]  # the last layer's MLP ran on one pooled token per row, then on all 4 x 40
 
 
 def test_block_forward_at_equals_forward_at_those_positions():
@@ -91,3 +91,25 @@ def test_the_attention_bias_is_built_once_per_tower(monkeypatch):
     with torch.no_grad():
         model.text(ids, mask)
     assert model.text.num_layers == 2 and len(calls) == 1
+
+
+def test_packed_text_equals_the_padded_one_and_left_padding_is_not_packed():
+    """encode_text packs the rows' real tokens end to end (3 + 9 + 17 + 5 = 34 of 4 x 40 positions); a
+    left-padded batch is not packed (the trimmed, padded pass runs) and gives the same embeddings too."""
+    torch.manual_seed(0)
+    model = vlp.create_model("clip-tiny", **{"model.text.pooling": "argmax"}).eval()
+    ids, mask = text_batch(model.cfg.text.vocab_size)
+    seen = []
+    model.text.layers[0].register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[:2])))
+    with torch.no_grad():
+        packed = model.encode_text(ids, mask)
+        model.cfg.text_trim = 0
+        padded = model.encode_text(ids, mask)
+        model.cfg.text_trim = 8
+        left_ids, left_mask = ids.flip(1), mask.flip(1)  # padding first: argmax still pools a real token
+        left = model.encode_text(left_ids, left_mask)
+        model.cfg.text_trim = 0
+        left_padded = model.encode_text(left_ids, left_mask)
+    torch.testing.assert_close(packed, padded, **TOL)
+    torch.testing.assert_close(left, left_padded, **TOL)
+    assert seen[:2] == [(1, 34), (4, 40)] and seen[2][0] == 4

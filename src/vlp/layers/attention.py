@@ -109,13 +109,14 @@ class Attention(nn.Module):
         index: torch.Tensor,
         keep_mask: torch.Tensor | None = None,
         causal: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Self-attention output ``(B, Q, D)`` at positions ``index`` ``(B, Q)`` only; ``x_at`` = ``x`` there.
 
         Keys and values come from every token of ``x`` (B, N, D), queries only from ``x_at``: the same
         numbers as :meth:`forward` at those positions, for ``Q / N`` of the query, output and attention work
         (the last layer of a tower whose pool reads one token). Causal: the query at position ``p`` sees keys
-        ``<= p``.
+        ``<= p``. ``bias`` ``(B or 1, 1, Q, N)``, when given, replaces ``keep_mask`` and ``causal``.
         """
         if self.cross:
             raise ValueError("forward_at is self-attention only")
@@ -128,8 +129,7 @@ class Attention(nn.Module):
         else:  # a replaced projection (int8: vlp.models.quantize) is called whole
             q = self.qkv(x_at)[..., :dim]
             k, v = self.qkv(x)[..., dim:].chunk(2, dim=-1)
-        bias = None
-        if keep_mask is not None or causal:
+        if bias is None and (keep_mask is not None or causal):
             blocked = torch.zeros(1, 1, 1, x.shape[1], dtype=torch.bool, device=x.device)
             if keep_mask is not None:
                 blocked = blocked | ~keep_mask[:, None, None, :]

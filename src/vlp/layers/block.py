@@ -129,7 +129,12 @@ class TransformerBlock(nn.Module):
         return self.norm2(x + (self.ls2(branch) if self.ls2 is not None else branch))
 
     def forward_at(
-        self, x: torch.Tensor, index: torch.Tensor, keep_mask: torch.Tensor | None = None, causal: bool = False
+        self,
+        x: torch.Tensor,
+        index: torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """This (pre-norm, self-attention) block's output ``(B, Q, D)`` at positions ``index`` ``(B, Q)`` only.
 
@@ -141,7 +146,7 @@ class TransformerBlock(nn.Module):
             raise ValueError("forward_at needs a pre-norm block (norm_first=True)")
         rows = index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         h = self.norm1(x)
-        branch = self.attn.forward_at(h.gather(1, rows), h, index, keep_mask, causal)
+        branch = self.attn.forward_at(h.gather(1, rows), h, index, keep_mask, causal, attn_bias)
         x = x.gather(1, rows) + self.dropout(self.ls1(branch) if self.ls1 is not None else branch)
         branch = self.mlp(self.norm2(x))
         return x + (self.ls2(branch) if self.ls2 is not None else branch)

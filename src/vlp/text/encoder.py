@@ -192,6 +192,26 @@ class BertTextEncoder(nn.Module):
         """True when :meth:`forward_pooled` applies: a pre-norm stack whose pool reads one token per row."""
         return self.cfg.norm_first and self.num_layers > 0 and self.cfg.pooling in ("cls", "eos", "argmax")
 
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """:meth:`forward_pooled` ``(B, D)`` without any padding: the real tokens of every row are packed end to
+        end into one sequence, each attending to its own row only (and, causal, to its own past), positions
+        restarting at 0 in each row. The same numbers as the padded pass, for the real tokens' work only.
+
+        None (nothing run) when a row's real tokens are not a prefix of it (left padding) or its pooled token
+        lies in its padding: the caller then runs the padded pass. Needs :attr:`pools_one_token`.
+        """
+        if not self.pools_one_token:
+            raise ValueError(
+                f"forward_packed needs a pre-norm tower pooled at one token (pooling={self.cfg.pooling!r})"
+            )
+        _check_mask(attention_mask, input_ids[..., None], "attention_mask")
+        return _packed_forward(self, input_ids, attention_mask, token_type_ids)
+
     def forward_pooled(
         self,
         input_ids: torch.Tensor,
@@ -218,6 +238,37 @@ class BertTextEncoder(nn.Module):
             else:
                 hidden = layer(hidden, attention_mask, None, None, causal, bias)
         return self.final_norm(last.forward_at(hidden, index, attention_mask, causal))[:, 0]
+
+
+def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_type_ids) -> torch.Tensor | None:
+    """:meth:`BertTextEncoder.forward_packed` (see there); None when the batch cannot be packed."""
+    rows, length = attention_mask.shape
+    lengths = attention_mask.sum(dim=1)
+    positions = torch.arange(length, device=input_ids.device).expand(rows, -1)
+    cfg = encoder.cfg
+    index = pool_index(input_ids[..., None], cfg.pooling, attention_mask, input_ids, cfg.eos_id)
+    # every row's real tokens a prefix of it, and its pooled token one of them (one host sync)
+    prefix = torch.equal(attention_mask, positions < lengths[:, None])
+    if not prefix or not bool((index < lengths).all()):
+        return None
+    keep = attention_mask.flatten()
+    pos = positions.flatten()[keep]
+    row = torch.arange(rows, device=input_ids.device).repeat_interleave(lengths)
+    # embedded as a batch (the positions of each row; the lookup is cheap), then the rows end to end: (1, T, D)
+    hidden = encoder.embeddings(input_ids, token_type_ids).flatten(0, 1)[keep][None]
+    blocked = row[:, None] != row[None, :]  # a token sees its own row only ...
+    if cfg.causal:
+        blocked = blocked | (pos[None, :] > pos[:, None])  # ... and, causal, nothing after itself
+    bias = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
+    bias = bias.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+    *body, last = encoder.layers
+    for layer in body:
+        if encoder.grad_checkpointing and encoder.training and torch.is_grad_enabled():
+            hidden = checkpoint(layer, hidden, None, None, None, False, bias, use_reentrant=False)
+        else:
+            hidden = layer(hidden, None, None, None, False, bias)
+    at = (torch.cumsum(lengths, 0) - lengths + index)[None]  # each row's pooled token in the packed sequence
+    return encoder.final_norm(last.forward_at(hidden, at, attn_bias=bias[:, :, at[0]]))[0]
 
 
 def pool_tokens(
