@@ -139,12 +139,12 @@ def main_bench() -> None:
     train = ["--tokenizer", tok, "--set", f"train.batch_size={args.batch_size}", "--set", f"train.seed={args.seed}",
              "--set", "train.progress=false", "--set", "train.tensorboard=false",
              "--set", "train.checkpoint_every=0"]  # fmt: skip
-    if not any((out / "pre-noisy").glob("*.safetensors")):
+    if not (out / "pre-noisy" / "summary.json").exists():  # a finished run
         vlp("pretrain", "blip-tiny", "--out", out / "pre-noisy", "--overwrite", "--data", noisy_dir,
             "--steps", args.steps, *train)  # fmt: skip
     recipes = Path(__file__).resolve().parents[1] / "src" / "vlp" / "tasks" / "recipes"
     tune = ["--init", out / "pre-noisy", "--set", f"data.root={clean}", "--steps", args.finetune_steps, *train]
-    if not (out / "captioner" / "recipe.yaml").exists():
+    if not (out / "captioner" / "summary.json").exists():
         vlp("finetune", recipes / "captioning-blip-tiny.yaml", "--out", out / "captioner", "--overwrite", *tune)
     filter_recipe = out / "filter.yaml"
     filter_recipe.write_text(yaml.safe_dump({
@@ -155,7 +155,7 @@ def main_bench() -> None:
         "optim": {"lr": 1.0e-4, "weight_decay": 0.05}, "schedule": {"name": "cosine", "warmup_steps": 10},
         "train": {"steps": args.finetune_steps, "batch_size": args.batch_size, "checkpoint_every": 0},
     }))  # fmt: skip
-    if not (out / "filter" / "recipe.yaml").exists():
+    if not (out / "filter" / "summary.json").exists():
         vlp("finetune", filter_recipe, "--out", out / "filter", "--overwrite", *tune)
     again = ["--resume"] if (out / "capfilt").exists() else []  # a stopped CapFilt run continues
     vlp("data", "capfilt", "--captioner", out / "captioner", "--filter", out / "filter", "--data", noisy_dir,
@@ -173,7 +173,7 @@ def main_bench() -> None:
         vlp("data", "capfilt", "--captioner", out / "captioner", "--filter", out / "filter", "--data", noisy_dir,
             "--out", out / "capfilt", "--threshold", threshold, "--seed", args.seed, "--resume")  # fmt: skip
     rescored = filter_scores(decisions, noisy)
-    if not any((out / "pre-capfilt").glob("*.safetensors")):
+    if not (out / "pre-capfilt" / "summary.json").exists():
         vlp("pretrain", "blip-tiny", "--out", out / "pre-capfilt", "--overwrite", "--data", out / "capfilt",
             "--steps", args.steps, *train)  # fmt: skip
     results = {}
