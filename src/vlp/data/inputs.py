@@ -20,8 +20,10 @@ names nothing (no such path, a glob without matches) is a :class:`~vlp.config.Co
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ class ImageInput:
     offset: int = 0
     size: int = 0
     error: str | None = None
+
+
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)  # the stat errors Path.exists calls "missing"
 
 
 def _is_glob(text: str) -> bool:
@@ -107,9 +112,10 @@ def _shard_inputs(path: Path) -> list[ImageInput]:
     return out
 
 
-def _inputs_of_path(path: Path, named: bool) -> list[ImageInput]:
-    """The inputs one existing path gives; ``named``: the user typed it (not a glob match)."""
-    if path.is_dir():
+def _inputs_of_path(path: Path, named: bool, is_dir: bool | None = None) -> list[ImageInput]:
+    """The inputs one existing path gives; ``named``: the user typed it (not a glob match); ``is_dir``:
+    what the caller's stat said, else looked up."""
+    if path.is_dir() if is_dir is None else is_dir:
         return [ImageInput(str(p), path=p) for p in folder_images(path)]
     suffix = path.suffix.lower()
     if suffix in MANIFEST_SUFFIXES:
@@ -128,10 +134,20 @@ def list_inputs(specs: Sequence[str | Path]) -> list[ImageInput]:
     found: list[ImageInput] = []
     for spec in specs:
         text = str(spec)
-        path = Path(text)
-        if path.exists():
-            items = _inputs_of_path(path, named=True)
-            if not items and path.is_dir():
+        path = spec if isinstance(spec, Path) else Path(text)
+        # one stat says both whether it exists and whether it is a folder (Path.exists + is_dir made two)
+        try:
+            mode: int | None = os.stat(text).st_mode
+        except ValueError:  # a name the OS refuses (a NUL byte): missing, as Path.exists says
+            mode = None
+        except OSError as err:
+            if err.errno not in _MISSING:
+                raise  # e.g. permission denied: not "no such file"
+            mode = None
+        if mode is not None:
+            is_dir = stat.S_ISDIR(mode)
+            items = _inputs_of_path(path, named=True, is_dir=is_dir)
+            if not items and is_dir:
                 shards = sorted(path.rglob(f"*{SHARD_SUFFIX}"))
                 hint = f"; it holds {len(shards)} .tar shard(s): pass them as {path}/*.tar" if shards else ""
                 raise ConfigError(f"input {text}: the folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
