@@ -261,13 +261,14 @@ class VisionLanguageModel(nn.Module):
         tower cannot: post-norm, mean pooling, ...); on the trimmed batch like :meth:`text_tokens`."""
         if not getattr(self.text, "pools_one_token", False) or input_ids.dim() != 2:
             return None
-        if self.cfg.text_trim > 0 and self.cfg.text.pooling != "last":
-            # dropping padding, as far as it goes: rows packed end to end (None: left padding, ...)
-            packed = self.text.forward_packed(input_ids, attention_mask, token_type_ids)
+        n = self._text_length(input_ids, attention_mask)
+        ids, mask, types = cut(input_ids, n), cut(attention_mask, n), cut(token_type_ids, n)
+        if self.cfg.text_trim > 0:
+            # dropping padding as far as it goes: the rows packed end to end (None: left padding, ...)
+            packed = self.text.forward_packed(ids, mask, types)
             if packed is not None:
                 return packed
-        n = self._text_length(input_ids, attention_mask)
-        return self.text.forward_pooled(cut(input_ids, n), cut(attention_mask, n), cut(token_type_ids, n))
+        return self.text.forward_pooled(ids, mask, types)
 
     def _image_embed(self, image: VisualTokens) -> torch.Tensor:
         if self.towers_in_fusion:
