@@ -14,8 +14,9 @@ tokenizer does, with the same threads, in fp32. Three steps run in each round:
   last layer of each tower runs for the pooled token's query only ([CLS] / the end token), as
   :meth:`~vlp.models.VisionLanguageModel.encode_text` / ``encode_image`` do;
 - ``vlp trimmed``: ``model.text_trim: 8`` (the default), the text batch cut to its longest caption
-  rounded up to a multiple of 8 (:mod:`vlp.text.trim`, exact). Against transformers, still padded to
-  77, this is (b), realistic caption lengths (target: >= 1.5x);
+  rounded up to a multiple of 8 (:mod:`vlp.text.trim`, exact), and ``encode_text`` then packs the
+  rows' real tokens end to end (each attending to its own row only, exact). Against transformers, still
+  padded to 77, this is (b), realistic caption lengths (target: >= 1.5x);
 - ``transformers``: CLIPModel with ``attn_implementation="sdpa"`` (its fastest CPU path).
 
 The order of the three rotates from round to round so that load from other processes hits all alike;
