@@ -142,17 +142,32 @@ class _ScanProbe(io.BytesIO):
             raise ImageError("corrupt_image", "corrupt JPEG data: the scan data ended before the last block")
 
 
-def _open_bytes(data: bytes) -> tuple[Image.Image, _ScanProbe | None]:
+_PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # signature, then the IHDR chunk's length and type
+
+
+def _png_quiet(data: bytes) -> bool:
+    """True for a PNG whose header declares no more pixels than PIL's warning limit: PIL checks a PNG's size only
+    in Image.open, from that header, so opening and decoding it cannot warn and needs no catch_warnings."""
+    if len(data) < 24 or not data.startswith(_PNG_HEADER):
+        return False
+    limit = Image.MAX_IMAGE_PIXELS  # read now: a caller may have changed it
+    width, height = struct.unpack(">II", data[16:24])
+    return limit is None or max(1, width) * max(1, height) <= limit
+
+
+def _open_bytes(data: bytes) -> tuple[Image.Image, _ScanProbe | None, bool]:
     end = _scan_end(data) if data[:3] == b"\xff\xd8\xff" else None
-    if end is None:
-        return Image.open(io.BytesIO(data)), None
-    probe = _ScanProbe(data, end)
-    return Image.open(probe), probe
+    probe = None if end is None else _ScanProbe(data, end)
+    quiet = _png_quiet(data)
+    with contextlib.nullcontext() if quiet else _no_bomb_warning():
+        return Image.open(io.BytesIO(data) if probe is None else probe), probe, quiet
 
 
-def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None]:
+def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None, bool]:
+    """``(image, probe, quiet)``: the opened image, the scan probe of a JPEG, and whether decoding it cannot give
+    PIL's DecompressionBombWarning (else the caller silences it: vlp's own ``max_pixels`` decides)."""
     if isinstance(source, Image.Image):
-        return source, None
+        return source, None, True
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError("empty_file", "zero bytes")
@@ -171,7 +186,8 @@ def _open(source: ImageSource) -> tuple[Image.Image, _ScanProbe | None]:
         if size <= _READ_WHOLE or handle.read(3) == b"\xff\xd8\xff":
             handle.seek(0)
             return _open_bytes(handle.read())
-    return Image.open(path), None  # other large files stream from disk
+    with _no_bomb_warning():
+        return Image.open(path), None, False  # other large files stream from disk
 
 
 # where PIL's getexif finds an orientation: these info keys (EXIF, ImageMagick's hex EXIF in a PNG, XMP) or a
@@ -253,11 +269,11 @@ def decode_image(
         callers can rescale boxes when draft mode decoded a smaller image.
     """
     try:
-        # our own pixel limit replaces PIL's warning, which only Image.open gives (an open image needs no
-        # catch_warnings: it costs ~6 us, as much as the rest of decoding a 32x32 PNG); PIL's hard error
-        # (2x its limit) still applies
-        with contextlib.nullcontext() if isinstance(source, Image.Image) else _no_bomb_warning():
-            image, probe = _open(source)
+        # our own pixel limit replaces PIL's warning (given when opening, and by some formats, GIF among them,
+        # when decoding); PIL's hard error (2x its limit) still applies. An open image or a PNG within PIL's
+        # limit cannot warn and skips catch_warnings: it costs ~5 us, a tenth of decoding a 32x32 PNG
+        image, probe, quiet = _open(source)
+        with contextlib.nullcontext() if quiet else _no_bomb_warning():
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError("decompression_bomb", f"{width}x{height} exceeds max_image_pixels={max_pixels}")
