@@ -1,48 +1,83 @@
 """BLIP's CapFilt on ShapesWorld with known noise: how well the filter finds the wrong captions, and what
 pretraining on the cleaned set gives against the noisy one at the same budget.
 
-1. Render a "web" ShapesWorld (its train split is the web set, its test split the retrieval benchmark)
-   and a small, separate "clean" one (BLIP fine-tunes its captioner and filter on COCO: human captions).
-2. Replace ``--noise`` of the web training captions by a caption of another image (the known noise).
-3. Pretrain blip-tiny on the noisy web set; fine-tune it on the clean set twice: a captioner (LM,
-   ``captioning-blip-tiny``) and a filter (ITC + ITM, a retrieval task on blip-tiny).
-4. ``vlp data capfilt`` on the noisy web set: print the filter's precision and recall of the known
-   noise (a web caption dropped = called noise) and how many synthetic captions it kept.
-5. Pretrain blip-tiny again, from scratch, on the CapFilt set for the same steps, batch and seed, and
-   evaluate retrieval of both pretrained models on the web set's test split (clean captions).
+Two worlds of the demo's kind (32x32, 3,000 images each by default): a "clean" one (seed S) stands for
+BLIP's human-annotated COCO, a "web" one (seed S+1) for the web: its train split is the web set, with
+``--noise`` of its captions replaced by a caption of another image (the known noise), and its test split,
+with clean captions, is the retrieval benchmark.
 
-Usage: python benchmarks/bench_capfilt.py [--out runs/capfilt] [--images 1000] [--steps 200] ...
-Each stage is skipped when its output exists (delete --out to start over). One run, one seed.
+1. Tokenizer on the clean world's texts; the demo's tagger (its image tower trained to name the shapes
+   in each image, 800 steps) on the clean world.
+2. The filter: the demo's ALBEF recipe (``albef-demo.yaml``: ITC + ITM with shape word-swap negatives
+   + MLM) pretrained on the CLEAN world from the tagger's image tower (BLIP fine-tunes its filter on
+   human captions; its ITM head is the filter).
+3. The captioner: a captioning fine-tune of that model on the clean world, with the demo's decoder
+   (BLIP's: it shares all but its causal self-attention with the text encoder, ``vlp.demo.steps``).
+4. ``vlp data capfilt`` on the web set: precision / recall / AUC of the filter against the known noise
+   at ``--threshold`` (BLIP's 0.5) and at the threshold that drops the known noise rate, and how many
+   synthetic captions it kept.
+5. The same recipe pretrained on the noisy web set and on the CapFilt set (same steps, batch, seed,
+   tagger start): the demo's model as a dual encoder with CLIP's loss (the cheapest that retrieves,
+   README "ALBEF's queue ... measured"); retrieval of both by their embeddings (``vlp eval retrieval
+   --dual``) on the web test split.
+
+Every stage runs as a ``vlp`` subprocess with one torch thread; a stage whose output exists is skipped
+(delete --out to start over). One run, one seed. Usage:
+
+    python benchmarks/bench_capfilt.py [--out runs/capfilt] [--images 3000] [--steps 1000] ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from vlp.cli import main
+from vlp.demo.steps import decoder_config
+from vlp.demo.training import run_recipe, task_recipe
+from vlp.text import Tokenizer
+
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "vlp" / "demo" / "recipes" / "albef-demo.yaml"
+VLP = str(Path(sys.executable).with_name("vlp"))
+# the demo's tagging step (src/vlp/demo/steps.py): its model, lr 2e-3 cosine, warm-up steps // 20, batch 32
+TAGGER = """base: {base}
+task: {{type: tagging, pool: auto, min_area: 0}}
+init: null
+data: {{options: {{format: instances}}}}
+optim: {{lr: 2.0e-3}}
+schedule: {{name: cosine, warmup_steps: {warmup}}}
+train: {{steps: {steps}, batch_size: 32, log_every: 25, checkpoint_every: 0, find_unused_parameters: true}}
+"""
 
 
-def vlp(*args: object) -> None:
-    argv = [str(a) for a in args]
-    print("$ vlp " + " ".join(argv), flush=True)
-    start = time.process_time()
-    code = main(argv)
-    print(f"  ({time.process_time() - start:.0f} CPU-s)", flush=True)
-    if code != 0:
-        raise SystemExit(f"vlp {argv[0]} failed with exit code {code}")
+def run(cmd: list[object], log: Path, costs: dict[str, dict[str, float]], name: str) -> None:
+    """Run ``cmd`` with one thread, its output to ``log``; its wall and CPU seconds go to ``costs[name]``."""
+    argv = [str(c) for c in cmd]
+    print(f"$ {' '.join(argv)}", flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    wall, before = time.perf_counter(), os.times()
+    with log.open("w", encoding="utf-8") as out:
+        done = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    after = os.times()
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(argv)}; see {log}")
+    cpu = after.children_user - before.children_user + after.children_system - before.children_system
+    costs[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu}
+    print(f"  ({cpu:.0f} CPU-s, {costs[name]['wall_s']:.0f} s wall)", flush=True)
 
 
 def add_noise(web: Path, out: Path, fraction: float, seed: int) -> set[tuple[str, str]]:
     """The web set with ``fraction`` of its training captions swapped for another image's caption.
 
-    Writes ``out/captions_{train,test}.json`` (ALBEF lists, absolute image paths); returns the noisy
-    ``(image, caption)`` pairs.
+    Writes ``out/captions_{train,test}.json`` (ALBEF lists, absolute image paths; the test split as
+    rendered); returns the noisy ``(image, caption)`` pairs.
     """
     rng = random.Random(seed)
     entries = json.loads((web / "annotations" / "captions_train.json").read_text())
@@ -69,137 +104,173 @@ def add_noise(web: Path, out: Path, fraction: float, seed: int) -> set[tuple[str
     return noisy
 
 
-def filter_scores(decisions: Path, noisy: set[tuple[str, str]]) -> dict[str, float]:
-    """Precision / recall of "dropped" against the known noise, over the web captions."""
-    records = json.loads(decisions.read_text())["images"]
-    tp = fp = fn = tn = 0
-    synthetic = kept_synthetic = 0
-    for record in records:
+def web_texts(decisions: Path, noisy: set[tuple[str, str]]) -> tuple[list[tuple[float, bool]], list[float]]:
+    """``(p_match, is_noise)`` of every web caption, and ``p_match`` of every synthetic one."""
+    web, synthetic = [], []
+    for record in json.loads(decisions.read_text())["images"]:
         for text in record.get("texts", []):
             if text["source"] == "synthetic":
-                synthetic += 1
-                kept_synthetic += text["kept"]
-                continue
-            is_noise = (record["key"], text["text"]) in noisy
-            dropped = not text["kept"]
-            tp += is_noise and dropped
-            fp += dropped and not is_noise
-            fn += is_noise and not dropped
-            tn += not is_noise and not dropped
+                synthetic.append(text["p_match"])
+            else:
+                web.append((text["p_match"], (record["key"], text["text"]) in noisy))
+    return web, synthetic
+
+
+def filter_scores(web: list[tuple[float, bool]], synthetic: list[float], threshold: float) -> dict[str, float]:
+    """Precision / recall of "dropped" (p_match <= threshold, as CapFilt keeps p > threshold) against the noise."""
+    tp = sum(p <= threshold and noise for p, noise in web)
+    fp = sum(p <= threshold and not noise for p, noise in web)
+    fn = sum(p > threshold and noise for p, noise in web)
+    n = len(web)
+    kept_synthetic = sum(p > threshold for p in synthetic)
     return {
-        "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "noise": (tp + fn) / (tp + fp + fn + tn),
-        "dropped": (tp + fp) / (tp + fp + fn + tn), "synthetic_kept": kept_synthetic / max(synthetic, 1),
-        "kept_web": (fn + tn), "kept_synthetic": kept_synthetic, "web": tp + fp + fn + tn,
+        "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "noise": (tp + fn) / max(n, 1),
+        "dropped": (tp + fp) / max(n, 1), "kept_web": n - tp - fp, "kept_synthetic": kept_synthetic,
+        "synthetic": len(synthetic), "web": n,
     }  # fmt: skip
 
 
-def noise_auc(decisions: Path, noisy: set[tuple[str, str]]) -> float:
+def noise_auc(web: list[tuple[float, bool]]) -> float:
     """P(a noisy web caption scores a lower p(match) than a clean one): threshold-free (ties count half)."""
-    clean, noise = [], []
-    for record in json.loads(decisions.read_text())["images"]:
-        for text in record.get("texts", []):
-            if text["source"] == "web":
-                (noise if (record["key"], text["text"]) in noisy else clean).append(text["p_match"])
-    if not clean or not noise:
+    # rank-sum (Mann-Whitney) over the sorted scores: O(n log n), with tied scores sharing their mean rank
+    ordered = sorted(web, key=lambda item: item[0])
+    n_noise = sum(noise for _, noise in web)
+    n_clean = len(web) - n_noise
+    if not n_noise or not n_clean:
         return float("nan")
-    wins = sum((n < c) + 0.5 * (n == c) for n in noise for c in clean)
-    return wins / (len(noise) * len(clean))
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        mean_rank = (i + 1 + j) / 2  # ranks i+1 .. j
+        rank_sum += mean_rank * sum(noise for _, noise in ordered[i:j])
+        i = j
+    # U of the clean captions = pairs (noise, clean) with the clean one ranked higher
+    u_noise = rank_sum - n_noise * (n_noise + 1) / 2
+    return 1.0 - u_noise / (n_noise * n_clean)
 
 
-def retrieval(result: Path) -> dict[str, float]:
-    metrics = json.loads((result / "results.json").read_text())["metrics"]
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def main_bench() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/capfilt")
-    p.add_argument("--images", type=int, default=1000, help="web images (80%% train)")
-    p.add_argument("--clean-images", type=int, default=300, help="images of the clean fine-tuning set")
+    p.add_argument("--images", type=int, default=3000, help="images of each world (the demo's 3,000)")
     p.add_argument("--noise", type=float, default=0.3, help="fraction of web training captions replaced")
-    p.add_argument("--steps", type=int, default=200, help="pretraining steps (both runs)")
-    p.add_argument("--finetune-steps", type=int, default=100, help="captioner and filter fine-tuning steps")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
+    p.add_argument("--filter-steps", type=int, default=1000, help="filter (albef-demo) steps of 32, clean world")
+    p.add_argument("--caption-steps", type=int, default=400, help="captioner fine-tuning steps of 32, clean world")
+    p.add_argument("--steps", type=int, default=1000, help="pretraining steps of 32, noisy and CapFilt runs")
+    p.add_argument("--threshold", type=float, default=0.5, help="CapFilt's threshold (BLIP's 0.5)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     out = Path(args.out)
-    wall, cpu = time.time(), time.process_time()
-    web, clean, noisy_dir, tok = out / "web", out / "clean", out / "noisy", out / "tokenizer"
-    if not (web / "meta.json").exists():
-        vlp("data", "synth", "--out", web, "--images", args.images, "--size", 32, "--seed", args.seed,
-            "--formats", "albef,karpathy", "--quiet", "--overwrite")  # fmt: skip
-    if not (clean / "meta.json").exists():
-        vlp("data", "synth", "--out", clean, "--images", args.clean_images, "--size", 32, "--seed", args.seed + 1,
-            "--formats", "albef", "--quiet", "--overwrite")  # fmt: skip
-    if not tok.exists():
-        vlp("tokenizer", "train", "--input", web / "annotations" / "dataset_shapes.json", "--out", tok,
-            "--vocab-size", 1000)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    wall = time.perf_counter()
+    costs: dict[str, dict[str, float]] = {}
+    clean, web, tok, tagger = out / "clean", out / "web", out / "tokenizer", out / "tagger"
+    noisy_dir, filt, captioner, capfilt = out / "noisy", out / "filter", out / "captioner", out / "capfilt"
+    for world, seed, formats in ((clean, args.seed, "all"), (web, args.seed + 1, "albef,karpathy")):
+        if not (world / "meta.json").exists():
+            run([VLP, "data", "synth", "--out", world, "--images", args.images, "--size", 32, "--seed", seed,
+                 "--formats", formats, "--quiet", "--overwrite", "--workers", 1],
+                out / f"{world.name}.log", costs, f"render {world.name}")  # fmt: skip
+    if not (tok / "vocab.txt").exists():
+        run([VLP, "tokenizer", "train", "--input", clean / "annotations" / "dataset_shapes.json", "--out", tok,
+             "--vocab-size", 400], out / "tokenizer.log", costs, "tokenizer")  # fmt: skip
+    vocab = Tokenizer.load(tok).vocab_size  # the model's vocabulary is the tokenizer's (as the demo sets it)
+    common = ["--tokenizer", tok, "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
+              "--set", f"train.seed={args.seed}", "--overwrite"]  # fmt: skip
+    if not (tagger / "summary.json").exists():
+        recipe = out / "tagger.yaml"
+        recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, args.tag_steps // 20), steps=args.tag_steps))
+        run([VLP, "finetune", recipe, "--out", tagger, "--set", f"data.root={clean}", *common], out / "tagger.log",
+            costs, "tagger")  # fmt: skip
+    from_tagger = ["--set", f"model.tokenizer={tok}", "--set", f"train.init={tagger}",
+                   "--set", "train.init_parts=[vision]"]  # fmt: skip
+    if not (filt / "summary.json").exists():
+        run([VLP, "pretrain", DEMO_RECIPE, "--out", filt, "--set", f"data.root={clean}", "--steps", args.filter_steps,
+             *from_tagger, *common], out / "filter.log", costs, "filter (albef-demo, clean)")  # fmt: skip
+    if not (captioner / "summary.json").exists():
+        # the demo's captioning step (vlp.demo.steps.captioning_step) as a recipe file for `vlp finetune`
+        base = run_recipe(filt)
+        overrides = {"model.decoder": decoder_config(base["model"]["text"]),
+                     "model.decoder_share": "all_but_self_attention", "data.root": str(clean),
+                     "data.options": {"format": "captions"}, "optim.lr": 5e-4, "schedule.name": "cosine",
+                     "schedule.warmup_steps": max(1, args.caption_steps // 20), "train.steps": args.caption_steps,
+                     "train.batch_size": 32, "train.log_every": 25}  # fmt: skip
+        recipe = out / "captioner.yaml"
+        recipe.write_text(yaml.safe_dump(task_recipe(base, {"type": "captioning", "prompt": ""}, overrides)))
+        run([VLP, "finetune", recipe, "--init", filt, "--out", captioner, *common], out / "captioner.log", costs,
+            "captioner (clean)")  # fmt: skip
     noisy = add_noise(web, noisy_dir, args.noise, args.seed)
-    train = ["--tokenizer", tok, "--set", f"train.batch_size={args.batch_size}", "--set", f"train.seed={args.seed}",
-             "--set", "train.progress=false", "--set", "train.tensorboard=false",
-             "--set", "train.checkpoint_every=0"]  # fmt: skip
-    if not (out / "pre-noisy" / "summary.json").exists():  # a finished run
-        vlp("pretrain", "blip-tiny", "--out", out / "pre-noisy", "--overwrite", "--data", noisy_dir,
-            "--steps", args.steps, *train)  # fmt: skip
-    recipes = Path(__file__).resolve().parents[1] / "src" / "vlp" / "tasks" / "recipes"
-    tune = ["--init", out / "pre-noisy", "--set", f"data.root={clean}", "--steps", args.finetune_steps, *train]
-    if not (out / "captioner" / "summary.json").exists():
-        vlp("finetune", recipes / "captioning-blip-tiny.yaml", "--out", out / "captioner", "--overwrite", *tune)
-    filter_recipe = out / "filter.yaml"
-    filter_recipe.write_text(yaml.safe_dump({
-        "base": "blip-tiny",
-        "task": {"type": "retrieval",
-                 "objectives": {"itc": {"weight": 1.0}, "itm": {"weight": 1.0, "negatives": "hard"}}},
-        "init": None, "data": {"root": "", "options": {"format": "captions"}},
-        "optim": {"lr": 1.0e-4, "weight_decay": 0.05}, "schedule": {"name": "cosine", "warmup_steps": 10},
-        "train": {"steps": args.finetune_steps, "batch_size": args.batch_size, "checkpoint_every": 0},
-    }))  # fmt: skip
-    if not (out / "filter" / "summary.json").exists():
-        vlp("finetune", filter_recipe, "--out", out / "filter", "--overwrite", *tune)
-    again = ["--resume"] if (out / "capfilt").exists() else []  # a stopped CapFilt run continues
-    vlp("data", "capfilt", "--captioner", out / "captioner", "--filter", out / "filter", "--data", noisy_dir,
-        "--out", out / "capfilt", "--threshold", args.threshold, "--seed", args.seed, *again)  # fmt: skip
-    decisions = out / "capfilt" / "decisions_train.json"
-    scores = filter_scores(decisions, noisy)
-    auc = noise_auc(decisions, noisy)
+    decisions = capfilt / "decisions_train.json"
+    again = ["--resume"] if capfilt.exists() else []  # a stopped or finished CapFilt run continues / is rewritten
+    capfilt_cmd = [VLP, "data", "capfilt", "--captioner", captioner, "--filter", filt, "--data", noisy_dir,
+                   "--out", capfilt, "--seed", args.seed, "--quiet", "--device", "cpu"]  # fmt: skip
+    run([*capfilt_cmd, "--threshold", args.threshold, *again], out / "capfilt.log", costs, "capfilt")
+    texts, synthetic = web_texts(decisions, noisy)
+    at_blip = filter_scores(texts, synthetic, args.threshold)
+    auc = noise_auc(texts)
+    # the threshold that drops the known noise rate of web captions (no recompute: --resume rewrites the set)
+    ranked = sorted(p for p, _ in texts)
+    at_rate_threshold = ranked[min(len(ranked) - 1, max(0, round(at_blip["noise"] * len(ranked)) - 1))]
+    at_rate = filter_scores(texts, synthetic, at_rate_threshold)
     threshold = args.threshold
-    if scores["kept_web"] < 0.5 * (1 - scores["noise"]) * scores["web"]:
-        # an under-trained filter calls almost nothing a match at 0.5: write the set again (no recompute) at the
-        # threshold that drops the known noise rate of web captions, and pretrain on that one
-        web_p = sorted(t["p_match"] for r in json.loads(decisions.read_text())["images"] for t in r.get("texts", [])
-                       if t["source"] == "web")  # fmt: skip
-        threshold = web_p[round(scores["noise"] * len(web_p))]
-        vlp("data", "capfilt", "--captioner", out / "captioner", "--filter", out / "filter", "--data", noisy_dir,
-            "--out", out / "capfilt", "--threshold", threshold, "--seed", args.seed, "--resume")  # fmt: skip
-    rescored = filter_scores(decisions, noisy)
-    if not (out / "pre-capfilt" / "summary.json").exists():
-        vlp("pretrain", "blip-tiny", "--out", out / "pre-capfilt", "--overwrite", "--data", out / "capfilt",
-            "--steps", args.steps, *train)  # fmt: skip
+    if at_blip["kept_web"] < 0.5 * (1 - at_blip["noise"]) * at_blip["web"]:
+        # a filter that calls most captions "no match" at 0.5 would leave too little to pretrain on
+        threshold = at_rate_threshold
+        run([*capfilt_cmd, "--threshold", threshold, "--resume"], out / "capfilt-rewrite.log", costs, "capfilt rewrite")
+    used = filter_scores(texts, synthetic, threshold)
+    # the dual encoder with CLIP's loss from the tagger (README: bench_itc_queue.py), on each set
+    dual = ["--set", "model.heads={}", "--set", "objectives={itc: {weight: 1.0}}"]
     results = {}
-    for name in ("pre-noisy", "pre-capfilt"):
-        vlp("eval", "retrieval", "--model", out / name, "--data", noisy_dir, "--split", "test",
-            "--out", out / f"{name}-eval")  # fmt: skip
-        results[name] = retrieval(out / f"{name}-eval")
+    for name, data in (("pre-noisy", noisy_dir), ("pre-capfilt", capfilt)):
+        run_dir = out / name
+        if not (run_dir / "summary.json").exists():
+            run([VLP, "pretrain", DEMO_RECIPE, "--out", run_dir, "--data", data, "--steps", args.steps,
+                 "--set", "data.transform.train_crop=resize", *dual, *from_tagger, *common],
+                out / f"{name}.log", costs, name)  # fmt: skip
+        eval_dir = out / f"{name}-eval"
+        run([VLP, "eval", "retrieval", "--model", run_dir, "--data", noisy_dir, "--split", "test", "--dual",
+             "--out", eval_dir], out / f"{name}-eval.log", costs, f"{name} eval")  # fmt: skip
+        results[name] = json.loads((eval_dir / "results.json").read_text())
     print()
-    print(f"web set: {scores['web']} training captions, {scores['noise']:.0%} replaced by another image's caption")
-    print(f"filter (threshold {args.threshold}): dropped {scores['dropped']:.1%} of web captions; "
-          f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f} of the known noise "
-          f"(dropping at random: precision {scores['noise']:.3f}); kept {scores['synthetic_kept']:.1%} of synthetic "
-          "captions")  # fmt: skip
-    print(f"ranking web captions by p(match): AUC {auc:.3f} for telling the known noise apart (0.5 = chance)")
-    if threshold != args.threshold:
-        print(f"at threshold {threshold:.4f} (drops {rescored['dropped']:.1%} of web captions): precision "
-              f"{rescored['precision']:.3f}, recall {rescored['recall']:.3f}; kept {rescored['synthetic_kept']:.1%} "
-              "of synthetic captions")  # fmt: skip
-    print(f"CapFilt set pretrained on (threshold {threshold:.4f}): {rescored['kept_web']} web + "
-          f"{rescored['kept_synthetic']} synthetic texts")  # fmt: skip
-    keys = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "r_mean"]
-    print("| pretrained on | " + " | ".join(keys) + " |")
+    print(f"web set: {at_blip['web']} training captions of {args.images} images' world (seed {args.seed + 1}), "
+          f"{at_blip['noise']:.1%} replaced by another image's caption; filter and captioner from the clean world "
+          f"(seed {args.seed}): tagger {args.tag_steps}, filter {args.filter_steps}, captioner {args.caption_steps} "
+          "steps of 32")  # fmt: skip
+    print(f"ranking web captions by the filter's p(match): AUC {auc:.3f} for telling the known noise apart "
+          "(0.5 = chance)")  # fmt: skip
+    print("| filter threshold | web captions dropped | precision | recall | synthetic captions kept |")
+    for label, s in ((f"{args.threshold} (BLIP's)", at_blip), (f"{at_rate_threshold:.4f} (drops the noise rate)",
+                                                                at_rate)):  # fmt: skip
+        print(f"| {label} | {s['dropped']:.1%} | {s['precision']:.3f} | {s['recall']:.3f} | "
+              f"{s['kept_synthetic']} / {s['synthetic']} |")  # fmt: skip
+    print(f"(dropping at random: precision {at_blip['noise']:.3f})")
+    print(
+        f"CapFilt set pretrained on (threshold {threshold:.4f}): {used['kept_web']} web + "
+        f"{used['kept_synthetic']} synthetic texts (duplicates of an image's kept text counted once in the set)"
+    )
+    print(f"\nretrieval on the web test split, dual encoder (CLIP's loss) from the tagger, {args.steps} steps of 32, "
+          f"seed {args.seed}, by embeddings (--dual)")  # fmt: skip
+    print("| pretrained on | i2t R@1/5/10 | t2i R@1/5/10 | RSUM |")
     for name, label in (("pre-noisy", "noisy web set"), ("pre-capfilt", "CapFilt set")):
-        print(f"| {label} | " + " | ".join(f"{results[name][k]:.2f}" for k in keys) + " |")
-    print(f"total: {time.time() - wall:.0f} s wall, {time.process_time() - cpu:.0f} CPU-s in this process")
+        m = results[name]["metrics"]
+        i2t = " / ".join(f"{m[f'i2t_r{k}']:.1f}" for k in (1, 5, 10))
+        t2i = " / ".join(f"{m[f't2i_r{k}']:.1f}" for k in (1, 5, 10))
+        print(f"| {label} | {i2t} | {t2i} | {m['rsum']:.1f} |")
+    chance = results["pre-noisy"]["chance"]
+    m = results["pre-noisy"]["metrics"]
+    print(f"chance RSUM {chance['rsum']:.1f} ({m['n_images']} images, {m['n_texts']} captions)")
+    total = sum(c["cpu_s"] for c in costs.values())
+    print("\ncost (CPU s / wall s): " + "; ".join(f"{k} {c['cpu_s']:.0f}/{c['wall_s']:.0f}" for k, c in costs.items()))
+    print(f"total: {total / 60:.1f} CPU-min in the stages run now, {time.perf_counter() - wall:.0f} s wall")
+    (out / "bench.json").write_text(json.dumps({
+        "args": vars(args), "costs": costs, "auc": auc, "at_blip": at_blip, "at_rate": at_rate,
+        "at_rate_threshold": at_rate_threshold, "threshold_used": threshold, "used": used,
+        "retrieval": {k: v["metrics"] for k, v in results.items()},
+    }, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
-    main_bench()
+    main()
