@@ -4,6 +4,7 @@ interleaving of the three tasks, clear errors for a tokenizer without location t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -170,5 +171,17 @@ def test_predict_on_own_images_matches_the_task_decoding(trained):
     x0, y0, x1, y1 = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))[0].tolist()
     assert boxes == [pytest.approx([x0 * width, y0 * height, x1 * width, y1 * height])]
     assert len(caption(model, tokenizer, [path, path])) == 2
+    # a centre-crop model sees the middle 32x32 of a 64x32 image (resized short side 32, crop 32): the box
+    # comes back shifted by the 16-pixel margin, as evaluation maps it (it used to be stretched over 64 px)
+    wide = Image.new("RGB", (64, 32), (40, 40, 40))
+    wide.paste(Image.open(path).convert("RGB"), (16, 0))
+    data = model.recipe.data
+    model.recipe.data = dataclasses.replace(data, transform=dataclasses.replace(data.transform, eval_crop="center"))
+    try:
+        x0, y0, x1, y1 = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))[0].tolist()
+        got = ground(model, tokenizer, [wide], ["the red shape"])[0]
+    finally:
+        model.recipe.data = data
+    assert got == pytest.approx([16 + 32 * x0, 32 * y0, 16 + 32 * x1, 32 * y1], abs=1e-4)
     with pytest.raises(ValueError, match="one text per image"):
         ground(model, tokenizer, [path], ["a", "b"])

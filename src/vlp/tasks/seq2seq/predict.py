@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from vlp.data.transforms import eval_geometry
+from vlp.metrics.refexp import view_box_to_pixels
 from vlp.tasks.common import check_texts, image_batch, load_upright, model_data_config
 from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.seq2seq.data import CAPTION_INSTRUCTION, instruction_length, refexp_instruction
@@ -43,18 +45,16 @@ def answer(model: Any, tokenizer: Any, images: Sequence[Any], questions: Sequenc
 def ground(model: Any, tokenizer: Any, images: Sequence[Any], expressions: Sequence[str]) -> list[list[float]]:
     """The box each expression describes, ``[x0, y0, x1, y1]`` in pixels of the (upright) image.
 
-    The box is read on the model's square eval view of the image and scaled back (exact for the default
-    ``resize`` transform; a centre crop's margin is not added back).
+    The box is read on the model's eval view of the image and mapped back through it, as the evaluation does
+    (the whole image for the default ``resize`` transform; the crop window, margin added, for ``center``).
     """
     expressions = check_texts(expressions, "expressions")
     upright = load_upright(list(images))
     batch = _batch(model, tokenizer, upright, [refexp_instruction(e) for e in expressions])
     boxes = generate_boxes(model.eval(), tokenizer, batch, DecodeOptions(strategy="greedy"))
-    out = []
-    for image, box in zip(upright, boxes.tolist()):
-        w, h = image.size
-        out.append([box[0] * w, box[1] * h, box[2] * w, box[3] * h])
-    return out
+    data = model_data_config(model)
+    view_of = eval_geometry(data.image_size, data.transform).view
+    return [view_box_to_pixels(box, view_of(*image.size)) for image, box in zip(upright, boxes.tolist())]
 
 
 __all__ = ["answer", "caption", "ground"]
