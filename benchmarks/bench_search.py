@@ -17,8 +17,10 @@ index of real model embeddings, the cost of returning 10k results, and embedding
 3. Returning 10k results: ``vlp serve``'s gallery (search, then the metadata of each result: name under
    its root, caption) for k = 10 and k = 10 000, per query.
 4. Index build images/s: ``vlp index build`` (list inputs, decode, preprocess, batches, .npy shards, exact
-   index; model loading included) vs a plain loop that loads the same model, opens each image with PIL and
-   calls the model on batches of the same size.
+   index; model loading included) vs a plain loop that loads the same model, opens each image with PIL
+   (open + convert), calls the model on batches of the same size and np.saves the vectors and their names:
+   medians of ``--rounds`` interleaved rounds, by wall time and by CPU time (the one to trust on a busy
+   machine). ``--skip latency recall results --images 2000 --train-steps 50`` runs this part alone in ~1 min.
 
 Run: ``python benchmarks/bench_search.py`` (about 3 minutes on 2 cores; ``--sizes 100000`` skips 1M).
 Needs faiss-cpu (``pip install 'vlp[faiss]'``).
@@ -31,6 +33,7 @@ import contextlib
 import io
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -203,30 +206,51 @@ def part_many_results(embeddings: Path, args) -> None:
             )
 
 
+def _timed(run) -> tuple[float, float]:
+    """``(wall s, CPU s)`` of ``run()``; CPU time (this process, every thread) hardly moves under other load."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def part_embed_rate(model_dir: Path, args, work: Path) -> None:
     paths = shapes_items(Path(args.data) if args.data else work / "shapes")[0][: args.embed_images]
-    loaded = load_model(model_dir)
-    config = model_data_config(loaded.model)
+    config = model_data_config(load_model(model_dir).model)
     print(
         f"\n4. embedding {len(paths)} images, batch {args.batch_size}, same model, {torch.get_num_threads()} thread(s)"
     )
-    rates = {"vlp index build": [], "plain loop": []}
-    for round_ in range(args.rounds):
-        t0 = time.perf_counter()
-        quiet(["index", "build", str(model_dir), *map(str, paths), "--out", str(work / f"rate{round_}"),
+    builds = [0]
+
+    def vlp_build() -> None:
+        builds[0] += 1  # a fresh folder each time: a rerun into the same one would resume, embedding nothing
+        quiet(["index", "build", str(model_dir), *map(str, paths), "--out", str(work / f"rate{builds[0]}"),
                "--batch-size", str(args.batch_size), "--no-progress"])  # fmt: skip
-        rates["vlp index build"].append(len(paths) / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
+
+    def plain_loop() -> None:
+        # what a user writes: load the model, PIL open + convert, the same preprocessing and encode, np.save
         loaded = load_model(model_dir)  # loading counts on both sides
+        vectors = []
         with torch.no_grad():
             for start in range(0, len(paths), args.batch_size):
                 batch = [Image.open(p).convert("RGB") for p in paths[start : start + args.batch_size]]
-                loaded.model.encode_image(preprocess_images(batch, config))
-        rates["plain loop"].append(len(paths) / (time.perf_counter() - t0))
-    for name, values in rates.items():
-        each = ", ".join(f"{v:.0f}" for v in values)
-        print(f"{name:<18} {max(values):8.0f} images/s (best of {args.rounds}; all: {each})")
-    print(f"ratio vlp / plain: {max(rates['vlp index build']) / max(rates['plain loop']):.2f}")
+                vectors.append(loaded.model.encode_image(preprocess_images(batch, config)).numpy())
+        np.save(work / "plain.npy", np.concatenate(vectors))
+        (work / "plain_keys.txt").write_text("".join(f"{p}\n" for p in paths))
+
+    sides = {"vlp index build": vlp_build, "plain loop": plain_loop}
+    for run in sides.values():  # warm-up: imports, caches
+        run()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    names = list(sides)
+    for round_ in range(args.rounds):  # interleaved, the order turning, so a burst of load favours neither
+        for name in names[round_ % 2 :] + names[: round_ % 2]:
+            times[name].append(_timed(sides[name]))
+    med = {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
+    for name, (wall, cpu) in med.items():
+        print(f"{name:<18} {len(paths) / wall:8.0f} images/s, {1e6 * cpu / len(paths):6.1f} CPU us per image "
+              f"(medians of {args.rounds} interleaved rounds)")  # fmt: skip
+    (vw, vc), (pw, pc) = med["vlp index build"], med["plain loop"]
+    print(f"ratio vlp / plain (images/s): {pw / vw:.2f} wall, {pc / vc:.2f} by CPU time")
 
 
 def main() -> None:
@@ -243,7 +267,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=1000)
     ap.add_argument("--embed-images", type=int, default=2000, help="images for the images/s comparison")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of part 4")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "recall", "results", "embed"])
     args = ap.parse_args()
@@ -257,12 +281,15 @@ def main() -> None:
         part_latency(faiss, args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if {"recall", "results", "embed"} - set(args.skip):
+        if {"recall", "results"} - set(args.skip):
             embeddings, model_dir = part_recall(faiss, args, work)
             if "results" not in args.skip:
                 part_many_results(embeddings, args)
-            if "embed" not in args.skip:
-                part_embed_rate(model_dir, args, work)
+        elif "embed" not in args.skip:
+            model_dir, _, said = model_and_data(args, work)
+            print(f"\nmodel: {said}")
+        if "embed" not in args.skip:
+            part_embed_rate(model_dir, args, work)
 
 
 if __name__ == "__main__":
