@@ -127,8 +127,9 @@ def _inputs_of_path(path: Path, named: bool, is_dir: bool | None = None) -> list
     return []
 
 
-def list_inputs(specs: Sequence[str | Path]) -> list[ImageInput]:
-    """The images ``specs`` name, in order, each key once (see the module docstring)."""
+def list_inputs(specs: Sequence[str | Path], folders: set[str] | None = None) -> list[ImageInput]:
+    """The images ``specs`` name, in order, each key once (see the module docstring). ``folders``: a set that
+    receives the specs (as ``str(spec)``) that are folders, for a caller that would otherwise stat them again."""
     if isinstance(specs, (str, Path)):
         specs = [specs]
     found: list[ImageInput] = []
@@ -146,6 +147,8 @@ def list_inputs(specs: Sequence[str | Path]) -> list[ImageInput]:
             mode = None
         if mode is not None:
             is_dir = stat.S_ISDIR(mode)
+            if is_dir and folders is not None:
+                folders.add(text)
             items = _inputs_of_path(path, named=True, is_dir=is_dir)
             if not items and is_dir:
                 shards = sorted(path.rglob(f"*{SHARD_SUFFIX}"))

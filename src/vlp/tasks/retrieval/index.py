@@ -105,7 +105,8 @@ def build_index(
     if index_type == "ivfpq":
         import_faiss("--index-type ivfpq")  # say so before embedding anything
     specs = [absolute_spec(s) for s in inputs]
-    items = list_inputs(specs)
+    folders: set[str] = set()  # the specs that are folders: the index's roots need not stat every input again
+    items = list_inputs(specs, folders)
     folder = Path(out)
     settings = {"task": "index", "shard_size": shard_size}
     writer = EmbeddingWriter(folder, model_id or getattr(getattr(model, "cfg", None), "name", "model"), settings,
@@ -146,17 +147,23 @@ def build_index(
     plan = index_plan(writer.count, int(meta["dim"]), options)
     same = previous is not None and previous.get("count") == writer.count
     same = same and {k: previous.get(k) for k in plan} == plan
-    opened = OpenedIndex(folder) if same else index_embeddings(folder, options, specs, model_id)
+    opened = OpenedIndex(folder) if same else index_embeddings(folder, options, specs, model_id, folders=folders)
     opened.report = {"embedded": writer.count - before, "resumed": len(items) - len(pending),
                      "skipped": dict(skipped), "plan": plan, "rebuilt": not same}  # fmt: skip
     return opened
 
 
 def index_embeddings(
-    folder: str | Path, options: IndexOptions | None = None, inputs: list[str] = (), model_id: str = ""
+    folder: str | Path,
+    options: IndexOptions | None = None,
+    inputs: list[str] = (),
+    model_id: str = "",
+    *,
+    folders: set[str] | None = None,
 ) -> OpenedIndex:
     """Index the embeddings folder ``folder`` (written by :func:`build_index` or ``vlp predict embed``) as
-    ``options`` say; ``inputs`` (absolute specs) give the roots and captions. Returns the opened index."""
+    ``options`` say; ``inputs`` (absolute specs) give the roots and captions; ``folders``: which of them
+    are folders, when the caller's :func:`list_inputs` has just said. Returns the opened index."""
     folder = Path(folder)
     # the shards stay memory-mapped: an exact index needs none of their rows here, IVF-PQ reads a training
     # sample and then adds shard by shard (1M x 512 rows are 2 GB; loading them all held them twice)
@@ -188,7 +195,7 @@ def index_embeddings(
     else:
         (folder / CAPTIONS_NAME).unlink(missing_ok=True)
     info = {"format": FORMAT, "model": model_id or read_meta(folder).get("model"), **plan, "count": len(keys),
-            "dim": dim, "roots": input_roots(specs), "inputs": specs,
+            "dim": dim, "roots": input_roots(specs, folders), "inputs": specs,
             "captions": captions is not None}  # fmt: skip
     write_atomic(folder / INDEX_NAME, json.dumps(info, indent=1) + "\n")
     del shards, keys, captions  # OpenedIndex reads the paths again: 10^6 keys held twice would cost ~100 MB
