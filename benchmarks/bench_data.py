@@ -5,7 +5,8 @@ tensors through a DataLoader with the same number of workers and batch size:
 
 - baseline: ``Image.open(path).convert("RGB").resize((224, 224))`` -> tensor;
 - vlp: the training pipeline of a ``manifest`` recipe (decode with JPEG draft
-  mode + EXIF + RGB conversion, random-resized crop to 224, normalize);
+  mode + EXIF + RGB conversion, random-resized crop to 224; the workers send
+  uint8 pixels and the main process normalizes each batch, so its CPU counts);
 - vlp without draft mode, to show where the speed comes from.
 
 Run: ``.venv/bin/python benchmarks/bench_data.py [--images 300] [--workers 2]``.
