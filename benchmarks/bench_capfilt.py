@@ -104,6 +104,31 @@ def add_noise(web: Path, out: Path, fraction: float, seed: int) -> set[tuple[str
     return noisy
 
 
+ARMS = {
+    "pre-noisy": "noisy web set",
+    "pre-capfilt": "CapFilt set (filtered web + kept synthetic)",
+    "pre-filtered": "filtered web captions alone (no synthetic)",
+    "pre-oracle": "web set without the known noise (a perfect filter)",
+}
+
+
+def arms_data(noisy: Path, capfilt: Path, filtered: Path, oracle: Path) -> list[tuple[str, Path]]:
+    return list(zip(ARMS, (noisy, capfilt, filtered, oracle)))
+
+
+def write_captions(folder: Path, entries: list[tuple[str, object, str]]) -> None:
+    """An ALBEF caption list ``folder/captions_train.json`` of ``(image path, image id, caption)``, each
+    caption of an image once (as CapFilt writes its set)."""
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for image, image_id, caption in entries:
+        if (image, caption) not in seen:
+            seen.add((image, caption))
+            rows.append({"image": image, "caption": caption, "image_id": image_id})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "captions_train.json").write_text(json.dumps(rows))
+
+
 def web_texts(decisions: Path, noisy: set[tuple[str, str]]) -> tuple[list[tuple[float, bool]], list[float]]:
     """``(p_match, is_noise)`` of every web caption, and ``p_match`` of every synthetic one."""
     web, synthetic = [], []
@@ -223,8 +248,23 @@ def main() -> None:
     used = filter_scores(texts, synthetic, threshold)
     # the dual encoder with CLIP's loss from the tagger (README: bench_itc_queue.py), on each set
     dual = ["--set", "model.heads={}", "--set", "objectives={itc: {weight: 1.0}}"]
-    results = {}
-    for name, data in (("pre-noisy", noisy_dir), ("pre-capfilt", capfilt)):
+    # two sets that tell the filter's share from the captioner's: the web captions the filter kept (CapFilt
+    # without synthetic captions), and the web set with the known noise removed (what a perfect filter keeps)
+    filtered, oracle = out / "filtered", out / "oracle"
+    write_captions(
+        filtered,
+        [
+            (r["key"], r["image_id"], t["text"])
+            for r in json.loads(decisions.read_text())["images"]
+            for t in r.get("texts", [])
+            if t["source"] == "web" and t["p_match"] > threshold
+        ],
+    )
+    noisy_entries = json.loads((noisy_dir / "captions_train.json").read_text())
+    write_captions(oracle, [(e["image"], e.get("image_id"), e["caption"]) for e in noisy_entries
+                            if (e["image"], e["caption"]) not in noisy])  # fmt: skip
+    results, sizes = {}, {}
+    for name, data in arms_data(noisy_dir, capfilt, filtered, oracle):
         run_dir = out / name
         if not (run_dir / "summary.json").exists():
             run([VLP, "pretrain", DEMO_RECIPE, "--out", run_dir, "--data", data, "--steps", args.steps,
@@ -234,6 +274,9 @@ def main() -> None:
         run([VLP, "eval", "retrieval", "--model", run_dir, "--data", noisy_dir, "--split", "test", "--dual",
              "--out", eval_dir], out / f"{name}-eval.log", costs, f"{name} eval")  # fmt: skip
         results[name] = json.loads((eval_dir / "results.json").read_text())
+        sizes[name] = len(
+            json.loads((data / ("capfilt_train.json" if data == capfilt else "captions_train.json")).read_text())
+        )
     print()
     print(f"web set: {at_blip['web']} training captions of {args.images} images' world (seed {args.seed + 1}), "
           f"{at_blip['noise']:.1%} replaced by another image's caption; filter and captioner from the clean world "
@@ -253,12 +296,12 @@ def main() -> None:
     )
     print(f"\nretrieval on the web test split, dual encoder (CLIP's loss) from the tagger, {args.steps} steps of 32, "
           f"seed {args.seed}, by embeddings (--dual)")  # fmt: skip
-    print("| pretrained on | i2t R@1/5/10 | t2i R@1/5/10 | RSUM |")
-    for name, label in (("pre-noisy", "noisy web set"), ("pre-capfilt", "CapFilt set")):
+    print("| pretrained on | texts | i2t R@1/5/10 | t2i R@1/5/10 | RSUM |")
+    for name, label in ARMS.items():
         m = results[name]["metrics"]
         i2t = " / ".join(f"{m[f'i2t_r{k}']:.1f}" for k in (1, 5, 10))
         t2i = " / ".join(f"{m[f't2i_r{k}']:.1f}" for k in (1, 5, 10))
-        print(f"| {label} | {i2t} | {t2i} | {m['rsum']:.1f} |")
+        print(f"| {label} | {sizes[name]} | {i2t} | {t2i} | {m['rsum']:.1f} |")
     chance = results["pre-noisy"]["chance"]
     m = results["pre-noisy"]["metrics"]
     print(f"chance RSUM {chance['rsum']:.1f} ({m['n_images']} images, {m['n_texts']} captions)")
