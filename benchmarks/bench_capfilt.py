@@ -19,7 +19,9 @@ with clean captions, is the retrieval benchmark.
 5. The same recipe pretrained on the noisy web set and on the CapFilt set (same steps, batch, seed,
    tagger start): the demo's model as a dual encoder with CLIP's loss (the cheapest that retrieves,
    README "ALBEF's queue ... measured"); retrieval of both by their embeddings (``vlp eval retrieval
-   --dual``) on the web test split.
+   --dual``) on the web test split. Two diagnostic sets go through the same: the web captions the filter
+   kept without the synthetic ones (the filter's share), and the web set without the known noise (what a
+   perfect filter would keep).
 
 Every stage runs as a ``vlp`` subprocess with one torch thread; a stage whose output exists is skipped
 (delete --out to start over). One run, one seed. Usage:
