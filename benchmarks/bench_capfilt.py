@@ -33,46 +33,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from demo_world import DEMO_RECIPE, TAGGER, VLP
+from demo_world import run as run_one_thread
 from vlp.demo.steps import decoder_config
 from vlp.demo.training import run_recipe, task_recipe
 from vlp.text import Tokenizer
-
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "vlp" / "demo" / "recipes" / "albef-demo.yaml"
-VLP = str(Path(sys.executable).with_name("vlp"))
-# the demo's tagging step (src/vlp/demo/steps.py): its model, lr 2e-3 cosine, warm-up steps // 20, batch 32
-TAGGER = """base: {base}
-task: {{type: tagging, pool: auto, min_area: 0}}
-init: null
-data: {{options: {{format: instances}}}}
-optim: {{lr: 2.0e-3}}
-schedule: {{name: cosine, warmup_steps: {warmup}}}
-train: {{steps: {steps}, batch_size: 32, log_every: 25, checkpoint_every: 0, find_unused_parameters: true}}
-"""
 
 
 def run(cmd: list[object], log: Path, costs: dict[str, dict[str, float]], name: str) -> None:
     """Run ``cmd`` with one thread, its output to ``log``; its wall and CPU seconds go to ``costs[name]``."""
     argv = [str(c) for c in cmd]
     print(f"$ {' '.join(argv)}", flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    wall, before = time.perf_counter(), os.times()
-    with log.open("w", encoding="utf-8") as out:
-        done = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    after = os.times()
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(argv)}; see {log}")
-    cpu = after.children_user - before.children_user + after.children_system - before.children_system
-    costs[name] = {"wall_s": time.perf_counter() - wall, "cpu_s": cpu}
-    print(f"  ({cpu:.0f} CPU-s, {costs[name]['wall_s']:.0f} s wall)", flush=True)
+    costs[name] = run_one_thread(argv, log)
+    print(f"  ({costs[name]['cpu_s']:.0f} CPU-s, {costs[name]['wall_s']:.0f} s wall)", flush=True)
 
 
 def add_noise(web: Path, out: Path, fraction: float, seed: int) -> set[tuple[str, str]]:

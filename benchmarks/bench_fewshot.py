@@ -23,42 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from vlp.text import Tokenizer
+from demo_world import DEMO_RECIPE, VLP, demo_world, render, run
 
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "vlp" / "demo" / "recipes" / "albef-demo.yaml"
-VLP = str(Path(sys.executable).with_name("vlp"))
-# the demo's tagging step (src/vlp/demo/steps.py): its model, lr 2e-3 cosine, warm-up steps // 20, batch 32
-TAGGER = """base: {base}
-task: {{type: tagging, pool: auto, min_area: 0}}
-init: null
-data: {{options: {{format: instances}}}}
-optim: {{lr: 2.0e-3}}
-schedule: {{name: cosine, warmup_steps: {warmup}}}
-train: {{steps: {steps}, batch_size: 32, log_every: 25, checkpoint_every: 0, find_unused_parameters: true}}
-"""
 METHODS = "zeroshot,probe,coop,coop_csc,adapter"
 LABELS = {"zeroshot": "zero-shot", "probe": "linear probe", "coop": "CoOp, unified", "coop_csc": "CoOp, class-specific",
           "adapter": "CLIP-Adapter"}  # fmt: skip
-
-
-def run(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run ``cmd`` with one thread, its output to ``log``; wall and CPU seconds (the child's user + system)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    wall, before = time.perf_counter(), os.times()
-    with log.open("w", encoding="utf-8") as out:
-        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    after = os.times()
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
-    cpu = after.children_user - before.children_user + after.children_system - before.children_system
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": cpu}
 
 
 def class_folders(world: Path, out: Path, key: str) -> dict[str, int]:
@@ -167,39 +140,18 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, tok, tagger, clip, held = out / "data", out / "data" / "tokenizer", out / "tagger", out / "clip", out / "held"
+    clip, held = out / "clip", out / "held"
     costs: dict[str, dict[str, float]] = {}
-    if not (data / "meta.json").exists():
-        synth = [VLP, "data", "synth", "--out", str(data), "--images", str(args.images), "--size", "32",
-                 "--seed", "0", "--quiet", "--overwrite", "--workers", "1"]  # fmt: skip
-        costs["render"] = run(synth, out / "synth.log")
-    if not (tok / "vocab.txt").exists():
-        captions = str(data / "annotations" / "dataset_shapes.json")
-        train_tok = [VLP, "tokenizer", "train", "--input", captions, "--out", str(tok), "--vocab-size", "400"]
-        costs["tokenizer"] = run(train_tok, out / "tokenizer.log")
-    vocab = Tokenizer.load(tok).vocab_size  # the model's vocabulary is the tokenizer's (as the demo sets it)
-    common = ["--set", f"data.root={data}", "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
-              "--set", "train.seed=0", "--overwrite"]  # fmt: skip
-    if not (tagger / "summary.json").exists():
-        recipe = out / "tagger.yaml"
-        recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, args.tag_steps // 20), steps=args.tag_steps))
-        costs["tagger"] = run([VLP, "finetune", str(recipe), "--out", str(tagger), "--tokenizer", str(tok), *common],
-                              out / "tagger.log")  # fmt: skip
+    world = demo_world(out, args.images, args.tag_steps, 0, costs)
     if not (clip / "summary.json").exists():
-        pretrain = [VLP, "pretrain", str(DEMO_RECIPE), *common, "--set", f"model.tokenizer={tok}",
-                    "--set", f"train.steps={args.steps}", "--set", f"train.init={tagger}",
-                    "--set", "train.init_parts=[vision]", "--set", "model.heads={}",
-                    "--set", "objectives={itc: {weight: 1.0}}", "--out", str(clip)]  # fmt: skip
-        costs["pretrain"] = run(pretrain, out / "clip.log")
-    if not (held / "meta.json").exists():
-        synth = [VLP, "data", "synth", "--out", str(held), "--images", str(args.heldout), "--size", "32",
-                 "--seed", "1", "--min-objects", "1", "--max-objects", "1", "--formats", "coco", "--quiet",
-                 "--overwrite", "--workers", "1",
-                 # ShapesWorld holds 12% of the shape-colour pairs out of train by default; test images of pairs
-                 # train/ lacks penalised every learned method against zero-shot (colour is a shortcut that
-                 # fails there): a probe on all of train/ scored 35% on test/ with them, 50% without (C 100)
-                 "--holdout", "0", "--holdout-pairs", "0"]  # fmt: skip
-        costs["render held-out"] = run(synth, out / "held.log")
+        sets = ("model.heads={}", "objectives={itc: {weight: 1.0}}")
+        costs["pretrain"] = run(world.pretrain(DEMO_RECIPE, clip, args.steps, *sets), out / "clip.log")
+    # ShapesWorld holds 12% of the shape-colour pairs out of train by default; test images of pairs train/ lacks
+    # penalised every learned method against zero-shot (colour is a shortcut that fails there): a probe on all of
+    # train/ scored 35% on test/ with them, 50% without (C 100)
+    single = ("--min-objects", "1", "--max-objects", "1", "--formats", "coco", "--holdout", "0", "--holdout-pairs", "0")
+    if cost := render(held, args.heldout, 1, out / "held.log", *single):
+        costs["render held-out"] = cost
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     tables = {}
     for key in [c.strip() for c in args.classes.split(",") if c.strip()]:

@@ -22,38 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from vlp.text import Tokenizer
-
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "vlp" / "demo" / "recipes" / "albef-demo.yaml"
-VLP = str(Path(sys.executable).with_name("vlp"))
-# the demo's tagging step (src/vlp/demo/steps.py): its model, lr 2e-3 cosine, warm-up steps // 20, batch 32
-TAGGER = """base: {base}
-task: {{type: tagging, pool: auto, min_area: 0}}
-init: null
-data: {{options: {{format: instances}}}}
-optim: {{lr: 2.0e-3}}
-schedule: {{name: cosine, warmup_steps: {warmup}}}
-train: {{steps: {steps}, batch_size: 32, log_every: 25, checkpoint_every: 0, find_unused_parameters: true}}
-"""
-
-
-def run(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run ``cmd`` with one thread, its output to ``log``; wall and CPU seconds (the child's user + system)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    wall, before = time.perf_counter(), os.times()
-    with log.open("w", encoding="utf-8") as out:
-        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    after = os.times()
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
-    cpu = after.children_user - before.children_user + after.children_system - before.children_system
-    return {"wall_s": time.perf_counter() - wall, "cpu_s": cpu}
+from demo_world import DEMO_RECIPE, VLP, demo_world, run
 
 
 def last_logged(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
@@ -78,42 +49,23 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, tok, tagger = out / "data", out / "data" / "tokenizer", out / "tagger"
     costs: dict[str, dict[str, float]] = {}
-    if not (data / "meta.json").exists():
-        synth = [VLP, "data", "synth", "--out", str(data), "--images", str(args.images), "--size", "32",
-                 "--seed", str(args.seed), "--quiet", "--overwrite", "--workers", "1"]  # fmt: skip
-        costs["render"] = run(synth, out / "synth.log")
-    if not (tok / "vocab.txt").exists():
-        captions = str(data / "annotations" / "dataset_shapes.json")
-        train_tok = [VLP, "tokenizer", "train", "--input", captions, "--out", str(tok), "--vocab-size", "400"]
-        costs["tokenizer"] = run(train_tok, out / "tokenizer.log")
-    # the model's vocabulary is the tokenizer's (as the demo sets it)
-    vocab = Tokenizer.load(tok).vocab_size
-    common = ["--set", f"data.root={data}", "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
-              "--set", f"train.seed={args.seed}", "--overwrite"]  # fmt: skip
-    recipe = out / "tagger.yaml"
-    recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, args.tag_steps // 20), steps=args.tag_steps))
-    costs["tagger"] = run([VLP, "finetune", str(recipe), "--out", str(tagger), "--tokenizer", str(tok), *common],
-                          out / "tagger.log")  # fmt: skip
-    pretrain = [VLP, "pretrain", str(DEMO_RECIPE), *common, "--set", f"model.tokenizer={tok}",
-                "--set", f"train.steps={args.steps}", "--set", f"train.init={tagger}",
-                "--set", "train.init_parts=[vision]"]  # fmt: skip
-    albef = ["--set", "model.momentum=0.995"]
-    dual = ["--set", "model.heads={}"]
+    world = demo_world(out, args.images, args.tag_steps, args.seed, costs)
+    data = world.data
+    albef = ["model.momentum=0.995"]
+    dual = ["model.heads={}"]
     # SigLIP's start: scale 10 (temperature 0.1), bias -10
-    siglip = ["--set", "objectives={siglip: {weight: 1.0}}", "--set", "model.logit_bias=true",
-              "--set", "model.temperature=0.1"]  # fmt: skip
+    siglip = ["objectives={siglip: {weight: 1.0}}", "model.logit_bias=true", "model.temperature=0.1"]
     arms = {
-        "albef q=0": albef + ["--set", "objectives.itc.queue_size=0"],
-        f"albef q={args.queue}": albef + ["--set", f"objectives.itc.queue_size={args.queue}"],
-        "clip loss": dual + ["--set", "objectives={itc: {weight: 1.0}}"],
+        "albef q=0": albef + ["objectives.itc.queue_size=0"],
+        f"albef q={args.queue}": albef + [f"objectives.itc.queue_size={args.queue}"],
+        "clip loss": dual + ["objectives={itc: {weight: 1.0}}"],
         "siglip loss": dual + siglip,
     }
     rows = []
     for name, extra in arms.items():
         run_dir = out / name.replace(" ", "_").replace("=", "")
-        costs[name] = run([*pretrain, "--out", str(run_dir), *extra], Path(f"{run_dir}.log"))
+        costs[name] = run(world.pretrain(DEMO_RECIPE, run_dir, args.steps, *extra), Path(f"{run_dir}.log"))
         modes = ["dual", "itm"] if name.startswith("albef") else ["dual"]
         for mode in modes:
             eval_dir = Path(f"{run_dir}-eval-{mode}")
