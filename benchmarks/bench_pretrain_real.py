@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
+from bench_engine import TimedLoader  # the same clocked pass-through loader as the engine benchmark
 from vlp.recipe import load_recipe
 from vlp.train.engine import Trainer
 from vlp.train.jobs import build_pretraining_job
@@ -182,26 +183,6 @@ def run_plain(memory: tuple, vocab: int, steps: int, batch: int, warmup: int, lr
 
 
 # ------------------------------------------------------------------------------------------- vlp
-class TimedLoader:
-    """Passes batches (and every loader method) through; clocks batches ``start``..``stop``."""
-
-    def __init__(self, loader: Any, start: int, stop: int) -> None:
-        self.loader, self.start, self.stop = loader, start, stop
-        self.count = 0
-        self.wall = self.cpu = 0.0
-
-    def __getattr__(self, name: str) -> Any:  # state_dict, set_epoch, ... of the real loader
-        return getattr(self.loader, name)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.count == self.start:
-                self.wall, self.cpu = -time.perf_counter(), -time.process_time()
-            elif self.count == self.stop:
-                self.wall += time.perf_counter()
-                self.cpu += time.process_time()
-            self.count += 1
-            yield batch
 
 
 def run_vlp(recipe: Any, tokenizer: Any, run_dir: Path, warmup: int) -> tuple[float, float, float]:
