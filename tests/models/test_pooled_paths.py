@@ -113,3 +113,23 @@ def test_packed_text_equals_the_padded_one_and_left_padding_is_not_packed():
     torch.testing.assert_close(packed, padded, **TOL)
     torch.testing.assert_close(left, left_padded, **TOL)
     assert seen[:2] == [(1, 34), (4, 40)] and seen[2][0] == 4
+
+
+def test_a_batch_of_many_real_tokens_is_not_packed(monkeypatch):
+    """Past PACK_MAX_TOKENS real tokens the (T, T) packed attention costs more than the padded pass: the trimmed,
+    padded pass runs instead, with the same embeddings."""
+    from vlp.text import encoder
+
+    torch.manual_seed(0)
+    model = vlp.create_model("clip-tiny", **{"model.text.pooling": "argmax"}).eval()
+    ids, mask = text_batch(model.cfg.text.vocab_size)  # 34 real tokens
+    seen = []
+    model.text.layers[0].register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[:2])))
+    monkeypatch.setattr(encoder, "PACK_MAX_TOKENS", 33)
+    with torch.no_grad():
+        assert model.text.forward_packed(ids, mask) is None
+        capped = model.encode_text(ids, mask)
+        model.cfg.text_trim = 0
+        padded = model.encode_text(ids, mask)
+    torch.testing.assert_close(capped, padded, **TOL)
+    assert seen == [(4, 24), (4, 40)]  # trimmed to 17 -> 24 positions, not packed; then the untrimmed pass

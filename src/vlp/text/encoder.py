@@ -202,8 +202,9 @@ class BertTextEncoder(nn.Module):
         end into one sequence, each attending to its own row only (and, causal, to its own past), positions
         restarting at 0 in each row. The same numbers as the padded pass, for the real tokens' work only.
 
-        None (nothing run) when a row's real tokens are not a prefix of it (left padding) or its pooled token
-        lies in its padding: the caller then runs the padded pass. Needs :attr:`pools_one_token`.
+        None (nothing run) when a row's real tokens are not a prefix of it (left padding), its pooled token
+        lies in its padding, or the batch holds more than :data:`PACK_MAX_TOKENS` real tokens: the caller then
+        runs the padded pass. Needs :attr:`pools_one_token`.
         """
         if not self.pools_one_token:
             raise ValueError(
@@ -240,6 +241,12 @@ class BertTextEncoder(nn.Module):
         return self.final_norm(last.forward_at(hidden, index, attention_mask, causal))[:, 0]
 
 
+# Packed attention is one (T, T) score matrix per head over all T real tokens of the batch: it pays while T is
+# small (a train batch of captions), and grows with the square of the batch where the padded pass grows with its
+# rows (zero-shot encodes 256 prompts at once: T ~ 4,000 took 16x the padded pass's memory and more time).
+PACK_MAX_TOKENS = 1024
+
+
 def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_type_ids) -> torch.Tensor | None:
     """:meth:`BertTextEncoder.forward_packed` (see there); None when the batch cannot be packed."""
     rows, length = attention_mask.shape
@@ -249,7 +256,7 @@ def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_t
     index = pool_index(input_ids[..., None], cfg.pooling, attention_mask, input_ids, cfg.eos_id)
     # every row's real tokens a prefix of it, and its pooled token one of them (one host sync)
     prefix = torch.equal(attention_mask, positions < lengths[:, None])
-    if not prefix or not bool((index < lengths).all()):
+    if not prefix or not bool((index < lengths).all()) or int(lengths.sum()) > PACK_MAX_TOKENS:
         return None
     keep = attention_mask.flatten()
     pos = positions.flatten()[keep]
