@@ -75,6 +75,39 @@ def test_adapter_with_alpha_zero_is_the_frozen_model():
     assert labels == ref_labels and torch.allclose(probs, ref_probs, atol=1e-6)
 
 
+def test_coop_prompt_tokens_live_on_the_towers_device_and_move_with_the_context():
+    model, tok = model_of("clip-tiny"), tokenizer()
+    prompts = fewshot.CoOpPrompts(model, tok, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
+    assert not [k for k, v in vars(prompts).items() if isinstance(v, torch.Tensor)]  # all buffers or parameters
+    held = dict(prompts.named_buffers()) | dict(prompts.named_parameters())
+    assert set(held) == {"input_ids", "attention_mask", "token_type_ids", "ctx"}
+    moved = prompts.to(torch.device("meta"), torch.float64)
+    assert {name: t.device.type for name, t in moved.named_buffers()} == dict.fromkeys(held.keys() - {"ctx"}, "meta")
+    assert moved.ctx.device.type == "meta" and moved.ctx.dtype == torch.float64
+    assert moved.input_ids.dtype == torch.int64 and moved.attention_mask.dtype == torch.bool
+    # built on a model elsewhere (meta stands in for a GPU; the tokenizer's ids come from the CPU)
+    model.to(torch.device("meta"))
+    prompts = fewshot.CoOpPrompts(model, tok, NAMES, n_ctx=4, generator=torch.Generator().manual_seed(0))
+    held = dict(prompts.named_buffers()) | dict(prompts.named_parameters())
+    assert {name: t.device.type for name, t in held.items()} == dict.fromkeys(held, "meta")
+    assert tuple(prompts.words(model).shape) == (4, prompts.input_ids.shape[1], 32)  # meta ids, meta lookup
+
+
+def test_classify_runs_an_adapter_of_another_dtype_in_its_own_dtype():
+    model, tok = model_of("clip-tiny"), tokenizer()
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green")]
+    torch.manual_seed(1)
+    adapter = fewshot.ClipAdapter(16, reduction=2, alpha=0.9)
+    ref_labels, ref_probs = fewshot.classify(model, tok, images, adapter, NAMES)
+    wide = fewshot.ClipAdapter(16, reduction=2, alpha=0.9).double()
+    wide.load_state_dict(adapter.state_dict())
+    labels, probs = fewshot.classify(model, tok, images, wide, NAMES)  # float32 features, float64 adapter
+    assert labels == ref_labels and probs.dtype == torch.float32
+    assert torch.allclose(probs, ref_probs, atol=1e-6)
+    frozen = zeroshot.classify(model, tok, images, NAMES)[1]
+    assert (probs - frozen).abs().max() > 1e-6  # the adapter (alpha 0.9) really changed the answer
+
+
 def test_coop_training_moves_only_the_context():
     model, tok = model_of("clip-tiny"), tokenizer()
     model.train()

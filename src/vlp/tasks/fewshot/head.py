@@ -95,10 +95,12 @@ class CoOpPrompts(nn.Module):
                 )
         self.n_ctx, self.class_specific, self.init = count, class_specific, init
         self.class_names = names
-        self.register_buffer("input_ids", ids, persistent=False)
-        self.register_buffer("attention_mask", mask, persistent=False)
-        self.register_buffer("token_type_ids", tok.token_type_ids, persistent=False)
         weight = embeddings.word.weight
+        # the token tensors live with the context on the tower's device (buffers: ``.to()`` moves them together)
+        self.register_buffer("input_ids", ids.to(weight.device), persistent=False)
+        self.register_buffer("attention_mask", mask.to(weight.device), persistent=False)
+        types = tok.token_type_ids
+        self.register_buffer("token_type_ids", None if types is None else types.to(weight.device), persistent=False)
         if init:
             ctx = weight[slots.to(weight.device)].detach().clone().float()
         else:

@@ -37,13 +37,17 @@ def classify(
     try:
         with torch.no_grad():
             if isinstance(learned, CoOpPrompts):
-                classes = learned(model)
+                classes = learned.to(device)(model)
             else:
                 max_len = model_data_config(model).max_text_len
                 classes = class_embeddings(model, tokenizer, names, templates, max_len)
             image = model.encode_image(image_batch(model, images).to(device))
             if isinstance(learned, ClipAdapter):
-                image = learned(image)
+                # an adapter trained elsewhere (CPU features, float32): moved to the features' device, run in
+                # its own dtype
+                learned = learned.to(image.device)
+                dtype = next(learned.parameters()).dtype
+                image = learned(image.to(dtype)).to(image.dtype)
             probs = (logit_scale(model) * image @ classes.T).float().softmax(dim=-1).cpu()
     finally:
         model.train(was_training)
