@@ -41,6 +41,8 @@ def test_int8_eval_runs_records_itself_and_stays_close(world, tmp_path, task):
         assert rc == 0
         runs[int8] = results(out)
         assert runs[int8]["settings"]["int8"] is int8
+        linears = runs[int8]["settings"]["int8_linears"]  # counted in the model that was evaluated
+        assert linears > 0 if int8 else linears == 0
     key = "top1" if task == "zeroshot" else "i2t_r1"
     # a handful of val images: one image changing its answer moves the score by 100 / n; allow one or two
     n = runs[False]["metrics"]["n_images"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vlp.commands.eval_common import add_eval_arguments, finish_eval, prepare_eval
-from vlp.models.quantize import int8_model
+from vlp.models.quantize import count_int8_linears, int8_model
 from vlp.tasks.retrieval import evaluate
 
 
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"mode": metrics["mode"], "k": args.k if metrics["mode"] == "two_stage" else None,
                 "add_itc": args.add_itc, "num_pairs": metrics["num_pairs"]}  # fmt: skip
     settings["int8"] = args.int8
+    settings["int8_linears"] = count_int8_linears(setup.loaded.model)  # in the model that was evaluated
     return finish_eval(args, "retrieval", metrics, setup, chance, settings)
 
 

@@ -14,7 +14,7 @@ from vlp.commands.eval_common import (
 )
 from vlp.config import ConfigError
 from vlp.data.sources.image_folder import folder_layout
-from vlp.models.quantize import int8_model
+from vlp.models.quantize import count_int8_linears, int8_model
 from vlp.tasks.reporting import write_json
 from vlp.tasks.zeroshot import TEMPLATE_SETS, evaluate, save_confusion_png
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     matrix = metrics.pop("confusion_matrix")
     settings = {"templates": metrics["templates"], "class_names": metrics["class_names"]}
     settings["int8"] = args.int8
+    settings["int8_linears"] = count_int8_linears(setup.loaded.model)  # in the model that was evaluated
     if folder:
         settings["split_source"] = metrics.get("split_source")
         print(f"split {args.split}: {metrics.get('split_source')}")
