@@ -169,6 +169,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_set(blip_folders, itm_folder
     assert code == 2 and "--resume" in err  # never overwritten without --resume / --force
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--resume")
     assert code == 2 and "samples_per_image" in err  # other settings: refused, not mixed
+    assert "--force" in err and "--overwrite" not in err  # capfilt's flag, not vlp predict's
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--samples-per-image", "2", "--resume")
     assert code == 0, err
     # batch 0 (images 1-2) counted as done, batch 1 (cut off) redone, then batch 2
@@ -217,6 +218,73 @@ def test_webdataset_output_reads_back(blip_folders, itm_folders, web, tmp_path, 
     assert code == 0, err
     code, err = capfilt(capsys, captioner, filt, out, tmp_path / "albef")
     assert code == 2 and "--format wds" in err
+
+
+def test_resume_refuses_another_web_set_of_the_same_size(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "out")
+    assert code == 0, err
+    decisions = (tmp_path / "out" / "decisions_train.json").read_text()
+    # the same five photos with other captions, in another folder: same image count, another web set
+    other = tmp_path / "other"
+    other.mkdir()
+    entries = json.loads((web / "web_train.json").read_text())
+    (other / "web_train.json").write_text(json.dumps([{**e, "caption": e["caption"] + " again"} for e in entries]))
+    code, err = capfilt(capsys, captioner, filt, other, tmp_path / "out", "--resume")
+    assert code == 2 and f"--data {other.resolve()}" in err and str(web.resolve()) in err and "--force" in err
+    assert (tmp_path / "out" / "decisions_train.json").read_text() == decisions  # left as it was
+    # the same folder with other captions: refused too
+    (web / "web_train.json").write_text(json.dumps([{**e, "caption": e["caption"] + "!"} for e in entries]))
+    code, err = capfilt(capsys, captioner, filt, web, tmp_path / "out", "--resume")
+    assert code == 2 and "other images or captions" in err
+
+
+def test_another_format_on_resume_leaves_one_reading(blip_folders, itm_folders, web, tmp_path, capsys):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    out = tmp_path / "out"
+    code, err = capfilt(capsys, captioner, filt, web, out, "--format", "wds", "--threshold", "0")
+    assert code == 0, err
+    assert detect_data(out).type == "webdataset"
+    code, err = capfilt(capsys, captioner, filt, web, out, "--resume", "--format", "albef-json", "--threshold", "0")
+    assert code == 0, err
+    assert detect_data(out).type == "albef" and not list(out.glob("shards/*.tar"))
+    assert len(json.loads((out / "capfilt_train.json").read_text())) == 15  # 2 web + 1 synthetic per image
+    code, err = capfilt(capsys, captioner, filt, web, out, "--force", "--format", "wds", "--threshold", "0")
+    assert code == 0, err
+    assert detect_data(out).type == "webdataset" and not (out / "capfilt_train.json").exists()
+
+
+def test_shards_of_the_old_set_stay_until_the_new_set_is_written(
+    blip_folders, itm_folders, web, tmp_path, capsys, monkeypatch
+):
+    _, captioner = blip_folders
+    _, filt = itm_folders
+    out = tmp_path / "out"
+    code, err = capfilt(capsys, captioner, filt, web, out, "--format", "wds", "--shard-size", "1", "--threshold", "0")
+    assert code == 0, err
+    shards = {p.name: p.read_bytes() for p in out.glob("shards/*.tar")}
+    assert len(shards) == 15
+    import vlp.tasks.capfilt as capfilt_module
+
+    real, calls = capfilt_module.write_atomic, []
+
+    def fail_on_second_shard(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(path, data)
+
+    monkeypatch.setattr(capfilt_module, "write_atomic", fail_on_second_shard)
+    options = CapFiltOptions(max_new_tokens=6, batch_size=2, format="wds", shard_size=2, threshold=0.0)
+    names = (str(Path(captioner).resolve()), str(Path(filt).resolve()))
+    with pytest.raises(OSError, match="disk full"):
+        run_capfilt(load_any(captioner), load_any(filt), web, out, options, names=names, resume=True)
+    assert sorted(p.name for p in out.glob("shards/*.tar")) == sorted(shards)  # none of the old names deleted
+    monkeypatch.setattr(capfilt_module, "write_atomic", real)
+    run_capfilt(load_any(captioner), load_any(filt), web, out, options, names=names, resume=True)
+    assert len(list(out.glob("shards/*.tar"))) == 8  # 15 samples by 2: the old set's other names are gone
 
 
 def test_shapesworld_and_karpathy_folders_are_read_one_record_per_image(tmp_path):

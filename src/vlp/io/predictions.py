@@ -30,8 +30,14 @@ class PredictionLog:
     """Appends prediction records to ``out`` (None = stdout, which cannot resume); see the module docstring."""
 
     def __init__(
-        self, out: str | Path | None, model: str, settings: Mapping[str, Any], overwrite: bool = False
+        self,
+        out: str | Path | None,
+        model: str,
+        settings: Mapping[str, Any],
+        overwrite: bool = False,
+        overwrite_flag: str = "--overwrite",
     ) -> None:
+        self.overwrite_flag = overwrite_flag  # the command's flag named in a refusal
         self.out = Path(out) if out is not None else None
         self.meta = {"format": FORMAT, "model": model, "settings": json.loads(json.dumps(dict(settings)))}
         self.done: set[str] = set()
@@ -58,13 +64,13 @@ class PredictionLog:
         if not isinstance(found, dict) or found.get("format") != FORMAT:
             raise ConfigError(
                 f"--out {self.out}: the file exists and was not written by vlp predict (no {meta.name} beside it); "
-                "it is left as it is: pass another --out, or --overwrite to replace it"
+                f"it is left as it is: pass another --out, or {self.overwrite_flag} to replace it"
             )
         for key in ("model", "settings"):
             if found.get(key) != self.meta[key]:
                 raise ConfigError(
                     f"--out {self.out}: holds predictions made with {key} {found.get(key)!r}, not {self.meta[key]!r}; "
-                    "pass another --out to keep both, or --overwrite to replace them"
+                    f"pass another --out to keep both, or {self.overwrite_flag} to replace them"
                 )
         data = self.out.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]  # a line cut off mid-write is predicted again

@@ -44,7 +44,7 @@ from vlp.data.registry import resolve_context, shapes_delegate
 from vlp.data.skipping import Skipped
 from vlp.data.sources.webdataset import ShardReader, expand_shards, scan_shard
 from vlp.io.atomic import write_atomic
-from vlp.io.predictions import PredictionLog
+from vlp.io.predictions import PredictionLog, meta_path
 from vlp.tasks.captioning.decode import captions_of
 from vlp.tasks.common import image_batch, model_data_config
 from vlp.tasks.decoding import DecodeOptions
@@ -208,12 +208,13 @@ def synthetic_captions(
         raise ConfigError(f"--captioner: model {model.cfg.name!r} has no text decoder (model.decoder) to caption with")
     pixels = image_batch(model, images).to(device)
     out: list[list[str]] = [[] for _ in images]
-    for s in range(options.samples_per_image):
-        seed = batch_seed(options.seed, batch, s)
-        decode = DecodeOptions(strategy="nucleus", top_p=options.top_p, max_new_tokens=options.max_new_tokens,
-                               min_new_tokens=options.min_new_tokens, seed=seed)  # fmt: skip
-        for row, text in enumerate(captions_of(model, tokenizer, pixels, options.prompt, decode)):
-            out[row].append(text)
+    with torch.no_grad():  # captions_of runs the image tower outside no_grad
+        for s in range(options.samples_per_image):
+            seed = batch_seed(options.seed, batch, s)
+            decode = DecodeOptions(strategy="nucleus", top_p=options.top_p, max_new_tokens=options.max_new_tokens,
+                                   min_new_tokens=options.min_new_tokens, seed=seed)  # fmt: skip
+            for row, text in enumerate(captions_of(model, tokenizer, pixels, options.prompt, decode)):
+                out[row].append(text)
     return out
 
 
@@ -322,7 +323,10 @@ def _write_albef(out: Path, split: str, records: list[dict[str, Any]], items: di
         for r in records
         for t in kept_texts(r)
     ]
-    return [write_atomic(out / f"capfilt_{split}.json", json.dumps(entries, ensure_ascii=False, indent=0))]
+    written = [write_atomic(out / f"capfilt_{split}.json", json.dumps(entries, ensure_ascii=False, indent=0))]
+    for old in (out / "shards").glob(f"capfilt_{split}-*.tar"):  # a --format wds run's set: one reading only
+        old.unlink()
+    return written
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -335,8 +339,6 @@ def _write_shards(out: Path, split: str, records: list[dict[str, Any]], items: d
                   shard_size: int, reader: ShardReader) -> list[Path]:  # fmt: skip
     samples = [(r, t) for r in records for t in kept_texts(r)]
     folder = out / "shards"
-    for old in folder.glob(f"capfilt_{split}-*.tar"):  # a previous run's shards (--force) must not linger
-        old.unlink()
     written = []
     for n, start in enumerate(range(0, max(len(samples), 1), shard_size)):
         buffer = io.BytesIO()
@@ -350,6 +352,10 @@ def _write_shards(out: Path, split: str, records: list[dict[str, Any]], items: d
                         "p_match": text["p_match"], "web_key": record["key"]}  # fmt: skip
                 _tar_add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         written.append(write_atomic(folder / f"capfilt_{split}-{n:06d}.tar", buffer.getvalue()))
+    # a previous run's other shards (--force, --resume with another shard size) go once the new set is written
+    for old in set(folder.glob(f"capfilt_{split}-*.tar")) - set(written):
+        old.unlink()
+    (out / f"capfilt_{split}.json").unlink(missing_ok=True)  # a --format albef-json run's list: one reading only
     return written
 
 
@@ -377,10 +383,17 @@ def run_capfilt(
     if options.format == "albef-json" and any(item.path is None for item in items):
         raise ConfigError("--format albef-json: the web set is WebDataset shards (no image files); use --format wds")
     prepare_out(out, resume, force)
-    settings = {**asdict(options), "filter": names[1], "images": len(items)}
+    root = data.root if isinstance(data, DataConfig) else data
+    digest = hashlib.sha256(json.dumps([(i.key, i.captions) for i in items]).encode()).hexdigest()
+    # the web set the work reads: a --resume with another --data folder, or other images, is refused
+    settings = {**asdict(options), "filter": names[1], "images": len(items), "data": str(Path(root).resolve()),
+                "items": digest}  # fmt: skip
     # what the logged work depends on; the output settings are applied when the set is written
     work = {k: v for k, v in settings.items() if k not in OUTPUT_SETTINGS}
-    log = PredictionLog(out / PROGRESS_DIR / "progress.jsonl", names[0], work, overwrite=force)
+    progress_path = out / PROGRESS_DIR / "progress.jsonl"
+    if not force:
+        _check_same_data(progress_path, work)
+    log = PredictionLog(progress_path, names[0], work, overwrite=force, overwrite_flag="--force")
     stats = CapFiltStats(total=len(items))
     if log.resumed:
         _count(stats, apply_threshold(read_progress(log.out), options.threshold))
@@ -417,6 +430,21 @@ def run_capfilt(
         for m, training in zip(models, was_training):
             m.train(training)
     return stats, files
+
+
+def _check_same_data(progress: Path, work: dict[str, Any]) -> None:
+    """Refuse to resume a progress log made from another web set (other --data folder or other images)."""
+    try:
+        found = json.loads(meta_path(progress).read_text(encoding="utf-8")).get("settings", {})
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return  # no readable record: PredictionLog refuses it
+    for key in ("data", "items"):
+        if isinstance(found, dict) and found.get(key) != work[key]:
+            raise ConfigError(
+                f"--data {work['data']}: {progress.parent.parent} holds CapFilt progress made from another web set "
+                f"({'--data ' + str(found.get('data')) if key == 'data' else 'other images or captions'}); "
+                "pass the same --data to --resume, or --force to redo it"
+            )
 
 
 def _count(stats: CapFiltStats, records: list[dict[str, Any]]) -> None:
