@@ -185,3 +185,22 @@ def test_predict_on_own_images_matches_the_task_decoding(trained):
     assert got == pytest.approx([16 + 32 * x0, 32 * y0, 16 + 32 * x1, 32 * y1], abs=1e-4)
     with pytest.raises(ValueError, match="one text per image"):
         ground(model, tokenizer, [path], ["a", "b"])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_every_rank_trains_every_task(world_size):
+    """Item i is task i % 3: each rank's share holds all three tasks equally, and the ranks split the items."""
+    from vlp.tasks.seq2seq.finetune import MixedLoader
+
+    class Interleaved:  # what MixedLoader reads of a MixedTasks: its tasks and its length
+        tasks = ["captioning", "vqa", "refexp"]
+
+        def __len__(self) -> int:
+            return 72
+
+    shares = [MixedLoader(Interleaved(), None, batch_size=4, rank=r, world_size=world_size).indices
+              for r in range(world_size)]  # fmt: skip
+    assert sorted(i for share in shares for i in share) == list(range(72))
+    for share in shares:
+        counts = [sum(1 for i in share if i % 3 == t) for t in range(3)]
+        assert counts == [len(share) // 3] * 3, (world_size, counts)

@@ -70,7 +70,10 @@ class MixedLoader:
     def __init__(self, dataset: MixedTasks, collate: Seq2SeqCollate, batch_size: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0) -> None:  # fmt: skip
         self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
-        self.indices = range(rank, len(dataset), world_size)
+        # whole rounds of the T interleaved tasks per rank: a stride of world_size alone would give every rank one
+        # task whenever world_size is a multiple of T (3 tasks on 3 ranks: captions only on rank 0, ...)
+        rounds = len(dataset.tasks)
+        self.indices = [i for i in range(len(dataset)) if (i // rounds) % world_size == rank]
         self.num_workers = num_workers
         if len(self.indices) < batch_size:
             raise ConfigError(
