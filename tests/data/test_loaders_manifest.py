@@ -101,3 +101,14 @@ def test_per_split_files_name_what_exists(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"manifest_test\.jsonl: file not found \(split 'test'; manifests found: "
                                           r"manifest_train\.jsonl, manifest_val\.jsonl\)"):  # fmt: skip
         build_dataset(_config(tmp_path), "test")
+
+
+def test_csv_column_options_leave_a_jsonl_manifest_on_its_keys(tmp_path) -> None:
+    """csv_img_key / csv_caption_key name CSV columns (OpenCLIP's options): a JSONL split read with the same
+    options keeps the default keys instead of skipping every record."""
+    _images(tmp_path, 2)
+    (tmp_path / "train.csv").write_text("img,alt text\n0.png,a dog\n")
+    _jsonl(tmp_path / "val.jsonl", [{"image": "1.png", "caption": "a cat"}])
+    options = dict(csv_img_key="img", csv_caption_key="alt text")
+    assert _captions(build_dataset(_config(tmp_path, "train.csv", **options), "train")) == ["a dog"]
+    assert _captions(build_dataset(_config(tmp_path, "val.jsonl", **options), "train")) == ["a cat"]

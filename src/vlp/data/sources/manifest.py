@@ -130,8 +130,11 @@ def _separator(path: Path, header: str, fmt: CsvFormat) -> str:
     return found[0] if found else ("\t" if path.suffix == ".tsv" else ",")
 
 
-def _keys(fmt: CsvFormat) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The image and caption keys a manifest is read with."""
+def _keys(path: Path, fmt: CsvFormat) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The image and caption keys a manifest is read with: csv_img_key / csv_caption_key name CSV / TSV columns
+    (OpenCLIP's options); a JSONL manifest keeps the default keys."""
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return _IMAGE_KEYS, _CAPTION_KEYS
     return (fmt.image_key,) if fmt.image_key else _IMAGE_KEYS, (fmt.caption_key,) if fmt.caption_key else _CAPTION_KEYS
 
 
@@ -142,7 +145,7 @@ def _csv_rows(path: Path, fmt: CsvFormat, captions: bool) -> Iterator[ManifestRo
         raise ConfigError(f"data.options.csv_separator: {fmt.separator!r} must be one character (or \\t)")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
     header = reader.fieldnames or []
-    image_keys, caption_keys = _keys(fmt)
+    image_keys, caption_keys = _keys(path, fmt)
     if not any(k in header for k in image_keys) or (captions and not any(k in header for k in caption_keys)):
         wanted = f"an image column ({'/'.join(image_keys)})"
         wanted += f" and a caption column ({'/'.join(caption_keys)})" if captions else ""
@@ -170,7 +173,7 @@ def manifest_images(path: Path, csv_format: CsvFormat | None = None) -> Iterator
     """``(FILE:LINE, image)`` for every record of a manifest, captions or not: ``image`` is the record's image
     file (a :class:`~pathlib.Path`, relative paths resolved against the manifest's folder), or a ``"reason:
     detail"`` string saying why the record gives none (the reasons :func:`read_manifest` skips it for)."""
-    image_keys, _ = _keys(csv_format or CsvFormat())
+    image_keys, _ = _keys(path, csv_format or CsvFormat())
     for row in manifest_rows(path, csv_format, captions=False):
         image = _image_of(row.record, image_keys) if row.problem is None else row.problem
         yield row.source, (f"{image[0]}: {image[1]}" if isinstance(image, tuple) else resolve(path.parent, image))
@@ -179,7 +182,7 @@ def manifest_images(path: Path, csv_format: CsvFormat | None = None) -> Iterator
 def _read_entries(
     path: Path, images_dir: Path, strict: bool, skips: list[Skipped], fmt: CsvFormat
 ) -> list[ImageCaptions]:
-    image_keys, caption_keys = _keys(fmt)
+    image_keys, caption_keys = _keys(path, fmt)
     entries = []
     for row in manifest_rows(path, fmt):
         if row.problem is not None:
