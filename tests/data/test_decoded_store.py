@@ -189,3 +189,29 @@ def test_concurrent_builders_decode_once(tmp_path) -> None:
     assert len(list((tmp_path / "c").glob("*.u8"))) == 1
     first = paths[0]
     assert all(np.array_equal(s.array(first)[0], stores[0].array(first)[0]) for s in stores)
+
+
+def test_an_interrupted_build_leaves_no_partial_pixels(tmp_path, monkeypatch) -> None:
+    """Ctrl-C in the middle of decoding: the partial pixel file goes; the next build finds nothing stale."""
+    from vlp.data import decoded_store
+
+    root = write_set(tmp_path / "data")
+    paths = sorted(str(p) for p in (root / "images").iterdir())
+    calls = []
+
+    def interrupted(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return decode_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(decoded_store, "decode_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        DecodedStore(tmp_path / "c", paths, (32, 32))
+    assert not list((tmp_path / "c").glob("*.tmp"))
+    monkeypatch.setattr(decoded_store, "decode_image", decode_image)
+    name = DecodedStore(tmp_path / "elsewhere", paths, (32, 32)).name  # the store's name: its settings and files
+    (tmp_path / "c" / f"{name}-killed.u8.tmp").write_bytes(b"x")  # after SIGKILL no except clause runs
+    store = DecodedStore(tmp_path / "c", paths, (32, 32))
+    assert store.built
+    assert not list((tmp_path / "c").glob("*.tmp")) and len(list((tmp_path / "c").glob("*.u8"))) == 1

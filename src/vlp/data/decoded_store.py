@@ -189,22 +189,28 @@ class DecodedStore:
 
     def _build(self, paths: list[str]) -> dict[str, Any]:
         logger.info("decoding %d image(s) once into %s", len(paths), self.folder)
+        for stale in self.folder.glob(f"{self.name}-*.tmp"):  # an interrupted build's (we hold the lock)
+            stale.unlink(missing_ok=True)
         build = uuid.uuid4().hex[:12]
         pixels_name = f"{self.name}-{build}.u8"
         tmp_pixels = self.folder / f"{pixels_name}.tmp"
         entries: dict[str, list] = {}
         offset = 0
-        with tmp_pixels.open("wb") as out:
-            for path in paths:
-                try:
-                    image, full = decode_image(path, self.draft_size, self.max_pixels)
-                except ImageError as err:
-                    entries[path] = [err.reason, err.detail]
-                    continue
-                data = np.asarray(image, dtype=np.uint8)
-                out.write(np.ascontiguousarray(data).tobytes())
-                entries[path] = [offset, data.shape[0], data.shape[1], int(full[0]), int(full[1])]
-                offset += data.size
+        try:
+            with tmp_pixels.open("wb") as out:
+                for path in paths:
+                    try:
+                        image, full = decode_image(path, self.draft_size, self.max_pixels)
+                    except ImageError as err:
+                        entries[path] = [err.reason, err.detail]
+                        continue
+                    data = np.asarray(image, dtype=np.uint8)
+                    out.write(np.ascontiguousarray(data).tobytes())
+                    entries[path] = [offset, data.shape[0], data.shape[1], int(full[0]), int(full[1])]
+                    offset += data.size
+        except BaseException:  # Ctrl-C, a full disk, ...: a data set's worth of pixels must not stay behind
+            tmp_pixels.unlink(missing_ok=True)
+            raise
         os.replace(tmp_pixels, self.folder / pixels_name)
         index = {"format": FORMAT, "version": VERSION, "key": self._key, "draft_size": self.draft_size,
                  "max_pixels": self.max_pixels, "files": self._files, "pixels": pixels_name, "bytes": offset,
