@@ -55,3 +55,14 @@ def test_fused_only_where_the_kernel_fits() -> None:
     assert not fused_adamw_fits([torch.zeros(3, dtype=torch.long)])  # not floating
     assert not fused_adamw_fits([torch.zeros(3, device="meta")])  # neither CPU nor CUDA
     assert not fused_adamw_fits([])
+
+
+def test_no_fused_kernel_on_a_device_this_torch_lacks_it_for(monkeypatch):
+    """Before torch 2.4 the fused AdamW kernel ran on CUDA only (CPU params raised at construction)."""
+    from vlp.train import optim
+
+    params = [nn.Parameter(torch.zeros(3))]
+    assert fused_adamw_fits(params)  # torch 2.13 lists "cpu"
+    monkeypatch.setattr(optim.foreach_utils, "_get_fused_kernels_supported_devices", lambda: ["cuda", "xpu"])
+    assert not fused_adamw_fits(params)
+    assert build_optimizer(nn.Linear(2, 2), OptimConfig()).defaults["fused"] is None

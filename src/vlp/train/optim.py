@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.utils._foreach_utils as foreach_utils
 from torch import nn
 
 from vlp.config import ConfigError
@@ -108,6 +109,12 @@ def param_groups(module: nn.Module, cfg: OptimConfig, where: str = "optim") -> l
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
+def fused_adamw_devices() -> set[str]:
+    """Device types this torch's fused AdamW kernel runs on (CPU only from torch 2.4; ``torch>=2.2`` is allowed)."""
+    listed = getattr(foreach_utils, "_get_fused_kernels_supported_devices", None)
+    return set(listed()) if listed is not None else {"cuda"}  # a torch without the list: the kernel's first home
+
+
 def fused_adamw_fits(params: Iterable[torch.Tensor]) -> bool:
     """Whether torch's fused AdamW kernel takes ``params``: dense floating tensors on CPU or CUDA, one
     device type, none a DTensor (FSDP's shards keep torch's default). The kernel does the foreach update's
@@ -116,7 +123,7 @@ def fused_adamw_fits(params: Iterable[torch.Tensor]) -> bool:
     kinds = {p.device.type for p in params}
     return (
         len(kinds) == 1
-        and kinds <= {"cpu", "cuda"}
+        and kinds <= {"cpu", "cuda"} & fused_adamw_devices()
         and all(type(p.data) is torch.Tensor and p.is_floating_point() and not p.is_sparse for p in params)
     )
 
