@@ -129,3 +129,19 @@ def test_bf16_autocast_close_to_fp32():
 def test_masked_mean_counts_only_kept_tokens():
     x = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert masked_mean(x, torch.tensor([[True, True, False]])).item() == 2.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_stack_bias_cast_by_autocast_keeps_fully_padded_rows_finite(dtype):
+    """The stack's bias is built once in the residual stream's float32; autocast casts it to the attention's
+    fp16 / bf16, where float32's minimum is -inf: a row with no real token must still get finite weights,
+    not NaN."""
+    from vlp.layers.block import stack_bias
+
+    x = torch.randn(2, 5, 8)
+    keep = torch.tensor([[True, True, True, False, False], [False] * 5])
+    bias = stack_bias(x, keep, causal=False).to(dtype)
+    assert torch.isfinite(bias).all()
+    q, k, v = (torch.randn(2, 2, 5, 4, dtype=dtype) for _ in range(3))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    assert torch.isfinite(out).all()

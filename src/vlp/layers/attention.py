@@ -10,6 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The bias of a blocked key. Not a dtype's minimum: a float32 bias built once per stack is cast to fp16 / bf16
+# under autocast, where float32's minimum is -inf, and a query whose keys are all blocked then gives NaN. Half
+# of fp16's minimum stays finite in every float dtype, also with a score added, and exp() of it is exactly 0 in
+# each, so attention over any unblocked key is unchanged.
+BLOCKED = torch.finfo(torch.float16).min / 2
+
 
 def attention_bias(
     keep_mask: torch.Tensor | None,
@@ -21,8 +27,8 @@ def attention_bias(
 ) -> torch.Tensor | None:
     """Additive bias ``(B or 1, 1, Nq, Nk)`` that blocks padded keys and, if causal, future keys.
 
-    A large finite negative (not -inf) is used so that a query whose keys are all
-    padding gets uniform weights instead of NaN.
+    A large finite negative (:data:`BLOCKED`, not -inf) is used so that a query whose keys are all
+    padding gets finite weights instead of NaN, in any dtype the bias is cast to.
     """
     if keep_mask is None and not causal:
         return None
@@ -35,7 +41,7 @@ def attention_bias(
         future = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).triu(num_keys - num_queries + 1)
         blocked = blocked | future
     bias = torch.zeros(blocked.shape, dtype=dtype, device=device)
-    return bias.masked_fill(blocked, torch.finfo(dtype).min)
+    return bias.masked_fill(blocked, BLOCKED)
 
 
 class Attention(nn.Module):
@@ -136,7 +142,5 @@ class Attention(nn.Module):
             if causal:
                 keys = torch.arange(x.shape[1], device=x.device)
                 blocked = blocked | (keys > index[:, None, :, None])
-            bias = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(
-                blocked, torch.finfo(q.dtype).min
-            )
+            bias = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, BLOCKED)
         return self._attend(q, k, v, bias)

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlp.config import part
 from vlp.layers import TransformerBlock, activation, masked_mean
+from vlp.layers.attention import BLOCKED
 from vlp.layers.block import stack_bias
 from vlp.text.config import TextConfig
 from vlp.text.embeddings import TextEmbeddings
@@ -267,7 +268,7 @@ def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_t
     if cfg.causal:
         blocked = blocked | (pos[None, :] > pos[:, None])  # ... and, causal, nothing after itself
     bias = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
-    bias = bias.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
+    bias = bias.masked_fill(blocked, BLOCKED)[None, None]
     *body, last = encoder.layers
     for layer in body:
         if encoder.grad_checkpointing and encoder.training and torch.is_grad_enabled():
