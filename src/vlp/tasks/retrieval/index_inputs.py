@@ -37,7 +37,7 @@ def input_roots(specs: list[str], folders: set[str] | None = None) -> list[str]:
         if folders is not None and not _is_pattern(spec):
             roots.add(spec if spec in folders else os.path.dirname(spec))
             continue
-        if any(ch in spec for ch in "*?["):
+        if _is_pattern(spec):
             fixed = spec[: min(spec.index(ch) for ch in "*?[" if ch in spec)]
             fixed = fixed if fixed.endswith(os.sep) else os.path.dirname(fixed)
         # os.path, not a Path per spec: an index of 10^6 files names 10^6 specs
