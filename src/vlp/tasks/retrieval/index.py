@@ -170,7 +170,8 @@ def index_embeddings(
     shards, keys = read_embedding_shards(folder)
     if not keys:
         raise ConfigError(f"{folder}: holds no embeddings to index")
-    dim = int(read_meta(folder)["dim"])
+    meta = read_meta(folder)  # once: its dim here, its model in index.json
+    dim = int(meta["dim"])
     plan = index_plan(len(keys), dim, options or IndexOptions())
     specs = list(inputs)
     (folder / INDEX_NAME).unlink(missing_ok=True)  # the folder is unfinished until index.json is rewritten
@@ -194,7 +195,7 @@ def index_embeddings(
         write_atomic(folder / CAPTIONS_NAME, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in captions))
     else:
         (folder / CAPTIONS_NAME).unlink(missing_ok=True)
-    info = {"format": FORMAT, "model": model_id or read_meta(folder).get("model"), **plan, "count": len(keys),
+    info = {"format": FORMAT, "model": model_id or meta.get("model"), **plan, "count": len(keys),
             "dim": dim, "roots": input_roots(specs, folders), "inputs": specs,
             "captions": captions is not None}  # fmt: skip
     write_atomic(folder / INDEX_NAME, json.dumps(info, indent=1) + "\n")
