@@ -170,17 +170,18 @@ class BertTextEncoder(nn.Module):
         states = []
         bias = stack_bias(hidden, attention_mask, causal)  # once for every layer, not once per layer
         for layer in self.layers[start:end]:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(
-                    layer, hidden, attention_mask, context, context_mask, causal, bias, use_reentrant=False
-                )
-            else:
-                hidden = layer(hidden, attention_mask, context, context_mask, causal, bias)
+            hidden = self._run_layer(layer, hidden, attention_mask, context, context_mask, causal, bias)
             if return_all:
                 states.append(hidden)
         if end == self.num_layers:
             hidden = self.final_norm(hidden)
         return (hidden, states) if return_all else hidden
+
+    def _run_layer(self, layer: nn.Module, hidden: torch.Tensor, *args) -> torch.Tensor:
+        """``layer(hidden, *args)``, under gradient checkpointing when it is on and gradients are recorded."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, hidden, *args, use_reentrant=False)
+        return layer(hidden, *args)
 
     def pool(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
@@ -235,10 +236,7 @@ class BertTextEncoder(nn.Module):
         causal = self.cfg.causal
         bias = stack_bias(hidden, attention_mask, causal)
         for layer in body:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(layer, hidden, attention_mask, None, None, causal, bias, use_reentrant=False)
-            else:
-                hidden = layer(hidden, attention_mask, None, None, causal, bias)
+            hidden = self._run_layer(layer, hidden, attention_mask, None, None, causal, bias)
         return self.final_norm(last.forward_at(hidden, index, attention_mask, causal))[:, 0]
 
 
@@ -271,10 +269,7 @@ def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_t
     bias = bias.masked_fill(blocked, BLOCKED)[None, None]
     *body, last = encoder.layers
     for layer in body:
-        if encoder.grad_checkpointing and encoder.training and torch.is_grad_enabled():
-            hidden = checkpoint(layer, hidden, None, None, None, False, bias, use_reentrant=False)
-        else:
-            hidden = layer(hidden, None, None, None, False, bias)
+        hidden = encoder._run_layer(layer, hidden, None, None, None, False, bias)
     at = (torch.cumsum(lengths, 0) - lengths + index)[None]  # each row's pooled token in the packed sequence
     return encoder.final_norm(last.forward_at(hidden, at, attn_bias=bias[:, :, at[0]]))[0]
 
