@@ -318,11 +318,12 @@ def kept_texts(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _write_albef(out: Path, split: str, records: list[dict[str, Any]], items: dict[str, WebImage]) -> list[Path]:
-    entries = [
-        {"image": str(Path(str(items[r["key"]].path)).resolve()), "caption": t["text"], "image_id": r["image_id"]}
-        for r in records
-        for t in kept_texts(r)
-    ]
+    entries = []
+    for r in records:
+        kept = kept_texts(r)
+        if kept:  # the path resolved once per image that keeps a text, not once per kept text
+            image = str(Path(str(items[r["key"]].path)).resolve())
+            entries += [{"image": image, "caption": t["text"], "image_id": r["image_id"]} for t in kept]
     written = [write_atomic(out / f"capfilt_{split}.json", json.dumps(entries, ensure_ascii=False, indent=0))]
     for old in (out / "shards").glob(f"capfilt_{split}-*.tar"):  # a --format wds run's set: one reading only
         old.unlink()
