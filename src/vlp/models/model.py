@@ -247,9 +247,8 @@ class VisionLanguageModel(nn.Module):
                 pooled = self._pooled_text(input_ids, attention_mask, token_type_ids)
                 if pooled is not None:
                     return F.normalize(self.text_proj(pooled), dim=-1)
-            if fusion is not None and fusion.unimodal_text_layers() != fusion.text_input_layers():
+            if fusion is not None and end != fusion.text_input_layers():
                 # e.g. BLIP: the fusion input is the embeddings, the unimodal text is the whole stack
-                end = fusion.unimodal_text_layers()
                 tokens = self._run_text(input_ids, attention_mask, token_type_ids, end)
             elif tokens is None:
                 tokens = self.text_tokens(input_ids, attention_mask, token_type_ids)
