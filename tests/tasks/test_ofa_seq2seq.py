@@ -170,7 +170,8 @@ def test_predict_on_own_images_matches_the_task_decoding(trained):
     batch = image_batch(model, [path]).replace(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool())
     x0, y0, x1, y1 = generate_boxes(model, tokenizer, batch, DecodeOptions(strategy="greedy"))[0].tolist()
     assert boxes == [pytest.approx([x0 * width, y0 * height, x1 * width, y1 * height])]
-    assert len(caption(model, tokenizer, [path, path])) == 2
+    captions = caption(model, tokenizer, [path, path])
+    assert len(captions) == 2 and captions[0] == captions[1] and captions[0].strip()  # greedy: one image, one text
     # a centre-crop model sees the middle 32x32 of a 64x32 image (resized short side 32, crop 32): the box
     # comes back shifted by the 16-pixel margin, as evaluation maps it (it used to be stretched over 64 px)
     wide = Image.new("RGB", (64, 32), (40, 40, 40))
