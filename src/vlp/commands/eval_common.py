@@ -15,6 +15,7 @@ from typing import Any
 from vlp.config import ConfigError, to_dict
 from vlp.data.config import DataConfig
 from vlp.io.folders import LoadedModel, load_model
+from vlp.models.quantize import count_int8_linears, int8_model
 from vlp.tasks.common import eval_data_config, model_data_config, resolve_device
 from vlp.tasks.decoding import DecodeOptions
 from vlp.tasks.reporting import metrics_table, write_json, write_results
@@ -185,3 +186,17 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                         "or colour-shape pair")  # fmt: skip
     parser.add_argument("--objects", choices=("largest", "single"), default=None,
                         help="label images by their biggest object (default) or keep one-object images")  # fmt: skip
+
+
+def add_int8_argument(parser: argparse.ArgumentParser) -> None:
+    """``--int8`` of the eval commands that encode with the dual towers (retrieval, zero-shot)."""
+    parser.add_argument("--int8", action="store_true", help="quantize the linear layers to int8 (dynamic, CPU "
+                        "only): faster, approximate; results.json records it")  # fmt: skip
+
+
+def apply_int8(args: argparse.Namespace, setup: EvalSetup) -> dict[str, Any]:
+    """Quantize the loaded model when ``--int8`` asks; the settings that record it (the count is of the model
+    that is evaluated, so a flag that quantized nothing shows)."""
+    if args.int8:
+        setup.loaded.model = int8_model(setup.loaded.model, setup.device)
+    return {"int8": args.int8, "int8_linears": count_int8_linears(setup.loaded.model)}

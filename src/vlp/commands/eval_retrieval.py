@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from vlp.commands.eval_common import add_eval_arguments, finish_eval, prepare_eval
-from vlp.models.quantize import count_int8_linears, int8_model
+from vlp.commands.eval_common import add_eval_arguments, add_int8_argument, apply_int8, finish_eval, prepare_eval
 from vlp.tasks.retrieval import evaluate
 
 
 def run(args: argparse.Namespace) -> int:
     setup = prepare_eval(args, "captions")
-    if args.int8:
-        setup.loaded.model = int8_model(setup.loaded.model, setup.device)
+    int8 = apply_int8(args, setup)
     mode = "exhaustive" if args.exhaustive else "dual" if args.dual else "auto"
     metrics = evaluate(
         setup.loaded.model, setup.loaded.tokenizer, setup.data, split=args.split, mode=mode, k=args.k,
@@ -22,8 +20,7 @@ def run(args: argparse.Namespace) -> int:
     chance = metrics.pop("chance")
     settings = {"mode": metrics["mode"], "k": args.k if metrics["mode"] == "two_stage" else None,
                 "add_itc": args.add_itc, "num_pairs": metrics["num_pairs"]}  # fmt: skip
-    settings["int8"] = args.int8
-    settings["int8_linears"] = count_int8_linears(setup.loaded.model)  # in the model that was evaluated
+    settings.update(int8)
     return finish_eval(args, "retrieval", metrics, setup, chance, settings)
 
 
@@ -40,6 +37,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, default=16, help="two-stage shortlist length per query (default: 16)")
     parser.add_argument("--add-itc", action="store_true", help="add the ITC similarity to the ITM score (BLIP)")
     parser.add_argument("--pair-batch-size", type=int, default=256, help="pairs per fusion pass (default: 256)")
-    parser.add_argument("--int8", action="store_true", help="quantize the linear layers to int8 (dynamic, CPU "
-                        "only): faster, approximate; results.json records it")  # fmt: skip
+    add_int8_argument(parser)
     parser.set_defaults(run=run)

@@ -7,22 +7,22 @@ from pathlib import Path
 
 from vlp.commands.eval_common import (
     add_eval_arguments,
+    add_int8_argument,
     add_label_arguments,
+    apply_int8,
     class_names_option,
     finish_eval,
     prepare_labelled_eval,
 )
 from vlp.config import ConfigError
 from vlp.data.sources.image_folder import folder_layout
-from vlp.models.quantize import count_int8_linears, int8_model
 from vlp.tasks.reporting import write_json
 from vlp.tasks.zeroshot import TEMPLATE_SETS, evaluate, save_confusion_png
 
 
 def run(args: argparse.Namespace) -> int:
     setup, folder = prepare_labelled_eval(args)
-    if args.int8:
-        setup.loaded.model = int8_model(setup.loaded.model, setup.device)
+    int8 = apply_int8(args, setup)
     task = setup.loaded.task
     if args.split is None:  # one folder of class folders has no split: every image is classified
         args.split = "all" if folder and not folder_layout(setup.data.root or ".").splits else "test"
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     chance = metrics.pop("chance")
     matrix = metrics.pop("confusion_matrix")
     settings = {"templates": metrics["templates"], "class_names": metrics["class_names"]}
-    settings["int8"] = args.int8
-    settings["int8_linears"] = count_int8_linears(setup.loaded.model)  # in the model that was evaluated
+    settings.update(int8)
     if folder:
         settings["split_source"] = metrics.get("split_source")
         print(f"split {args.split}: {metrics.get('split_source')}")
@@ -75,6 +74,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--class-names", default=None, help="comma-separated class names, or a file: one name per "
                         "line (or a JSON list) in sorted-folder order, or a JSON mapping folder -> name (default: "
                         "the folder names / the data's categories)")  # fmt: skip
-    parser.add_argument("--int8", action="store_true", help="quantize the linear layers to int8 (dynamic, CPU "
-                        "only): faster, approximate; results.json records it")  # fmt: skip
+    add_int8_argument(parser)
     parser.set_defaults(run=run)
