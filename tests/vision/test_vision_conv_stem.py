@@ -75,3 +75,26 @@ def test_image_pool_max_is_the_channelwise_max_of_kept_tokens():
         pooled = torch.stack([tokens[0, :4].max(0).values, tokens[1].max(0).values])
         want = F.normalize(model.image_proj(pooled), dim=-1)
     torch.testing.assert_close(got, want)
+
+
+def test_conv_stem_in_training_matches_the_plain_layout_with_gradients():
+    """The stem runs channels-last (faster kernels for few channels): batch statistics, outputs and the
+    gradients of every weight and of the input equal those of the same layers run on plain NCHW tensors."""
+    torch.manual_seed(0)
+    model = encoder(conv_stem=[5, 6], layers=0).train()
+    plain = encoder(conv_stem=[5, 6], layers=0).train()
+    plain.load_state_dict(model.state_dict())
+    images = torch.randn(3, 3, 8, 8)
+    ours_in, plain_in = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    out = model.stem(ours_in)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    want = plain.stem.layers(plain_in.contiguous())  # the Sequential itself, on the NCHW layout
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(want)
+    (out * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(ours_in.grad, plain_in.grad, atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(model.stem.named_parameters(), plain.stem.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=name)
+    for a, b in zip(model.stem.buffers(), plain.stem.buffers()):
+        torch.testing.assert_close(a, b)
