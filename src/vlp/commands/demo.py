@@ -55,5 +55,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--generation-seconds", type=float, default=None,
                         help="CPU seconds to train a small text-to-image model for the report in a second "
-                        "process, beside the rest of the demo (default 300; 0 = none)")  # fmt: skip
+                        "process, beside the rest of the demo (default 200; 0 = none)")  # fmt: skip
     parser.set_defaults(run=run)

@@ -48,10 +48,11 @@ class DemoConfig:
     workers: int | None = None  # ShapesWorld generator processes (None = its default)
     examples: int = 8
     # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) in a second process while the demo
-    # runs on the first core; 0 = none (pass a trained generator folder instead). The rest of the demo takes
-    # about 6 minutes, so 5 minutes of training costs no wall time on 2 cores. Samples get
+    # runs on the first core; 0 = none (pass a trained generator folder instead). The budget ends with the
+    # pretraining on the first core (tagging + pretraining: about 200 s on an idle 2-core machine), so the
+    # fine-tunes after it get both cores; a longer one would cost wall time. Samples get
     # `generation_sample_steps` DDIM steps.
-    generation_seconds: float = 300.0
+    generation_seconds: float = 200.0
     generation_sample_steps: int = 50
     # dotted overrides of the pretraining recipe (albef-demo.yaml), e.g. {"objectives.itm.swap_words": []}
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
