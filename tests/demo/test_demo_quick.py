@@ -91,24 +91,31 @@ def test_heat_map_threshold_is_chosen_on_val(demo):
     assert _row(results, "zero-shot heat map", "box acc")["metric"] == f"box acc@IoU0.5 (k={chosen['k']:g} from val)"
 
 
-def test_vqa_fine_tuned_in_the_second_process_equals_it_fine_tuned_here(demo, tmp_path):
-    # the demo fine-tunes VQA in a spawned process beside the other fine-tunes; the same step run here, one
-    # after the other as the demo did before, with a freshly trained tokenizer, gives the same weights and scores
+@pytest.mark.parametrize(
+    ("step", "run", "task", "metric"),
+    [
+        ("vqa_step", "vqa", "VQA (fine-tuned)", "VQA accuracy"),
+        ("refexp_step", "refexp", "referring expressions (fine-tuned)", "acc@IoU0.5"),
+        ("captioning_step", "captioning", "captioning (fine-tuned)", "CIDEr-D x100"),
+    ],
+)
+def test_each_fine_tune_equals_it_fine_tuned_here(demo, tmp_path, step, run, task, metric):
+    # the demo shares the fine-tunes out between itself and a spawned process (whichever is free takes the next);
+    # each step run here, one after the other as the demo did before, with a freshly trained tokenizer, gives
+    # the same weights and scores wherever the demo ran it
     from safetensors.torch import load_file
 
+    from vlp.demo import steps
     from vlp.demo.config import DemoConfig
-    from vlp.demo.steps import vqa_step
     from vlp.demo.training import train_shapes_tokenizer
 
     out, results = demo
     cfg = DemoConfig.quick()
     tokenizer = train_shapes_tokenizer(out / "world", tmp_path / "tokenizer", cfg.vocab_size)
-    here = vqa_step(out / "runs" / "pretrain", tokenizer, out / "world", cfg, tmp_path / "runs")
-    [row] = here.rows
-    assert _row(results, "VQA (fine-tuned)", "VQA accuracy")["score"] == row.score
-    assert results["metrics"]["vqa"]["overall"] == here.metrics["overall"]
-    ours = load_file(next((tmp_path / "runs" / "vqa" / "checkpoints").glob("step_*")) / "model.safetensors")
-    theirs = load_file(next((out / "runs" / "vqa" / "checkpoints").glob("step_*")) / "model.safetensors")
+    here = getattr(steps, step)(out / "runs" / "pretrain", tokenizer, out / "world", cfg, tmp_path / "runs")
+    assert _row(results, task, metric)["score"] == next(r for r in here.rows if r.metric.startswith(metric)).score
+    ours = load_file(next((tmp_path / "runs" / run / "checkpoints").glob("step_*")) / "model.safetensors")
+    theirs = load_file(next((out / "runs" / run / "checkpoints").glob("step_*")) / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
@@ -202,3 +209,26 @@ def test_demo_folder_is_only_cleared_when_a_demo_wrote_it(tmp_path):
     (ours / "old.png").write_text("stale")
     _prepare(ours)
     assert ours.is_dir() and not any(ours.iterdir())
+
+
+@pytest.mark.parametrize("core_free_at_start", [False, True])
+def test_fine_tunes_shared_with_a_second_process_once_its_core_is_free(demo, tmp_path, core_free_at_start):
+    # with the second core taken at the start (the text-to-image process), this process takes VQA (the first
+    # job) and the spawned one the next job once the core is free; with it free, the spawned one takes VQA.
+    # Every output equals the demo's, wherever it ran
+    from vlp.demo.config import DemoConfig
+    from vlp.demo.parallel import run_finetunes
+    from vlp.text import Tokenizer
+
+    out, results = demo
+    lines: list[str] = []
+    jobs = [("VQA", "vqa_step"), ("refexp", "refexp_step"), ("captioning", "captioning_step")]
+    outputs = run_finetunes(jobs, out / "runs" / "pretrain", Tokenizer.load(out / "tokenizer"), out / "tokenizer",
+                            out / "world", DemoConfig.quick(), tmp_path / "runs", 2, lines.append,
+                            wait_for_core=None if core_free_at_start else lambda timeout: timeout is None)  # fmt: skip
+    vqa = next(line for line in lines if line.startswith("    VQA"))
+    assert ("(second process)" in vqa) == core_free_at_start
+    assert any("(second process)" in line for line in lines)
+    for output in outputs:
+        for row in output.rows:
+            assert _row(results, row.task, row.metric)["score"] == row.score

@@ -68,6 +68,11 @@ class BackgroundGenerator:
         )
         self.process.start()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: until it ends) for the child; True once it has ended."""
+        self.process.join(timeout)
+        return not self.process.is_alive()
+
     def result(self) -> tuple[Path | None, dict[str, Any] | str]:
         import json
 

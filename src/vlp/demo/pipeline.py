@@ -9,8 +9,8 @@ Steps (each printed with its wall and CPU time):
    with ``save_pretrained`` (``OUT/model``, usable with ``vlp eval ... --model OUT/model``);
 4. straight from pretraining: image-text retrieval (dual side), zero-shot classification with prompt
    templates, zero-shot heat maps;
-5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning (VQA in a
-   second process meanwhile, :mod:`vlp.demo.parallel`);
+5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning (shared out
+   between this process and a second one once the text-to-image process is done, :mod:`vlp.demo.parallel`);
 6. meanwhile, in a second process, train a small text-to-image model for ``generation_seconds`` of CPU
    time and draw its samples (or use a trained ``generator``);
 7. draw the pictures and write ``report.md`` + ``results.json``.
@@ -151,18 +151,19 @@ def run_demo(
             with timer.step(title, log):
                 output = step(model, tokenizer, world, cfg)
                 _collect(key, output, rows, metrics, examples, log)
-        # longest first: with 2 processes the first runs in a second process while the others run here
+        # longest first: with 2 processes each job goes to whichever process is free (vlp.demo.parallel)
         tuned = (
             ("vqa", f"VQA ({cfg.vqa_steps} steps)", "vqa_step"),
             ("refexp", f"referring expressions ({cfg.refexp_steps} steps)", "refexp_step"),
             ("captions", f"captioning ({cfg.caption_steps} steps)", "captioning_step"),
         )
-        side = " (the first in a second process)" if cfg.finetune_processes > 1 else ""
+        side = " (in two processes)" if cfg.finetune_processes > 1 else ""
         with timer.step(f"fine-tune and evaluate {', '.join(t for _, t, _ in tuned)}{side}", log):
             from vlp.demo.parallel import run_finetunes
 
             outputs = run_finetunes([(title, name) for _, title, name in tuned], pretrained, tokenizer,
-                                    out / "tokenizer", world, cfg, runs, cfg.finetune_processes, log)  # fmt: skip
+                                    out / "tokenizer", world, cfg, runs, cfg.finetune_processes, log,
+                                    None if background is None else background.wait)  # fmt: skip
             for (key, _, _), output in zip(tuned, outputs):
                 _collect(key, output, rows, metrics, examples, log)
                 finetune_runs[key] = output.run_dir
