@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.layers.attention import Attention, attention_bias
+from vlp.layers.attention import Attention, attention_bias, fused_linear, inference_fast_path
 
 QUICK_GELU_SCALE = 1.702
 
@@ -36,6 +36,10 @@ def quick_gelu_mlp(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear) -> torch.Ten
     h = F.silu(h, inplace=not torch.is_grad_enabled())  # autograd keeps h for SiLU's backward
     out = torch.addmm(fc2.bias, h, fc2.weight.t(), alpha=1 / a)
     return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _times(t: torch.Tensor | None, scale: float) -> torch.Tensor | None:
+    return t if t is None or scale == 1.0 else t * scale
 
 
 def activation(name: str) -> nn.Module:
@@ -67,6 +71,35 @@ class MLP(nn.Module):
         # plain float layers only: a quantized or otherwise replaced Linear keeps its own forward
         plain = all(type(fc) is nn.Linear and fc.bias is not None for fc in (self.fc1, self.fc2))
         return plain and type(self.act) is QuickGELU
+
+    def fusable(self) -> bool:
+        """Whether :meth:`add_to` can run: plain ``nn.Linear`` layers and an activation oneDNN applies itself."""
+        plain = all(type(fc) is nn.Linear for fc in (self.fc1, self.fc2))
+        return plain and type(self.act) in (QuickGELU, nn.GELU, nn.ReLU)
+
+    def add_to(self, rows: torch.Tensor, norm: nn.LayerNorm | None) -> torch.Tensor:
+        """Inference fast path: ``rows + self(norm(rows))`` (``norm`` None: ``rows + self(rows)``) of ``(M, D)`` rows.
+
+        fc1 with its bias and activation is one :func:`~vlp.layers.attention.fused_linear`, fc2 with its bias
+        and the residual add another. oneDNN's SiLU has no scale, so QuickGELU runs as ``silu(a h) / a``
+        (``a = 1.702``): ``a`` is folded into the norm's affine weights (D values; ``rows * a`` without a norm)
+        and fc1's bias, and ``1 / a`` is one pass over the hidden rows. Dropout is not applied (eval only).
+        """
+        act, algorithm, scale = "relu", "", 1.0
+        if type(self.act) is QuickGELU:
+            act, scale = "swish", QUICK_GELU_SCALE
+        elif type(self.act) is nn.GELU:
+            act, algorithm = "gelu", self.act.approximate  # "none" (erf) or "tanh", as oneDNN names them
+        if norm is not None and norm.weight is not None:
+            h = F.layer_norm(
+                rows, norm.normalized_shape, _times(norm.weight, scale), _times(norm.bias, scale), norm.eps
+            )
+        else:
+            h = _times(norm(rows) if norm is not None else rows, scale)
+        h = fused_linear(h, self.fc1.weight, _times(self.fc1.bias, scale), act, algorithm)
+        if scale != 1.0:
+            h.mul_(1 / scale)
+        return fused_linear(h, self.fc2.weight, self.fc2.bias, residual=rows)
 
 
 class LayerScale(nn.Module):
@@ -140,6 +173,8 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """``attn_bias``: :func:`~vlp.layers.attention.attention_bias` of ``keep_mask`` and ``causal``, built once
         by a stack for all its layers (None: built here)."""
+        if self._inference_ready(x, context):
+            return self._forward_inference(x, keep_mask, causal, attn_bias)
 
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.attn(h, keep_mask=keep_mask, causal=causal, bias=attn_bias)
@@ -152,6 +187,50 @@ class TransformerBlock(nn.Module):
             return x + (self.ls2(branch) if self.ls2 is not None else branch)
         branch = self.mlp(x)
         return self.norm2(x + (self.ls2(branch) if self.ls2 is not None else branch))
+
+    def _inference_ready(self, x: torch.Tensor, context: torch.Tensor | None) -> bool:
+        """Whether :meth:`_forward_inference` computes this call: eval mode, no autograd, fp32 on CPU (see
+        :func:`~vlp.layers.attention.inference_fast_path`), no cross-attention to run, no layer scale, and the
+        plain parts it fuses (replaced ones, e.g. int8 linears or VLMo's experts, keep their own forward)."""
+        if self.training or self.ls1 is not None or self.ls2 is not None or x.dim() != 3:
+            return False
+        if context is not None and self.cross_attn is not None:
+            return False
+        attn, mlp = self.attn, self.mlp
+        parts = (
+            type(attn) is Attention
+            and not attn.cross
+            and type(attn.qkv) is nn.Linear
+            and type(attn.out) is nn.Linear
+            and type(mlp) is MLP
+            and mlp.fusable()
+            and type(self.norm1) is nn.LayerNorm
+            and type(self.norm2) is nn.LayerNorm
+        )
+        return parts and attn.qkv.weight.dtype == x.dtype and inference_fast_path(x)
+
+    def _forward_inference(
+        self,
+        x: torch.Tensor,
+        keep_mask: torch.Tensor | None,
+        causal: bool,
+        attn_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`forward` for inference, on ``(B*N, D)`` rows: three oneDNN GEMMs with fused epilogues
+        (qkv + bias; out + bias + residual; fc1 + bias + activation) and fc2 + bias + residual, around SDPA and
+        the norms: no bias broadcasts, residual adds or activation passes of their own, no head copies. The
+        same function as the plain path; floats differ by rounding only."""
+        batch, n, dim = x.shape
+        if attn_bias is None:
+            attn_bias = attention_bias(keep_mask, causal, n, n, x.dtype, x.device)
+        rows = x.reshape(batch * n, dim)
+        heads = self.attn.merged_heads(self.norm1(rows) if self.norm_first else rows, batch, attn_bias)
+        rows = fused_linear(heads, self.attn.out.weight, self.attn.out.bias, residual=rows)
+        if self.norm_first:
+            rows = self.mlp.add_to(rows, self.norm2)
+        else:
+            rows = self.norm2(self.mlp.add_to(self.norm1(rows), None))
+        return rows.view(batch, n, dim)
 
     def forward_at(
         self,
