@@ -13,7 +13,10 @@ threads. Compared, on one batch of images (224x224) and one of captions (8-30 re
   explicit, approximate option, not a default).
 
 vlp's exact levers: the last layer of each tower runs for the pooled token's query only ([CLS], the end
-token), the attention bias is built once per tower, the text batch is trimmed. Rounds rotate the order of
+token), the attention bias is built once per tower, the text batch is trimmed, and the blocks' inference fast
+path (:meth:`vlp.layers.block.TransformerBlock._forward_inference`: oneDNN GEMMs with the bias, activation and
+residual add fused) replaces the plain path; ``vlp plain`` is vlp with that fast path off
+(:func:`vlp.layers.attention.plain_inference`), timed in the same rounds. Rounds rotate the order of
 the runs and medians are compared (wall time; CPU time of this process as well, steadier under load).
 
 int8 changes the numbers, so its effect on accuracy is measured and printed: the cosine between int8 and
@@ -70,6 +73,17 @@ def report(kind: str, unit: str, size: int, wall: dict, cpu: dict, baseline: str
                 f"ratio  {kind} {name} / {baseline}: {wall[baseline] / wall[name]:.2f} wall, "
                 f"{cpu[baseline] / cpu[name]:.2f} CPU (target >= 1.3)"
             )
+
+
+def plain(fn):
+    """``fn`` with the blocks' inference fast path off."""
+    from vlp.layers.attention import plain_inference
+
+    def run():
+        with plain_inference():
+            return fn()
+
+    return run
 
 
 def set_trim(model, trim: int, fn):
@@ -138,6 +152,9 @@ def main() -> None:
         ref_image, ref_text = (torch.nn.functional.normalize(x, dim=-1) for x in (ref_image, ref_text))
         image, q_image = ours.encode_image(images), int8.encode_image(images)
         text, q_text = ours.encode_text(ids, mask), int8.encode_text(ids, mask)
+        plain_image, plain_text = plain(lambda: (ours.encode_image(images), ours.encode_text(ids, mask)))()
+    fast = max(float((image - plain_image).abs().max()), float((text - plain_text).abs().max()))
+    print(f"check  embeddings vlp fast path vs plain path: max |diff| {fast:.1e}")
     diff = max(float((image - ref_image).abs().max()), float((text - ref_text).abs().max()))
     print(f"check  embeddings vlp vs transformers: max |diff| {diff:.1e}")
     if diff > 1e-4:
@@ -149,6 +166,7 @@ def main() -> None:
 
     wall, cpu = rotate({
         "vlp": lambda: ours.encode_image(images),
+        "vlp plain": plain(lambda: ours.encode_image(images)),
         "vlp int8": lambda: int8.encode_image(images),
         "transformers": lambda: theirs.get_image_features(pixel_values=images),
     }, args.rounds)  # fmt: skip
@@ -158,6 +176,7 @@ def main() -> None:
     wall, cpu = rotate({
         "vlp trimmed": set_trim(ours, 8, lambda: ours.encode_text(ids, mask)),
         "vlp padded": set_trim(ours, 0, lambda: ours.encode_text(ids, mask)),
+        "vlp plain padded": plain(set_trim(ours, 0, lambda: ours.encode_text(ids, mask))),
         "vlp int8 trimmed": set_trim(int8, 8, lambda: int8.encode_text(ids, mask)),
         "transformers": lambda: theirs.get_text_features(input_ids=ids, attention_mask=hf_mask),
     }, args.rounds)  # fmt: skip

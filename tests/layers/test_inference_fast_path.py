@@ -147,3 +147,16 @@ def test_clip_embeddings_in_inference_mode_equal_the_plain_path():
         ref_image, ref_text = model.encode_image(images).detach(), model.encode_text(ids, mask).detach()
     torch.testing.assert_close(image, ref_image, **TOL)
     torch.testing.assert_close(text, ref_text, **TOL)
+
+
+def test_plain_inference_turns_the_fast_path_off(fused_calls):
+    torch.manual_seed(5)
+    stack = Transformer(32, 2, 4, act="quick_gelu").eval()
+    x, keep = inputs(5)
+    with attention.plain_inference(), torch.inference_mode():
+        out = stack(x, keep)
+    assert fused_calls == []
+    torch.testing.assert_close(out, plain(stack, x, keep), atol=0, rtol=0)
+    with torch.inference_mode():
+        stack(x, keep)
+    assert len(fused_calls) == 8  # on again after the block

@@ -6,6 +6,9 @@ are boolean *keep* masks: ``True`` marks a real token, ``False`` padding.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +29,18 @@ def _onednn_linear():
 
 
 _FUSED_LINEAR = _onednn_linear()
+_fast_path_off = 0  # nesting depth of plain_inference()
+
+
+@contextlib.contextmanager
+def plain_inference() -> Iterator[None]:
+    """Within this block the layers take their plain path also in inference (to compare the two, or rule one out)."""
+    global _fast_path_off
+    _fast_path_off += 1
+    try:
+        yield
+    finally:
+        _fast_path_off -= 1
 
 
 def inference_fast_path(x: torch.Tensor) -> bool:
@@ -34,6 +49,7 @@ def inference_fast_path(x: torch.Tensor) -> bool:
     (inductor does its own fusion)."""
     return (
         _FUSED_LINEAR is not None
+        and not _fast_path_off
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
