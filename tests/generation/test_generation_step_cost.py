@@ -114,3 +114,33 @@ def test_pad_text_pads_with_masked_zero_tokens_and_fills_a_missing_mask():
     assert mask.tolist() == [[True] * 3 + [False] * 5] * 2
     same, same_mask = unet_module.pad_text(padded, mask, multiple=8)
     assert same is padded and same_mask is mask
+
+
+def literal_spatial_attention(block: unet_module.SpatialAttention, x, context, mask) -> torch.Tensor:
+    """The block's definition, with the per-query key mask the attention layer builds from ``keep_mask``."""
+    b, c, h, w = x.shape
+    tokens = block.proj_in(block.norm(x)).flatten(2).transpose(1, 2)
+    tokens = tokens + block.self_attn(block.norm_self(tokens))
+    tokens = tokens + block.cross_attn(block.norm_cross(tokens), context, keep_mask=mask)
+    tokens = tokens + block.mlp(block.norm_mlp(tokens))
+    return x + block.proj_out(tokens.transpose(1, 2).reshape(b, c, h, w))
+
+
+def test_spatial_attention_masks_the_text_with_one_broadcast_bias_row_per_caption():
+    torch.manual_seed(0)
+    block = unet_module.SpatialAttention(8, heads=2, groups=4, self_attn=True, context_dim=6)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    biases = []
+    block.cross_attn.register_forward_hook(
+        lambda mod, args, kwargs, out: biases.append(kwargs.get("bias")), with_kwargs=True
+    )
+    x, context = torch.randn(2, 8, 4, 4), torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out, (gx, gc) = grads(lambda x_, c_: block(x_, c_, mask), x, context)
+    assert [tuple(b.shape) for b in biases] == [(2, 1, 1, 5)]  # not (2, 1, 16, 5): one row per caption
+    ref, (rx, rc) = grads(lambda x_, c_: literal_spatial_attention(block, x_, c_, mask), x, context)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gc, rc, rtol=1e-5, atol=1e-5)
+    assert gc[1, 2:].abs().max() == 0  # masked tokens get no gradient

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.layers import MLP, Attention, masked_mean
+from vlp.layers import MLP, Attention, attention_bias, masked_mean
 
 
 @dataclass
@@ -178,7 +178,12 @@ class SpatialAttention(nn.Module):
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this U-Net attends to text: pass context (B, L, Dc) and context_mask (B, L)")
-            tokens = tokens + self.cross_attn(self.norm_cross(tokens), context, keep_mask=context_mask)
+            # one bias row per caption (B, 1, 1, L), broadcast over the H*W queries, instead of the (B, 1, HW, L)
+            # that keep_mask would build (and the attention kernel would read) at every call
+            bias = None
+            if context_mask is not None:
+                bias = attention_bias(context_mask, False, 1, context.shape[1], tokens.dtype, tokens.device)
+            tokens = tokens + self.cross_attn(self.norm_cross(tokens), context, bias=bias)
         tokens = tokens + self.mlp(self.norm_mlp(tokens))
         return x + self.proj_out(tokens.transpose(1, 2).reshape(b, c, h, w))
 
