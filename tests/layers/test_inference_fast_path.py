@@ -11,6 +11,7 @@ from torch import nn
 import vlp
 import vlp.layers.attention as attention
 import vlp.layers.block as block
+import vlp.vision.patch as patch
 from vlp.layers.block import Transformer
 from vlp.models.quantize import quantize_linear_int8
 
@@ -31,6 +32,7 @@ def fused_calls(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(attention, "fused_linear", spy)
     monkeypatch.setattr(block, "fused_linear", spy)
+    monkeypatch.setattr(patch, "fused_linear", spy)
     return calls
 
 
@@ -160,3 +162,24 @@ def test_plain_inference_turns_the_fast_path_off(fused_calls):
     with torch.inference_mode():
         stack(x, keep)
     assert len(fused_calls) == 8  # on again after the block
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_patch_embedding_as_one_gemm_equals_the_conv(bias, fused_calls):
+    """Non-square images, with and without the conv's bias: the tokens of the encoder equal the plain path's,
+    and the patch embedding equals a float64 conv."""
+    torch.manual_seed(6)
+    config = patch.PatchConfig(image_size=(32, 48), patch_size=8, dim=32, layers=1, heads=4, patch_bias=bias)
+    encoder = patch.PatchEncoder(config).eval()
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        patches = encoder.embed_patches(images)
+        tokens = encoder(images).tokens
+    assert fused_calls == ["none"] + ["none", "none", "residual", "gelu", "residual"]  # patches; patches, block
+    conv = encoder.patch_embed
+    bias64 = conv.bias.double() if bias else None
+    ref = torch.nn.functional.conv2d(images.double(), conv.weight.double(), bias64, stride=8)
+    assert patches.shape == ref.shape == (2, 32, 4, 6)
+    torch.testing.assert_close(patches.double(), ref, **TOL)
+    with attention.plain_inference(), torch.inference_mode():
+        torch.testing.assert_close(tokens, encoder(images).tokens, **TOL)

