@@ -183,3 +183,22 @@ def test_patch_embedding_as_one_gemm_equals_the_conv(bias, fused_calls):
     torch.testing.assert_close(patches.double(), ref, **TOL)
     with attention.plain_inference(), torch.inference_mode():
         torch.testing.assert_close(tokens, encoder(images).tokens, **TOL)
+
+
+def test_fast_path_checks_work_with_the_older_torch_spellings(monkeypatch):
+    # pyproject allows torch >= 2.2: is_autocast_enabled took no device before 2.4, torch.compiler.is_compiling
+    # came in 2.3; the checks fall back to the older spellings instead of raising on every inference call
+    from vlp.layers import attention
+
+    def no_device(*args):
+        if args:
+            raise TypeError("is_autocast_enabled() takes 0 positional arguments")
+        return False
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", no_device)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True)
+    assert attention._cpu_autocast_check()() is True
+    monkeypatch.delattr(torch.compiler, "is_compiling")
+    from torch import _dynamo
+
+    assert attention._compiling_check() is _dynamo.is_compiling
