@@ -4,6 +4,8 @@ weights to 1e-5, for every activation it fuses and both norm orders; training an
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -198,7 +200,7 @@ def test_fast_path_checks_work_with_the_older_torch_spellings(monkeypatch):
     monkeypatch.setattr(torch, "is_autocast_enabled", no_device)
     monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True)
     assert attention._cpu_autocast_check()() is True
-    monkeypatch.delattr(torch.compiler, "is_compiling")
-    from torch import _dynamo
+    from torch import _dynamo  # imported before torch.compiler is replaced: it reads it
 
+    monkeypatch.setattr(torch, "compiler", types.SimpleNamespace())
     assert attention._compiling_check() is _dynamo.is_compiling
