@@ -160,7 +160,8 @@ def test_plain_inference_turns_the_fast_path_off(fused_calls):
     with attention.plain_inference(), torch.inference_mode():
         out = stack(x, keep)
     assert fused_calls == []
-    torch.testing.assert_close(out, plain(stack, x, keep), atol=0, rtol=0)
+    # the same up to rounding: without autograd the MLP still folds QuickGELU's scale into its GEMMs
+    torch.testing.assert_close(out, plain(stack, x, keep), atol=1e-6, rtol=1e-5)
     with torch.inference_mode():
         stack(x, keep)
     assert len(fused_calls) == 8  # on again after the block
