@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vlp.demo.generation import BackgroundGenerator, sample_prompts
 
 
 def test_a_failed_child_gives_no_model_and_names_its_folder(tmp_path: Path) -> None:
     blocked = tmp_path / "generation"
     blocked.write_text("a file where the run folder should go", encoding="utf-8")
-    model, reason = BackgroundGenerator(blocked, seconds=1.0, quick=True).result()
+    model, reason = BackgroundGenerator(blocked, {"steps": 2}, quick=True).result()
     assert model is None
     assert "exited with code 1" in reason and str(blocked) in reason
 
@@ -35,3 +37,17 @@ def test_quick_training_runs_exactly_two_steps_however_busy_the_machine(tmp_path
     model, summary = train_generator(tmp_path / "generation", seconds=1.0, quick=True)
     assert summary["steps"] == 2 and summary["stopped_by"] == "steps"
     assert (model / "model.safetensors").is_file()
+
+
+def test_a_step_budget_trains_exactly_that_many_steps(tmp_path: Path) -> None:
+    # the demo's default budget is a step count: the learning-rate schedule spans exactly those steps
+    import json
+
+    from vlp.demo.generation import train_generator
+
+    model, summary = train_generator(tmp_path / "generation", steps=3)
+    assert summary["steps"] == 3 and summary["stopped_by"] == "steps"
+    records = [json.loads(line) for line in (tmp_path / "generation" / "metrics.jsonl").read_text().splitlines()]
+    assert (model / "model.safetensors").is_file() and records
+    with pytest.raises(ValueError, match="expected steps >= 1 or seconds"):
+        train_generator(tmp_path / "other", steps=0)

@@ -125,7 +125,12 @@ def test_demo_config_checks():
         DemoConfig(pretrain_steps=0)
     with pytest.raises(ConfigError, match="generation_seconds=-1: expected a number >= 0"):
         DemoConfig(generation_seconds=-1)
-    assert DemoConfig(generation_seconds=0).generation_seconds == 0  # 0 = no text-to-image training
+    assert DemoConfig(generation_seconds=0).generation_budget() is None  # 0 = no text-to-image training
+    assert DemoConfig(generation_steps=0).generation_budget() is None
+    assert DemoConfig().generation_budget() == {"steps": 750}  # a step count by default: the same samples each run
+    assert DemoConfig(generation_seconds=90).generation_budget() == {"seconds": 90.0}
+    with pytest.raises(ConfigError, match="generation_steps=-1: expected an integer >= 0"):
+        DemoConfig(generation_steps=-1)
 
 
 def test_median_seconds_with_a_scripted_clock(monkeypatch):

@@ -13,6 +13,7 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig.quick() if args.quick else DemoConfig()
     changes = {k: v for k, v in (("images", args.images), ("seed", args.seed), ("tag_steps", args.tag_steps),
                                  ("pretrain_steps", args.pretrain_steps), ("threads", args.threads),
+                                 ("generation_steps", args.generation_steps),
                                  ("generation_seconds", args.generation_seconds))
                if v is not None}  # fmt: skip
     if args.overrides:
@@ -53,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="a trained text-to-image model folder to sample from (instead of training one)",
     )
+    parser.add_argument("--generation-steps", type=int, default=None,
+                        help="optimizer steps of the small text-to-image model the demo trains for its report in a "
+                        "second process, beside the rest of the demo (default 750; 0 = none)")  # fmt: skip
     parser.add_argument("--generation-seconds", type=float, default=None,
-                        help="CPU seconds to train a small text-to-image model for the report in a second "
-                        "process, beside the rest of the demo (default 200; 0 = none)")  # fmt: skip
+                        help="train that model for this many CPU seconds instead of a number of steps "
+                        "(0 = none)")  # fmt: skip
     parser.set_defaults(run=run)

@@ -47,12 +47,15 @@ class DemoConfig:
     finetune_processes: int = 2
     workers: int | None = None  # ShapesWorld generator processes (None = its default)
     examples: int = 8
-    # CPU seconds of text-to-image training (recipe t2i-shapes, one thread) in a second process while the demo
-    # runs on the first core; 0 = none (pass a trained generator folder instead). The budget ends with the
-    # pretraining on the first core (tagging + pretraining: about 200 s on an idle 2-core machine), so the
-    # fine-tunes after it get both cores; a longer one would cost wall time. Samples get
-    # `generation_sample_steps` DDIM steps.
-    generation_seconds: float = 200.0
+    # text-to-image (recipe t2i-shapes, one thread) trained in a second process while the first core tags and
+    # pretrains: `generation_steps` optimizer steps, sized to end with the pretraining (about 190 s on an idle
+    # 2-core machine) so that the fine-tunes after it get both cores (measured: a text-to-image process still
+    # running then cost the demo 25 s of wall time); a step count, unlike a time budget, also gives the same
+    # samples on every run of one machine. 0 = none (pass a trained generator folder instead).
+    # `generation_seconds` trains for that many CPU seconds instead (None: the step count; 0: none).
+    # Samples get `generation_sample_steps` DDIM steps.
+    generation_steps: int = 750
+    generation_seconds: float | None = None
     generation_sample_steps: int = 50
     # dotted overrides of the pretraining recipe (albef-demo.yaml), e.g. {"objectives.itm.swap_words": []}
     recipe_overrides: dict[str, Any] = field(default_factory=dict)
@@ -70,17 +73,27 @@ class DemoConfig:
             raise ConfigError(f"demo images={self.images}: expected >= 60 (every split needs images)")
         if self.patch_size < 1 or self.image_size % self.patch_size:
             raise ConfigError(f"demo image_size={self.image_size}: expected a multiple of patch_size={self.patch_size}")
-        if not isinstance(self.generation_seconds, (int, float)) or self.generation_seconds < 0:
-            raise ConfigError(f"demo generation_seconds={self.generation_seconds!r}: expected a number >= 0 (0 = off)")
+        seconds = self.generation_seconds
+        if seconds is not None and (not isinstance(seconds, (int, float)) or seconds < 0):
+            raise ConfigError(f"demo generation_seconds={seconds!r}: expected a number >= 0 (0 = off) or None")
+        if not isinstance(self.generation_steps, int) or self.generation_steps < 0:
+            raise ConfigError(f"demo generation_steps={self.generation_steps!r}: expected an integer >= 0 (0 = off)")
         for name in ("tag_lr", "pretrain_lr", "finetune_lr", "head_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"demo {name}={getattr(self, name)!r}: expected > 0")
+
+    def generation_budget(self) -> dict[str, float] | None:
+        """How long the demo trains its text-to-image model: ``{"seconds": S}`` (CPU seconds) or ``{"steps": N}``;
+        None when it trains none."""
+        if self.generation_seconds is not None:
+            return {"seconds": float(self.generation_seconds)} if self.generation_seconds > 0 else None
+        return {"steps": self.generation_steps} if self.generation_steps > 0 else None
 
     @classmethod
     def quick(cls, **changes: Any) -> DemoConfig:
         """Seconds instead of minutes: every step runs, on 120 images and a few optimizer steps."""
         small = dict(images=120, vocab_size=200, tag_steps=3, pretrain_steps=6, batch_size=8, vqa_steps=3,
-                     refexp_steps=3, caption_steps=3, caption_beams=1, examples=4, workers=1, generation_seconds=1.0,
+                     refexp_steps=3, caption_steps=3, caption_beams=1, examples=4, workers=1, generation_steps=2,
                      generation_sample_steps=2,
                      # 120 images' text has too few plurals for a second swap group of single tokens
                      recipe_overrides={"objectives.itm.swap_words": [["circle", "square", "star"]]})  # fmt: skip

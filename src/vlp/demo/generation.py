@@ -2,9 +2,9 @@
 
 The demo's own models are fastest on one thread, so the second core of a 2-core machine is idle;
 :class:`BackgroundGenerator` trains the ``t2i-shapes`` recipe there, in its own process, for
-``generation_seconds`` of CPU time while the rest of the demo runs (its learning-rate schedule follows
-the time budget, so the run ends annealed), and the report labels the samples with how long the model
-trained. The full recipe (``vlp train-generation t2i-shapes``) trains for 15 minutes on 2 cores;
+``generation_steps`` optimizer steps (or ``generation_seconds`` of CPU time) while the rest of the demo runs
+(its learning-rate schedule follows that budget, so the run ends annealed), and the report labels the samples
+with how long the model trained. The full recipe (``vlp train-generation t2i-shapes``) trains for 15 minutes on 2 cores;
 ``vlp demo --generator RUN/model`` draws from such a model instead. Training renders its own one-object
 ShapesWorld scenes (:class:`vlp.generation.data.ShapesStream`), so it needs nothing from the demo's data, and
 runs on the training engine like every vlp run (its checkpoints are in ``runs/generation/checkpoints``).
@@ -18,10 +18,12 @@ from typing import Any
 RECIPE = "t2i-shapes"
 
 
-def train_generator(run_dir: str | Path, seconds: float, quick: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Train the ``t2i-shapes`` recipe into ``run_dir`` for ``seconds`` of this process's CPU time (one
-    thread); returns ``(model folder, training summary)``. ``quick``: exactly two optimizer steps, whatever
-    ``seconds`` (a smoke test whose outcome does not depend on the machine's speed)."""
+def train_generator(run_dir: str | Path, steps: int = 0, seconds: float | None = None,
+                    quick: bool = False) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Train the ``t2i-shapes`` recipe into ``run_dir`` on one thread for ``steps`` optimizer steps, or, with
+    ``seconds``, for that many seconds of this process's CPU time; returns ``(model folder, training summary)``.
+    ``quick``: exactly two optimizer steps, whatever the budget (a smoke test whose outcome does not depend on
+    the machine's speed)."""
     from vlp.demo.training import captured
     from vlp.generation.train import load_generation_recipe, train_generation
 
@@ -29,20 +31,25 @@ def train_generator(run_dir: str | Path, seconds: float, quick: bool = False) ->
     if quick:
         # exactly two steps and no time budget: a smoke test must not depend on how busy the machine is
         overrides += ["train.steps=2", "train.time_budget_minutes=0"]
-    else:
+    elif seconds is not None:
         # CPU time: the same amount of training whether or not the machine is shared
         overrides += [f"train.time_budget_minutes={seconds / 60.0}", "train.budget_clock=cpu"]
+    elif steps >= 1:
+        overrides += [f"train.steps={steps}", "train.time_budget_minutes=0"]
+    else:
+        raise ValueError(f"train_generator: expected steps >= 1 or seconds, got steps={steps!r}, seconds=None")
     recipe = load_generation_recipe(RECIPE, overrides)
     with captured(run_dir):
         summary = train_generation(recipe, run_dir, overwrite=True, progress=False)
     return Path(summary["model"]), summary
 
 
-def _train_and_sample(run_dir: str, seconds: float, quick: bool, sample: tuple[list[str], str, int] | None) -> None:
+def _train_and_sample(run_dir: str, budget: dict[str, float], quick: bool,
+                      sample: tuple[list[str], str, int] | None) -> None:  # fmt: skip
     """:func:`train_generator`, then, with ``sample`` ``(prompts, PNG path, DDIM steps)``, the report's samples
     (:func:`generated_images`), here, off the demo's own process. It runs at the demo's priority: at a lower one
     a busy machine's other jobs starved it (48 CPU s in 35 minutes), and the demo waits for it at the end."""
-    model, _ = train_generator(run_dir, seconds, quick)
+    model, _ = train_generator(run_dir, int(budget.get("steps", 0)), budget.get("seconds"), quick)
     if sample is not None:
         prompts, png, steps = sample
         generated_images(model, prompts, Path(png), steps=steps)
@@ -51,20 +58,21 @@ def _train_and_sample(run_dir: str, seconds: float, quick: bool, sample: tuple[l
 class BackgroundGenerator:
     """``train_generator`` in a child process (spawned: no forked torch state), started at once.
 
+    ``budget``: ``{"steps": N}`` or ``{"seconds": S}`` (:meth:`vlp.demo.config.DemoConfig.generation_budget`).
     :meth:`result` waits for it and returns ``(model folder, summary)``, or ``(None, reason)`` when the
     child failed (its output is in ``run_dir/log.txt``): a demo goes on without generated images rather
     than losing the other results. ``sample`` ``(prompts, PNG path, DDIM steps)``: the child also draws the
     samples of :func:`generated_images` into that PNG, whose path the summary then holds under ``figure``.
     """
 
-    def __init__(self, run_dir: str | Path, seconds: float, quick: bool = False,
+    def __init__(self, run_dir: str | Path, budget: dict[str, float], quick: bool = False,
                  sample: tuple[list[str], str | Path, int] | None = None) -> None:  # fmt: skip
         import multiprocessing
 
         self.run_dir = Path(run_dir)
         self.sample = None if sample is None else (list(sample[0]), str(sample[1]), int(sample[2]))
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_train_and_sample, args=(str(self.run_dir), seconds, quick, self.sample), daemon=True
+            target=_train_and_sample, args=(str(self.run_dir), dict(budget), quick, self.sample), daemon=True
         )
         self.process.start()
 

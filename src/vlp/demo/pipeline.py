@@ -11,8 +11,8 @@ Steps (each printed with its wall and CPU time):
    templates, zero-shot heat maps;
 5. fine-tune from the pretrained weights and evaluate: VQA, referring expressions, captioning (shared out
    between this process and a second one once the text-to-image process is done, :mod:`vlp.demo.parallel`);
-6. meanwhile, in a second process, train a small text-to-image model for ``generation_seconds`` of CPU
-   time and draw its samples (or use a trained ``generator``);
+6. meanwhile, in a second process, train a small text-to-image model for ``generation_steps`` steps (or
+   ``generation_seconds`` of CPU time) and draw its samples (or use a trained ``generator``);
 7. draw the pictures and write ``report.md`` + ``results.json``.
 
 Everything else runs in this process through the Python APIs. Every training and evaluation reads the
@@ -80,7 +80,7 @@ def run_demo(
 
     ``quick`` uses :meth:`DemoConfig.quick` (seconds; scores near chance) unless ``config`` is given.
     ``generator``: a trained text-to-image model folder (``vlp train-generation``) whose samples for a
-    few test objects go into the report; without it the demo trains one for ``cfg.generation_seconds``.
+    few test objects go into the report; without it the demo trains one (``cfg.generation_budget()``).
     ``log`` receives the progress lines (default: print).
     """
     import json
@@ -111,17 +111,17 @@ def run_demo(
         with timer.step("train a WordPiece tokenizer on its captions and questions", log):
             tokenizer = train_shapes_tokenizer(world, out / "tokenizer", cfg.vocab_size)
             log(f"    vocabulary of {tokenizer.vocab_size} word pieces")
-        background = None
-        if generator is None and cfg.generation_seconds > 0:
-            from vlp.demo.generation import BackgroundGenerator
+        background, budget = None, cfg.generation_budget()
+        if generator is None and budget is not None:
+            from vlp.demo.generation import BackgroundGenerator, sample_prompts
 
-            log(f"    text-to-image: training t2i-shapes for {cfg.generation_seconds:g} CPU s in a second process")
-            from vlp.demo.generation import sample_prompts
+            how_long = f"{budget['seconds']:g} CPU s" if "seconds" in budget else f"{budget['steps']:g} steps"
+            log(f"    text-to-image: training t2i-shapes for {how_long} in a second process")
 
             # the child also draws the report's samples once trained, so the demo does not wait for them
             sample = (sample_prompts(_test_objects_list(world)), figures_dir / "generation.png",
                       cfg.generation_sample_steps)  # fmt: skip
-            background = BackgroundGenerator(runs / "generation", cfg.generation_seconds, quick, sample)
+            background = BackgroundGenerator(runs / "generation", budget, quick, sample)
         recipe = model_recipe(DEMO_RECIPE, world, tokenizer, {
             "data.image_size": cfg.image_size, "model.vision.image_size": cfg.image_size,
             "model.vision.patch_size": cfg.patch_size,
@@ -266,7 +266,7 @@ def _draw(
     else:
         notes.append(
             "Text-to-image is in vlp (`vlp train-generation t2i-shapes --out RUN`, 15 minutes on 2 CPU cores). "
-            "This run trained none (`--generation-seconds 0`): pass `vlp demo --generator RUN/model` to add a "
+            "This run trained none (`--generation-steps 0`): pass `vlp demo --generator RUN/model` to add a "
             'trained model\'s samples for a few test objects ("a red circle") to this report.'
         )
     notes.append(
