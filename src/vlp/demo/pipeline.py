@@ -257,8 +257,8 @@ def _draw(
             captions["generation"] = (
                 f"Two samples per prompt ({how}) from a pixel-space diffusion model (recipe `t2i-shapes`) trained "
                 f"on the second core during this demo for {trained['cpu_seconds']:.0f} s of CPU time "
-                f"({trained['steps']} optimizer steps): colours mostly follow the prompt, shapes not yet. The full recipe "
-                "(`vlp train-generation t2i-shapes`, 15 minutes on 2 cores) gets shapes partly right; pass "
+                f"({trained['steps']} optimizer steps): colours mostly follow the prompt, shapes not yet. The full "
+                "recipe (`vlp train-generation t2i-shapes`, 15 minutes on 2 cores) gets shapes partly right; pass "
                 "`vlp demo --generator RUN/model` to draw from such a model."
             )
         else:
