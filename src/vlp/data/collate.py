@@ -140,18 +140,16 @@ def collate(
 @dataclass
 class LoaderItem:
     """What a DataLoader worker hands back: the batch (None if every sample was bad),
-    the skipped records, and how many dataset positions the batch consumed. ``pixels``: the batch's
-    ``images`` are still (B, H, W, 3) uint8, for the receiving process to normalize (a quarter of the bytes
+    the skipped records, and how many dataset positions the batch consumed. A worker's batch may carry its
+    ``images`` still as (B, H, W, 3) uint8, for the receiving process to normalize (a quarter of the bytes
     of float32 through shared memory)."""
 
     batch: Batch | None
     skips: list[Skipped] = field(default_factory=list)
     consumed: int = 0
-    pixels: bool = False
 
     def pin_memory(self) -> LoaderItem:
-        batch = self.batch.pin_memory() if self.batch is not None else None
-        return LoaderItem(batch, self.skips, self.consumed, self.pixels)
+        return LoaderItem(self.batch.pin_memory() if self.batch is not None else None, self.skips, self.consumed)
 
 
 class LoaderCollate:
@@ -166,5 +164,4 @@ class LoaderCollate:
         skips = [x for x in items if isinstance(x, Skipped)]
         samples = [x for x in items if not isinstance(x, Skipped)]
         batch = collate(samples, self.tokenizer, self.max_text_len, self.num_answers) if samples else None
-        pixels = batch is not None and batch.images is not None and batch.images.dtype == torch.uint8
-        return LoaderItem(batch, skips, len(items), pixels)
+        return LoaderItem(batch, skips, len(items))

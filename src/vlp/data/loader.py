@@ -316,7 +316,7 @@ class VLPLoader:
                 self.skips.extend(item.skips)
                 self.epoch_skips.extend(item.skips)
                 if item.batch is not None:
-                    if item.pixels:
+                    if item.batch.images is not None and item.batch.images.dtype == torch.uint8:  # a worker's pixels
                         self._normalize(item.batch)
                     yield item.batch
             finished = True
