@@ -134,8 +134,12 @@ def attention_bias(
     if causal:
         future = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).triu(num_keys - num_queries + 1)
         blocked = blocked | future
-    bias = torch.zeros(blocked.shape, dtype=dtype, device=device)
-    return bias.masked_fill(blocked, BLOCKED)
+    return blocked_bias(blocked, dtype)
+
+
+def blocked_bias(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention bias of a bool mask: 0 where a query sees a key, :data:`BLOCKED` where ``blocked``."""
+    return torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill(blocked, BLOCKED)
 
 
 class Attention(nn.Module):
@@ -250,5 +254,5 @@ class Attention(nn.Module):
             if causal:
                 keys = torch.arange(x.shape[1], device=x.device)
                 blocked = blocked | (keys > index[:, None, :, None])
-            bias = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, BLOCKED)
+            bias = blocked_bias(blocked, q.dtype)
         return self._attend(q, k, v, bias)

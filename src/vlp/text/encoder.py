@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vlp.config import part
 from vlp.layers import TransformerBlock, activation, masked_mean
-from vlp.layers.attention import BLOCKED
+from vlp.layers.attention import blocked_bias
 from vlp.layers.block import stack_bias
 from vlp.text.config import TextConfig
 from vlp.text.embeddings import TextEmbeddings
@@ -265,8 +265,7 @@ def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_t
     blocked = row[:, None] != row[None, :]  # a token sees its own row only ...
     if cfg.causal:
         blocked = blocked | (pos[None, :] > pos[:, None])  # ... and, causal, nothing after itself
-    bias = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
-    bias = bias.masked_fill(blocked, BLOCKED)[None, None]
+    bias = blocked_bias(blocked, hidden.dtype)[None, None]
     *body, last = encoder.layers
     for layer in body:
         hidden = encoder._run_layer(layer, hidden, None, None, None, False, bias)
