@@ -175,9 +175,27 @@ def test_few_cores_load_stored_images_in_the_main_process(tmp_path, monkeypatch)
     assert build_loader(config(root), "train", batch_size=4, num_workers=2).num_workers == 2
 
 
-def test_concurrent_builders_decode_once(tmp_path) -> None:
+def test_concurrent_builders_decode_once(tmp_path, monkeypatch) -> None:
+    from vlp.data import decoded_store
+
     root = write_set(tmp_path / "data")
     paths = sorted(str(p) for p in (root / "images").iterdir())
+    # the first decode waits until all three builders have reached the lock: without it they would all decode
+    arrived, everyone = [], threading.Event()
+    locked = decoded_store._locked
+
+    def counted(path):
+        arrived.append(path)
+        if len(arrived) == 3:
+            everyone.set()
+        return locked(path)
+
+    def waiting(path, *args, **kwargs):
+        everyone.wait(timeout=30)  # only a guard against a hang: the assertions below do not depend on it
+        return decode_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(decoded_store, "_locked", counted)
+    monkeypatch.setattr(decoded_store, "decode_image", waiting)
     stores: list[DecodedStore] = []
     threads = [threading.Thread(target=lambda: stores.append(DecodedStore(tmp_path / "c", paths, (32, 32))))
                for _ in range(3)]  # fmt: skip
