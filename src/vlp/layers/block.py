@@ -258,6 +258,14 @@ class TransformerBlock(nn.Module):
         return x + (self.ls2(branch) if self.ls2 is not None else branch)
 
 
+def run_layer(stack: nn.Module, layer: nn.Module, *args: object) -> torch.Tensor:
+    """``layer(*args)`` for a stack of layers, under gradient checkpointing when ``stack.grad_checkpointing`` is on,
+    it trains and gradients are recorded."""
+    if stack.grad_checkpointing and stack.training and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
+
+
 def stack_bias(x: torch.Tensor, keep_mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
     """The self-attention bias of a stack's layers, built once for all of them (None: no mask, not causal)."""
     if keep_mask is None and not causal:
@@ -290,10 +298,7 @@ class Transformer(nn.Module):
         hidden = []
         bias = stack_bias(x, keep_mask, causal)
         for layer in self.layers:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, keep_mask, context, context_mask, causal, bias, use_reentrant=False)
-            else:
-                x = layer(x, keep_mask, context, context_mask, causal, bias)
+            x = run_layer(self, layer, x, keep_mask, context, context_mask, causal, bias)
             if return_all:
                 hidden.append(x)
         return (x, hidden) if return_all else x
@@ -306,10 +311,7 @@ class Transformer(nn.Module):
         *body, last = self.layers
         bias = stack_bias(x, keep_mask, causal)
         for layer in body:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, keep_mask, None, None, causal, bias, use_reentrant=False)
-            else:
-                x = layer(x, keep_mask, None, None, causal, bias)
+            x = run_layer(self, layer, x, keep_mask, None, None, causal, bias)
         return last.forward_at(x, index, keep_mask, causal)
 
 

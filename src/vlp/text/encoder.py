@@ -14,12 +14,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vlp.config import part
 from vlp.layers import TransformerBlock, activation, masked_mean
 from vlp.layers.attention import blocked_bias
-from vlp.layers.block import stack_bias
+from vlp.layers.block import run_layer, stack_bias
 from vlp.text.config import TextConfig
 from vlp.text.embeddings import TextEmbeddings
 
@@ -170,18 +169,12 @@ class BertTextEncoder(nn.Module):
         states = []
         bias = stack_bias(hidden, attention_mask, causal)  # once for every layer, not once per layer
         for layer in self.layers[start:end]:
-            hidden = self._run_layer(layer, hidden, attention_mask, context, context_mask, causal, bias)
+            hidden = run_layer(self, layer, hidden, attention_mask, context, context_mask, causal, bias)
             if return_all:
                 states.append(hidden)
         if end == self.num_layers:
             hidden = self.final_norm(hidden)
         return (hidden, states) if return_all else hidden
-
-    def _run_layer(self, layer: nn.Module, hidden: torch.Tensor, *args) -> torch.Tensor:
-        """``layer(hidden, *args)``, under gradient checkpointing when it is on and gradients are recorded."""
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, hidden, *args, use_reentrant=False)
-        return layer(hidden, *args)
 
     def pool(
         self, hidden: torch.Tensor, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
@@ -236,7 +229,7 @@ class BertTextEncoder(nn.Module):
         causal = self.cfg.causal
         bias = stack_bias(hidden, attention_mask, causal)
         for layer in body:
-            hidden = self._run_layer(layer, hidden, attention_mask, None, None, causal, bias)
+            hidden = run_layer(self, layer, hidden, attention_mask, None, None, causal, bias)
         return self.final_norm(last.forward_at(hidden, index, attention_mask, causal))[:, 0]
 
 
@@ -268,7 +261,7 @@ def _packed_forward(encoder: BertTextEncoder, input_ids, attention_mask, token_t
     bias = blocked_bias(blocked, hidden.dtype)[None, None]
     *body, last = encoder.layers
     for layer in body:
-        hidden = encoder._run_layer(layer, hidden, None, None, None, False, bias)
+        hidden = run_layer(encoder, layer, hidden, None, None, None, False, bias)
     at = (torch.cumsum(lengths, 0) - lengths + index)[None]  # each row's pooled token in the packed sequence
     return encoder.final_norm(last.forward_at(hidden, at, attn_bias=bias[:, :, at[0]]))[0]
 
