@@ -59,12 +59,8 @@ def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` across processes (``flock``; no lock where the OS has none)."""
     with path.open("a") as handle:
         if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, an exception included
+        yield
 
 
 def _stat(path: str) -> list[int]:
