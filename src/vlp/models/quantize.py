@@ -18,6 +18,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import Linear as Int8Linear
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 from vlp.config import ConfigError
@@ -50,7 +51,7 @@ def int8_model(model: nn.Module, device: object) -> nn.Module:
 
 def count_int8_linears(model: nn.Module) -> int:
     """How many linear layers of ``model`` run in int8 (0 for a model that was not quantized)."""
-    return sum(1 for m in model.modules() if type(m).__name__ == "Linear" and type(m).__module__.startswith("torch.ao"))
+    return sum(1 for m in model.modules() if isinstance(m, Int8Linear))  # the dynamic one is a subclass
 
 
 __all__ = ["count_int8_linears", "int8_model", "quantize_linear_int8"]
