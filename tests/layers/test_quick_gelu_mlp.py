@@ -61,4 +61,5 @@ def test_replaced_or_biasless_layers_keep_their_own_forward() -> None:
     with torch.no_grad():
         assert not quantized._folds_quick_gelu()
         assert not MLP(8, 32, act="gelu")._folds_quick_gelu()
-    assert quantized(x).shape == (2, 8)
+        # without autograd (where the fold would run) the int8 MLP is its own three calls, value for value
+        torch.testing.assert_close(quantized(x), quantized.fc2(quantized.act(quantized.fc1(x))), atol=0, rtol=0)
