@@ -414,9 +414,8 @@ def run_capfilt(
             if progress is not None:
                 progress(stats)
         log.close()
+        # kept by options.threshold, as the resumed and the new batches were counted above
         records = apply_threshold(read_progress(log.out), options.threshold)
-        stats = CapFiltStats(total=len(items))
-        _count(stats, records)
         by_key = {item.key: item for item in items}
         good = [r for r in records if "error" not in r]
         if options.format == "wds":
