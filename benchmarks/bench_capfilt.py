@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from demo_world import DEMO_RECIPE, TAGGER, VLP
+from demo_world import DEMO_RECIPE, TAGGER, VLP, world_arguments
 from demo_world import run as run_one_thread
 from vlp.demo.steps import decoder_config
 from vlp.demo.training import run_recipe, task_recipe
@@ -159,10 +159,8 @@ def noise_auc(web: list[tuple[float, bool]]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/capfilt")
-    p.add_argument("--images", type=int, default=3000, help="images of each world (the demo's 3,000)")
+    world_arguments(p, "runs/capfilt")
     p.add_argument("--noise", type=float, default=0.3, help="fraction of web training captions replaced")
-    p.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
     p.add_argument("--filter-steps", type=int, default=1000, help="filter (albef-demo) steps of 32, clean world")
     p.add_argument("--caption-steps", type=int, default=400, help="captioner fine-tuning steps of 32, clean world")
     p.add_argument("--steps", type=int, default=1000, help="pretraining steps of 32, noisy and CapFilt runs")

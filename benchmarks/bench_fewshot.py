@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from demo_world import DEMO_RECIPE, VLP, demo_world, render, run
+from demo_world import DEMO_RECIPE, VLP, demo_world, render, run, world_arguments
 
 METHODS = "zeroshot,probe,coop,coop_csc,adapter"
 LABELS = {"zeroshot": "zero-shot", "probe": "linear probe", "coop": "CoOp, unified", "coop_csc": "CoOp, class-specific",
@@ -127,9 +127,7 @@ def sweep(clip: Path, folder: Path, seed: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/fewshot")
-    parser.add_argument("--images", type=int, default=3000, help="ShapesWorld scenes to pretrain on (the demo's)")
-    parser.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
+    world_arguments(parser, "runs/fewshot")
     parser.add_argument("--steps", type=int, default=1000, help="dual-encoder pretraining steps of 32")
     parser.add_argument("--heldout", type=int, default=3000, help="single-object scenes of the class folders")
     # CoOp's protocol stops at 16; 32 and 64 show where the learned methods pass zero-shot on these features

@@ -24,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-from demo_world import DEMO_RECIPE, VLP, demo_world, run
+from demo_world import DEMO_RECIPE, VLP, demo_world, run, world_arguments
 
 
 def last_logged(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
@@ -38,9 +38,7 @@ def last_logged(run_dir: Path, keys: tuple[str, ...]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/itc-queue")
-    parser.add_argument("--images", type=int, default=3000, help="ShapesWorld images (the demo's 3,000)")
-    parser.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
+    world_arguments(parser, "runs/itc-queue")
     parser.add_argument("--steps", type=int, default=1000, help="pretraining steps of 32, every arm")
     # 2,048 < the 2,160 training images, so the queue seldom holds an image twice (a repeat is a positive,
     # by image id), and it is 64 batches old at most, which the teacher at decay 0.995 (~200 steps) spans

@@ -8,6 +8,7 @@ Every command runs as a child process with one torch thread (a shared 2-core mac
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -50,6 +51,13 @@ def render(folder: Path, images: int, seed: int, log: Path, *extra: str) -> dict
     synth = [VLP, "data", "synth", "--out", str(folder), "--images", str(images), "--size", "32",
              "--seed", str(seed), "--quiet", "--overwrite", "--workers", "1", *extra]  # fmt: skip
     return run(synth, log)
+
+
+def world_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """``--out`` (default ``out``) and the sizes :func:`demo_world` takes: ``--images``, ``--tag-steps``."""
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--images", type=int, default=3000, help="ShapesWorld images per world (the demo's 3,000)")
+    parser.add_argument("--tag-steps", type=int, default=800, help="tagger steps of 32 (the demo's 800)")
 
 
 @dataclass
