@@ -39,11 +39,10 @@ from pathlib import Path
 
 import yaml
 
-from demo_world import DEMO_RECIPE, TAGGER, VLP, world_arguments
+from demo_world import DEMO_RECIPE, VLP, demo_world, render, world_arguments
 from demo_world import run as run_one_thread
 from vlp.demo.steps import decoder_config
 from vlp.demo.training import run_recipe, task_recipe
-from vlp.text import Tokenizer
 
 
 def run(cmd: list[object], log: Path, costs: dict[str, dict[str, float]], name: str) -> None:
@@ -171,24 +170,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     costs: dict[str, dict[str, float]] = {}
-    clean, web, tok, tagger = out / "clean", out / "web", out / "tokenizer", out / "tagger"
+    # the clean world is the demo's (in out/data, its tokenizer in out/data/tokenizer, the tagger in out/tagger)
+    world = demo_world(out, args.images, args.tag_steps, args.seed, costs)
+    clean, web, tok, tagger = world.data, out / "web", world.tokenizer, world.tagger
     noisy_dir, filt, captioner, capfilt = out / "noisy", out / "filter", out / "captioner", out / "capfilt"
-    for world, seed, formats in ((clean, args.seed, "all"), (web, args.seed + 1, "albef,karpathy")):
-        if not (world / "meta.json").exists():
-            run([VLP, "data", "synth", "--out", world, "--images", args.images, "--size", 32, "--seed", seed,
-                 "--formats", formats, "--quiet", "--overwrite", "--workers", 1],
-                out / f"{world.name}.log", costs, f"render {world.name}")  # fmt: skip
-    if not (tok / "vocab.txt").exists():
-        run([VLP, "tokenizer", "train", "--input", clean / "annotations" / "dataset_shapes.json", "--out", tok,
-             "--vocab-size", 400], out / "tokenizer.log", costs, "tokenizer")  # fmt: skip
-    vocab = Tokenizer.load(tok).vocab_size  # the model's vocabulary is the tokenizer's (as the demo sets it)
-    common = ["--tokenizer", tok, "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
-              "--set", f"train.seed={args.seed}", "--overwrite"]  # fmt: skip
-    if not (tagger / "summary.json").exists():
-        recipe = out / "tagger.yaml"
-        recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, args.tag_steps // 20), steps=args.tag_steps))
-        run([VLP, "finetune", recipe, "--out", tagger, "--set", f"data.root={clean}", *common], out / "tagger.log",
-            costs, "tagger")  # fmt: skip
+    if cost := render(web, args.images, args.seed + 1, out / "web.log", "--formats", "albef,karpathy"):
+        costs["render web"] = cost
+    common = ["--tokenizer", tok, *world.common]
     from_tagger = ["--set", f"model.tokenizer={tok}", "--set", f"train.init={tagger}",
                    "--set", "train.init_parts=[vision]"]  # fmt: skip
     if not (filt / "summary.json").exists():

@@ -62,7 +62,8 @@ def world_arguments(parser: argparse.ArgumentParser, out: str) -> None:
 
 @dataclass
 class DemoWorld:
-    """The rendered world, its tokenizer, the tagger, and the ``--set`` flags every later run shares."""
+    """The rendered world, its tokenizer, the tagger, and the flags every later ``vlp pretrain`` or
+    ``vlp finetune`` shares (``common``: vocabulary, one thread, seed, ``--overwrite``; not the data)."""
 
     data: Path
     tokenizer: Path
@@ -72,9 +73,10 @@ class DemoWorld:
     def pretrain(self, recipe: Path | str, out: Path, steps: int, *sets: str) -> list[str]:
         """``vlp pretrain`` of ``recipe`` from the tagger's image tower for ``steps`` steps, with more ``--set``s."""
         flags = [f for s in sets for f in ("--set", s)]
-        return [VLP, "pretrain", str(recipe), *self.common, "--set", f"model.tokenizer={self.tokenizer}",
-                "--set", f"train.steps={steps}", "--set", f"train.init={self.tagger}",
-                "--set", "train.init_parts=[vision]", *flags, "--out", str(out)]  # fmt: skip
+        return [VLP, "pretrain", str(recipe), "--set", f"data.root={self.data}", *self.common,
+                "--set", f"model.tokenizer={self.tokenizer}", "--set", f"train.steps={steps}",
+                "--set", f"train.init={self.tagger}", "--set", "train.init_parts=[vision]", *flags,
+                "--out", str(out)]  # fmt: skip
 
 
 def demo_world(out: Path, images: int, tag_steps: int, seed: int, costs: dict[str, dict[str, float]]) -> DemoWorld:
@@ -88,11 +90,11 @@ def demo_world(out: Path, images: int, tag_steps: int, seed: int, costs: dict[st
         train_tok = [VLP, "tokenizer", "train", "--input", captions, "--out", str(tok), "--vocab-size", "400"]
         costs["tokenizer"] = run(train_tok, out / "tokenizer.log")
     vocab = Tokenizer.load(tok).vocab_size  # the model's vocabulary is the tokenizer's (as the demo sets it)
-    common = ["--set", f"data.root={data}", "--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1",
-              "--set", f"train.seed={seed}", "--overwrite"]  # fmt: skip
+    common = ["--set", f"model.text.vocab_size={vocab}", "--set", "train.threads=1", "--set", f"train.seed={seed}",
+              "--overwrite"]  # fmt: skip
     if not (tagger / "summary.json").exists():
         recipe = out / "tagger.yaml"
         recipe.write_text(TAGGER.format(base=DEMO_RECIPE, warmup=max(1, tag_steps // 20), steps=tag_steps))
-        costs["tagger"] = run([VLP, "finetune", str(recipe), "--out", str(tagger), "--tokenizer", str(tok), *common],
-                              out / "tagger.log")  # fmt: skip
+        costs["tagger"] = run([VLP, "finetune", str(recipe), "--out", str(tagger), "--set", f"data.root={data}",
+                               "--tokenizer", str(tok), *common], out / "tagger.log")  # fmt: skip
     return DemoWorld(data, tok, tagger, common)
