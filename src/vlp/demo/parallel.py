@@ -85,12 +85,12 @@ def run_finetunes(
 
     def second_process() -> None:
         try:
-            job = first if child_first else None
-            if job is None:
-                if wait_for_core is not None:
-                    wait_for_core(None)
+            if child_first:
+                job = first
+            else:
+                wait_for_core(None)  # not child_first: there is a wait_for_core
                 job = take()
-            if job is None:
+            if job is None:  # this process took the rest meanwhile
                 return
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -113,9 +113,8 @@ def run_finetunes(
             outputs[index] = here(label, name)
             mine = take()
     finally:
-        if failure or pending:  # this process failed, or stopped: let the second one finish its job
-            with lock:
-                pending.clear()
+        with lock:  # done, or failed here: the second process finishes its job and takes no other
+            pending.clear()
         helper.join()
     if failure:
         raise failure[0]
