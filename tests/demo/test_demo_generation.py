@@ -46,8 +46,8 @@ def test_a_step_budget_trains_exactly_that_many_steps(tmp_path: Path) -> None:
     from vlp.demo.generation import train_generator
 
     model, summary = train_generator(tmp_path / "generation", steps=3)
-    assert summary["steps"] == 3 and summary["stopped_by"] == "steps"
+    assert summary["steps"] == 3 and summary["stopped_by"] == "steps" and summary["total_steps"] == 3
     records = [json.loads(line) for line in (tmp_path / "generation" / "metrics.jsonl").read_text().splitlines()]
-    assert (model / "model.safetensors").is_file() and records
+    assert (model / "model.safetensors").is_file() and records[-1]["step"] == 3
     with pytest.raises(ValueError, match="expected steps >= 1 or seconds"):
         train_generator(tmp_path / "other", steps=0)
