@@ -16,7 +16,7 @@ vlp's exact levers: the last layer of each tower runs for the pooled token's que
 token), the attention bias is built once per tower, the text batch is trimmed, and the blocks' inference fast
 path (:meth:`vlp.layers.block.TransformerBlock._forward_inference`: oneDNN GEMMs with the bias, activation and
 residual add fused) replaces the plain path; ``vlp plain`` is vlp with that fast path off
-(:func:`vlp.layers.attention.plain_inference`), timed in the same rounds. Rounds rotate the order of
+(:func:`vlp.layers.linear.plain_inference`), timed in the same rounds. Rounds rotate the order of
 the runs and medians are compared (wall time; CPU time of this process as well, steadier under load).
 
 int8 changes the numbers, so its effect on accuracy is measured and printed: the cosine between int8 and
@@ -77,7 +77,7 @@ def report(kind: str, unit: str, size: int, wall: dict, cpu: dict, baseline: str
 
 def plain(fn):
     """``fn`` with the blocks' inference fast path off."""
-    from vlp.layers.attention import plain_inference
+    from vlp.layers.linear import plain_inference
 
     def run():
         with plain_inference():

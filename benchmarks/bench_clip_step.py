@@ -17,9 +17,12 @@ tokenizer does, with the same threads, in fp32. Three steps run in each round:
   rounded up to a multiple of 8 (:mod:`vlp.text.trim`, exact), and ``encode_text`` then packs the
   rows' real tokens end to end (each attending to its own row only, exact). Against transformers, still
   padded to 77, this is (b), realistic caption lengths (target: >= 1.5x);
-- ``transformers``: CLIPModel with ``attn_implementation="sdpa"`` (its fastest CPU path).
+- ``transformers``: CLIPModel with ``attn_implementation="sdpa"`` (its fastest CPU path);
+- ``vlp padded MKL``: ``vlp padded`` with every linear layer on ``F.linear`` (MKL's GEMM), as transformers
+  runs them (:func:`vlp.layers.linear.plain_training`), to show what oneDNN's GEMM adds: vlp trains its
+  layers of 256 or more features both ways with oneDNN's GEMM for the forward and the input gradient.
 
-The order of the three rotates from round to round so that load from other processes hits all alike;
+The order of the four rotates from round to round so that load from other processes hits all alike;
 medians are compared, of wall time and of the process's CPU time (on a machine shared with other jobs
 the wall times of 2-thread steps swing by 2x from round to round; the CPU time moves much less).
 Also printed: vlp's achieved FLOP/s (FLOPs of one padded step counted by ``torch.utils.flop_counter``)
@@ -32,6 +35,7 @@ Run: ``.venv/bin/python benchmarks/bench_clip_step.py [--batch 8] [--steps 6] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -121,12 +125,11 @@ def step_flops(model, loss_fn, batch) -> int:
 
 
 def check_losses(ours, theirs, batch, tolerance: float = 1e-4) -> None:
-    """Same weights, same batch: the same loss (dropout is 0 in CLIP), padded or trimmed; else stop."""
-    with torch.no_grad():
-        losses = {"transformers": float(hf_loss(theirs, *batch))}
-        for name, trim in (("vlp padded", 0), ("vlp trimmed", 8)):
-            ours.cfg.text_trim = trim
-            losses[name] = float(vlp_loss(ours, *batch))
+    """Same weights, same batch: the same loss (dropout is 0 in CLIP), padded or trimmed, with autograd on as in
+    the timed steps (the GEMMs they run); else stop."""
+    losses = {"transformers": hf_loss(theirs, *batch).item()}
+    for name, trim in (("vlp padded", 0), ("vlp trimmed", 8)):
+        losses[name] = with_trim(trim)(ours, *batch).item()
     ref = losses["transformers"]
     print("loss       " + "  ".join(f"{k} {v:.6f}" for k, v in losses.items()))
     worst = max(abs(v - ref) for v in losses.values())
@@ -135,12 +138,15 @@ def check_losses(ours, theirs, batch, tolerance: float = 1e-4) -> None:
         raise SystemExit(f"losses differ by {worst:.2e} > {tolerance}: the models do not compute the same step")
 
 
-def with_trim(trim: int):
-    """``vlp_loss`` with ``model.text_trim`` set first (the same model instance runs padded and trimmed)."""
+def with_trim(trim: int, mkl: bool = False):
+    """``vlp_loss`` with ``model.text_trim`` set first (the same model instance runs padded and trimmed); ``mkl``:
+    every linear layer on ``F.linear``. The backward runs what the forward recorded, so the switch covers it."""
+    from vlp.layers.linear import plain_training
 
     def loss_fn(model, images, ids, mask) -> torch.Tensor:
         model.cfg.text_trim = trim
-        return vlp_loss(model, images, ids, mask)
+        with plain_training() if mkl else contextlib.nullcontext():
+            return vlp_loss(model, images, ids, mask)
 
     return loss_fn
 
@@ -166,6 +172,7 @@ def main() -> None:
         "vlp padded": (ours, with_trim(0), opt_ours),
         "vlp trimmed": (ours, with_trim(8), opt_ours),
         "transformers": (theirs, hf_loss, opt_theirs),
+        "vlp padded MKL": (ours, with_trim(0, mkl=True), opt_ours),
     }
     names = list(runs)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -174,7 +181,7 @@ def main() -> None:
     for r in range(args.steps + 2):
         # the matmul peak is sampled in every round, under the same load as the steps around it
         peaks.append(matmul_peak(seconds=0.5))
-        for name in names[r % 3 :] + names[: r % 3]:  # each run takes each place in turn
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # each run takes each place in turn
             seconds, cpu_seconds = step(*runs[name], batch)
             if r >= 2:  # the first two rounds warm up allocators and kernels
                 times[name].append(seconds)
@@ -194,8 +201,13 @@ def main() -> None:
             f"ratio      {label}: transformers / vlp = {med[hf] / med[name]:.3f} wall, "
             f"{med_cpu[hf] / med_cpu[name]:.3f} CPU (target >= {target})"
         )
+    mkl = "vlp padded MKL"
+    print(
+        f"ratio      (a) with MKL's GEMM as transformers: transformers / vlp = {med[hf] / med[mkl]:.3f} wall, "
+        f"{med_cpu[hf] / med_cpu[mkl]:.3f} CPU; oneDNN's GEMM adds {med[mkl] / med['vlp padded']:.3f}x"
+    )
 
-    flops = step_flops(ours, with_trim(0), batch)
+    flops = step_flops(ours, with_trim(0, mkl=True), batch)  # the FLOP counter does not know oneDNN's op
     peak = max(peaks)
     print(f"flops      {flops / 1e9:.1f} GFLOP per padded vlp step (forward + backward, matmuls/convs/attention)")
     print(f"peak       {peak / 1e9:.1f} GFLOP/s fp32 matmul (2048^3, {args.threads} threads, best of the run)")

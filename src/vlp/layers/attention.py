@@ -6,109 +6,17 @@ are boolean *keep* masks: ``True`` marks a real token, ``False`` padding.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vlp.layers.linear import fused_linear, linear, project
 
 # The bias of a blocked key. Not a dtype's minimum: a float32 bias built once per stack is cast to fp16 / bf16
 # under autocast, where float32's minimum is -inf, and a query whose keys are all blocked then gives NaN. Half
 # of fp16's minimum stays finite in every float dtype, also with a score added, and exp() of it is exactly 0 in
 # each, so attention over any unblocked key is unchanged.
 BLOCKED = torch.finfo(torch.float16).min / 2
-
-
-def _onednn_linear():
-    """oneDNN's linear with a fused epilogue (the op PyTorch's inductor emits on CPU); None in a build without it."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def _cpu_autocast_check():
-    """``torch.is_autocast_enabled("cpu")``; torch < 2.4 (which pyproject allows) spells it without the device."""
-    try:
-        torch.is_autocast_enabled("cpu")
-        return lambda: torch.is_autocast_enabled("cpu")
-    except TypeError:
-        return torch.is_autocast_cpu_enabled
-
-
-def _compiling_check():
-    """``torch.compiler.is_compiling`` (torch >= 2.3), else dynamo's own."""
-    found = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    if found is None:
-        from torch import _dynamo
-
-        found = _dynamo.is_compiling
-    return found
-
-
-_FUSED_LINEAR = _onednn_linear()
-_cpu_autocast_on = _cpu_autocast_check()
-_compiling = _compiling_check()
-_fast_path_off = 0  # nesting depth of plain_inference()
-
-
-@contextlib.contextmanager
-def plain_inference() -> Iterator[None]:
-    """Within this block the layers take their plain path also in inference (to compare the two, or rule one out)."""
-    global _fast_path_off
-    _fast_path_off += 1
-    try:
-        yield
-    finally:
-        _fast_path_off -= 1
-
-
-def inference_fast_path(x: torch.Tensor) -> bool:
-    """Whether layers may compute on ``x`` with :func:`fused_linear`: no autograd (the fused op has no backward),
-    fp32 on CPU, oneDNN built in and enabled, no autocast (which would pick another dtype), not being compiled
-    (inductor does its own fusion)."""
-    return (
-        _FUSED_LINEAR is not None
-        and not _fast_path_off
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.enabled
-        and not _cpu_autocast_on()
-        and not _compiling()
-    )
-
-
-def fused_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    act: str = "none",
-    algorithm: str = "",
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``act(x @ weight.T + bias)``, or ``x @ weight.T + bias + residual``, of rows ``x`` (M, K): one oneDNN GEMM
-    that applies the bias and the activation or the residual add as it writes each output tile.
-
-    For inference only (see :func:`inference_fast_path`). The plain path's ``addmm`` first broadcasts the bias
-    into its output, and the activation and residual add are passes of their own over (M, N); here they ride in
-    the GEMM. On the AVX-512 AMD EPYC it was measured on, oneDNN's fp32 GEMM was also 6-11% faster than MKL's
-    at ViT-B shapes (1600 rows, 2 threads). The same function; floats differ by rounding only. ``act``:
-    ``none``, ``swish`` (SiLU), ``gelu`` (``algorithm`` ``none`` = erf, ``tanh``), ``relu``. ``residual``
-    (M, N) is read, not modified.
-    """
-    x = x.contiguous()
-    if residual is not None:
-        return _FUSED_LINEAR.binary(x, residual.contiguous(), weight, bias, "add")
-    return _FUSED_LINEAR(x, weight, bias, act, [], algorithm)
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear``, as :func:`fused_linear` where :func:`inference_fast_path` allows it."""
-    if inference_fast_path(x):
-        return fused_linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
 
 
 def attention_bias(
@@ -189,12 +97,12 @@ class Attention(nn.Module):
         if self.cross:
             if context is None:
                 raise ValueError("cross-attention needs a context tensor")
-            q = self.q(x)
-            k, v = self.kv(context).chunk(2, dim=-1)
+            q = project(self.q, x)
+            k, v = project(self.kv, context).chunk(2, dim=-1)
         else:
             if context is not None:
                 raise ValueError("self-attention takes no context; build it with cross=True")
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            q, k, v = project(self.qkv, x).chunk(3, dim=-1)
         if bias is None:
             bias = attention_bias(keep_mask, causal, q.shape[1], k.shape[1], q.dtype, q.device)
         return self._attend(q, k, v, bias)
@@ -204,7 +112,7 @@ class Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
         b, h, n, dh = out.shape
-        return self.out(out.transpose(1, 2).reshape(b, n, h * dh))
+        return project(self.out, out.transpose(1, 2).reshape(b, n, h * dh))
 
     def merged_heads(self, h: torch.Tensor, batch: int, bias: torch.Tensor | None) -> torch.Tensor:
         """Self-attention up to the output projection, for the inference fast path: rows ``h`` (B*N, D) -> the

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vlp.layers.attention import Attention, attention_bias, fused_linear, inference_fast_path
+from vlp.layers.attention import Attention, attention_bias
+from vlp.layers.linear import fused_linear, inference_fast_path, project
 
 QUICK_GELU_SCALE = 1.702
 
@@ -65,7 +66,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._folds_quick_gelu():
             return self.dropout(quick_gelu_mlp(x, self.fc1, self.fc2))
-        return self.dropout(self.fc2(self.act(self.fc1(x))))
+        return self.dropout(project(self.fc2, self.act(project(self.fc1, x))))
 
     def _folds_quick_gelu(self) -> bool:
         # without autograd only: in training the GEMM scalars cost backward passes of their own (a CLIP-B/32 step
@@ -82,7 +83,7 @@ class MLP(nn.Module):
     def add_to(self, rows: torch.Tensor, norm: nn.LayerNorm | None) -> torch.Tensor:
         """Inference fast path: ``rows + self(norm(rows))`` (``norm`` None: ``rows + self(rows)``) of ``(M, D)`` rows.
 
-        fc1 with its bias and activation is one :func:`~vlp.layers.attention.fused_linear`, fc2 with its bias
+        fc1 with its bias and activation is one :func:`~vlp.layers.linear.fused_linear`, fc2 with its bias
         and the residual add another. oneDNN's SiLU has no scale, so QuickGELU runs as ``silu(a h) / a``
         (``a = 1.702``): ``a`` is folded into the norm's affine weights (D values; ``rows * a`` without a norm)
         and fc1's bias, and ``1 / a`` is one pass over the hidden rows. Dropout is not applied (eval only).
@@ -192,7 +193,7 @@ class TransformerBlock(nn.Module):
 
     def _inference_ready(self, x: torch.Tensor, context: torch.Tensor | None) -> bool:
         """Whether :meth:`_forward_inference` computes this call: eval mode, no autograd, fp32 on CPU (see
-        :func:`~vlp.layers.attention.inference_fast_path`), no cross-attention to run, no layer scale, and the
+        :func:`~vlp.layers.linear.inference_fast_path`), no cross-attention to run, no layer scale, and the
         plain parts it fuses (replaced ones, e.g. int8 linears or VLMo's experts, keep their own forward)."""
         if self.training or self.ls1 is not None or self.ls2 is not None or x.dim() != 3:
             return False
