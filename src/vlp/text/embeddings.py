@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlp.layers.embedding import lookup
+
 
 class TextEmbeddings(nn.Module):
     """``(B, L)`` token ids -> ``(B, L, D)`` embeddings.
@@ -80,7 +82,7 @@ class TextEmbeddings(nn.Module):
         expected = (*input_ids.shape, self.word.embedding_dim)
         if inputs_embeds is not None and tuple(inputs_embeds.shape) != expected:
             raise ValueError(f"inputs_embeds: expected {expected}, got {tuple(inputs_embeds.shape)}")
-        words = self.word(input_ids) if inputs_embeds is None else inputs_embeds
+        words = lookup(self.word, input_ids) if inputs_embeds is None else inputs_embeds
         x = words + self.position(position_ids)
         if self.segment is not None:
             if token_type_ids is None:
