@@ -116,12 +116,9 @@ def test_training_and_autograd_keep_the_plain_path_and_gradients_flow(fused_call
     x, keep = inputs(2)
     stack(x, keep).square().sum().backward()  # training mode
     stack.eval()(x, keep).sum().backward()  # eval, but autograd on
-    assert fused_calls == []
     with torch.no_grad():
         stack.train()(x, keep)  # no autograd, but training mode (dropout, a momentum encoder's forward)
-    # each attention projection alone is a oneDNN GEMM (no autograd; the MLP folds QuickGELU into addmm), but no
-    # block fuses its bias, activation or residual: qkv and out of 2 layers
-    assert fused_calls == ["none"] * 4
+    assert fused_calls == []
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stack.parameters())
 
 
@@ -130,19 +127,16 @@ def test_parts_it_cannot_fuse_keep_their_own_forward(fused_calls):
     x, keep = inputs(3)
     scaled = Transformer(32, 1, 4, layer_scale=0.5).eval()
     int8 = quantize_linear_int8(Transformer(32, 1, 4, act="quick_gelu")).eval()
-    for stack, tolerance in ((scaled, TOL), (int8, dict(atol=0, rtol=0))):
+    for stack in (scaled, int8):
         with torch.inference_mode():
             out = stack(x, keep)
-        torch.testing.assert_close(out, plain(stack, x, keep), **tolerance)
-    # the layer-scaled block's four projections are oneDNN GEMMs each, with nothing fused into them; the int8
-    # linears keep their own forward
-    assert fused_calls == ["none"] * 4
+        torch.testing.assert_close(out, plain(stack, x, keep), atol=0, rtol=0)
     stack = Transformer(32, 1, 4).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast still picks the dtypes
         with torch.inference_mode():
             out = stack(x, keep)
         torch.testing.assert_close(out, plain(stack, x, keep), atol=0, rtol=0)
-    assert fused_calls == ["none"] * 4
+    assert fused_calls == []
 
 
 def test_clip_embeddings_in_inference_mode_equal_the_plain_path():

@@ -177,8 +177,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``; a plain ``nn.Linear`` without forward hooks runs as :func:`linear`. A replaced projection
-    (int8, LoRA, a parametrization) is a module of another type and keeps its own forward."""
-    if type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks):
+    """``layer(x)``; a plain ``nn.Linear`` of :data:`ONEDNN_MIN_WIDTH` or more features both ways, without forward
+    hooks, runs as :func:`linear`. A replaced projection (int8, LoRA, a parametrization) is a module of another
+    type and keeps its own forward; a narrower layer keeps ``F.linear`` in training and in inference alike."""
+    plain = type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+    if plain and min(layer.weight.shape) >= ONEDNN_MIN_WIDTH:
         return linear(x, layer.weight, layer.bias)
     return layer(x)
