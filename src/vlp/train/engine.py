@@ -185,7 +185,7 @@ class Trainer:
         if train.compile:
             self.model.compile()  # in place, after wrapping (as DDP/FSDP advise): parameter names stay the same
         self.model.train()
-        self.optimizer = build_optimizer(module, self.optim_cfg, info.device)
+        self.optimizer = build_optimizer(module, self.optim_cfg)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.schedule = LRSchedule(self.optimizer, self.schedule_cfg, train.steps)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=train.precision == "fp16")

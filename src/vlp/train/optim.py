@@ -128,11 +128,11 @@ def fused_adamw_fits(params: Iterable[torch.Tensor]) -> bool:
     )
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig, device: torch.device | None = None) -> torch.optim.AdamW:
+def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` of ``module`` (the unwrapped model).
 
     The fused kernel where it fits (:func:`fused_adamw_fits`: plain tensors on CPU or CUDA); torch's
-    default (foreach) elsewhere. ``device`` is unused: the parameters, already moved, tell.
+    default (foreach) elsewhere; the parameters, already on their device, tell which.
     """
     groups = param_groups(module, cfg)
     for group in groups:
