@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vlp
-from vlp.config import ConfigError
+from vlp.config import ConfigError, read_yaml
 from vlp.io import folders, saving
 from vlp.io.saving import WEIGHTS_NAME
 from vlp.text import Tokenizer
@@ -63,3 +63,18 @@ def test_every_model_folder_loader_refuses_unfitting_weights_with_one_message(tm
     errors = {_error(load, folder) for load in loaders}
     assert len(errors) == 1, errors
     assert errors.pop()[1].startswith(f"{folder / WEIGHTS_NAME}: shape mismatch: {name} (3, 5) vs model (")
+
+
+def test_load_model_reads_the_recipe_once(tmp_path, monkeypatch):
+    folder = vlp.save_pretrained(vlp.create_model("clip-tiny"), tmp_path / "clip")
+    reads = []
+
+    def counting_read_yaml(path):
+        reads.append(path)
+        return read_yaml(path)
+
+    monkeypatch.setattr(folders, "read_yaml", counting_read_yaml)
+    monkeypatch.setattr(saving, "read_yaml", counting_read_yaml)
+    loaded = folders.load_model(folder, require_tokenizer=False)
+    assert reads == [folder / "recipe.yaml"]
+    assert loaded.recipe is not None and loaded.task == {}

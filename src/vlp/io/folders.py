@@ -129,8 +129,8 @@ def load_model(
     folder, weights_file = weights_of(path, "--model")
     if folder is None:
         raise ConfigError(f"--model: {path} has weights but no {RECIPE_NAME} to rebuild the model from")
-    model = build_saved_model(folder)
-    data = read_yaml(folder / RECIPE_NAME)  # a fine-tuning run's own keys (RUN_ONLY_KEYS) come along
+    data = read_yaml(folder / RECIPE_NAME)  # read once: a fine-tuning run's own keys (RUN_ONLY_KEYS) come along
+    model = build_saved_model(folder, data=data)
     task = data.get("task") or {}
     recipe = model.recipe
     load_state_strictly(model, model_weights(load_safetensors(weights_file), model.state_dict()), weights_file)

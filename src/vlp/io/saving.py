@@ -210,12 +210,16 @@ def load_state_strictly(model: nn.Module, weights: dict[str, torch.Tensor], sour
     return model
 
 
-def load_config(folder: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+def load_config(
+    folder: str | Path, overrides: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     """``(ModelConfig, Recipe or None)`` from ``folder/recipe.yaml`` with dotted ``overrides`` (keys outside a
     recipe section are read under ``model.``); errors name the file. A fine-tuning run's own keys
-    (:data:`RUN_ONLY_KEYS`) are left out: they say how the model was trained, not what it is."""
+    (:data:`RUN_ONLY_KEYS`) are left out: they say how the model was trained, not what it is.
+    ``data``: the file's contents, when the caller has read them already."""
     path = Path(folder) / RECIPE_NAME
-    data = read_yaml(path)
+    if data is None:
+        data = read_yaml(path)
     if "model" not in data:
         raise ConfigError(f"{path}: has no 'model' section")
     data = apply_model_overrides({k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}, overrides)
@@ -225,10 +229,13 @@ def load_config(folder: str | Path, overrides: dict[str, Any] | None = None) -> 
     return from_dict(ModelConfig, data["model"], f"{path}:model"), None
 
 
-def build_saved_model(folder: str | Path, overrides: dict[str, Any] | None = None) -> VisionLanguageModel:
+def build_saved_model(
+    folder: str | Path, overrides: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+) -> VisionLanguageModel:
     """The model ``folder/recipe.yaml`` describes (weights not loaded), remembering its recipe (None when the
-    file holds only a ``model`` section) -- the one way a model, run or checkpoint folder's model is rebuilt."""
-    cfg, recipe = load_config(folder, overrides)
+    file holds only a ``model`` section) -- the one way a model, run or checkpoint folder's model is rebuilt.
+    ``data``: the file's contents, when the caller has read them already (see :func:`load_config`)."""
+    cfg, recipe = load_config(folder, overrides, data)
     model = VisionLanguageModel(cfg)
     model.recipe = recipe
     return model
