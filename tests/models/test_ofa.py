@@ -5,14 +5,17 @@ multitask loss of a hand-made batch against per-token cross-entropies computed b
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import vlp
 from vlp.core.outputs import VisualTokens
+from vlp.objectives import seq2seq as seq2seq_objective
 from vlp.tasks.decoding import DecodeOptions, beam_search
 from vlp.tasks.seq2seq import Seq2SeqModule, cached_logits, generate, init_cache
+from vlp.tasks.seq2seq import finetune as seq2seq_finetune
 from vlp.tasks.seq2seq.data import CAPTION_INSTRUCTION, Seq2SeqCollate, refexp_instruction
 from vlp.tasks.seq2seq.decode import answer_trie, encode
 from vlp.text import Tokenizer
@@ -188,6 +191,27 @@ def test_multitask_loss_of_a_hand_made_batch_is_the_token_mean_cross_entropy(tok
     assert loss.item() == pytest.approx(sum(every) / len(every), rel=1e-5)
     for task, values in per_task.items():
         assert logs[f"loss_{task}"] == pytest.approx(sum(values) / len(values), rel=1e-5)
+
+
+def test_the_objective_and_the_task_build_their_target_labels_once(tokenizer: Tokenizer, monkeypatch) -> None:
+    built, real = [], seq2seq_objective.target_labels
+
+    def counting(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        built.append(ids.shape)
+        return real(ids, mask)
+
+    monkeypatch.setattr(seq2seq_objective, "target_labels", counting)
+    monkeypatch.setattr(seq2seq_finetune, "target_labels", counting, raising=False)
+    model = tiny_model(tokenizer)
+    enc = tokenizer(["a red square", "red"], max_length=24)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    batch = vlp.Batch(input_ids=enc.input_ids, attention_mask=enc.attention_mask.bool(), images=images)
+    outputs = SimpleNamespace(model=model, image=model.image_tokens(batch))
+    seq2seq_objective.Seq2Seq(seq2seq_objective.Seq2SeqConfig())(outputs, batch)
+    assert len(built) == 1
+    items = [("caption", {"image": images[0], "text": "a red square", "meta": {}})]
+    Seq2SeqModule(model)(Seq2SeqCollate(tokenizer, location_ids(tokenizer), 24)(items))
+    assert len(built) == 2
 
 
 def test_cached_beam_search_equals_beam_search_over_the_whole_prefix(tokenizer: Tokenizer) -> None:

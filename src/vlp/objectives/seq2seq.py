@@ -56,10 +56,10 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
 
 
 def seq2seq_loss(
-    logits: torch.Tensor, decoder_ids: torch.Tensor, decoder_mask: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean cross-entropy over every target token of the batch, and the per-row summed losses ``(B,)``."""
-    labels = target_labels(decoder_ids, decoder_mask)
+    """The mean cross-entropy over every target token of the batch, and the per-row summed losses ``(B,)``;
+    ``labels``: :func:`target_labels`, built once by the caller (which counts or scores with them too)."""
     nll = token_nll(logits, labels, label_smoothing)
     counted = (labels != IGNORE).sum().clamp_min(1)
     return nll.sum() / counted, nll.sum(1)
@@ -91,9 +91,9 @@ class Seq2Seq(Objective):
         model = outputs.model
         context = encoder_context(model, ids[:, :1], mask[:, :1], image)
         logits = model.decode(ids, mask, context)
-        loss, _ = seq2seq_loss(logits, ids, mask, self.cfg.label_smoothing)
+        labels = target_labels(ids, mask)
+        loss, _ = seq2seq_loss(logits, labels, self.cfg.label_smoothing)
         with torch.no_grad():
-            labels = target_labels(ids, mask)
             counted = labels != IGNORE
             acc = (logits[:, :-1].argmax(-1) == labels)[counted].float().mean()
         return loss, {"seq2seq_acc": acc}

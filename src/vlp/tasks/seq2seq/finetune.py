@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vlp.config import ConfigError, from_dict
-from vlp.objectives.seq2seq import encoder_context, seq2seq_loss
+from vlp.objectives.masking import IGNORE
+from vlp.objectives.seq2seq import encoder_context, seq2seq_loss, target_labels
 from vlp.tasks.seq2seq.data import (
     TASK_NAMES,
     MixedTasks,
@@ -54,10 +55,11 @@ class Seq2SeqModule(nn.Module):
         batch = sb.batch
         context = encoder_context(self.model, batch.input_ids, batch.attention_mask, self.model.image_tokens(batch))
         logits = self.model.decode(sb.decoder_ids, sb.decoder_mask, context)
-        loss, per_row = seq2seq_loss(logits, sb.decoder_ids, sb.decoder_mask, self.label_smoothing)
+        labels = target_labels(sb.decoder_ids, sb.decoder_mask)
+        loss, per_row = seq2seq_loss(logits, labels, self.label_smoothing)
         logs: dict[str, float] = {}
         with torch.no_grad():
-            counts = sb.decoder_mask[:, 1:].sum(1).float()
+            counts = (labels != IGNORE).sum(1).float()
             for task in sorted(set(sb.tasks)):
                 rows = torch.tensor([t == task for t in sb.tasks], device=per_row.device)
                 logs[f"loss_{task}"] = float(per_row[rows].sum() / counts[rows].sum().clamp_min(1))
