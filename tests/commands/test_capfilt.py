@@ -168,7 +168,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_set(blip_folders, itm_folder
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part")
     assert code == 2 and "--resume" in err  # never overwritten without --resume / --force
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--resume")
-    assert code == 2 and "samples_per_image" in err  # other settings: refused, not mixed
+    assert code == 2 and "samples_per_image: 2 in the file, 1 now" in err  # other settings: refused, not mixed
     assert "--force" in err and "--overwrite" not in err  # capfilt's flag, not vlp predict's
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "part", "--samples-per-image", "2", "--resume")
     assert code == 0, err
@@ -232,12 +232,13 @@ def test_resume_refuses_another_web_set_of_the_same_size(blip_folders, itm_folde
     entries = json.loads((web / "web_train.json").read_text())
     (other / "web_train.json").write_text(json.dumps([{**e, "caption": e["caption"] + " again"} for e in entries]))
     code, err = capfilt(capsys, captioner, filt, other, tmp_path / "out", "--resume")
-    assert code == 2 and f"--data {other.resolve()}" in err and str(web.resolve()) in err and "--force" in err
+    assert code == 2 and "--force" in err  # the refusal names each setting that differs, the file's and this run's
+    assert f"data: {str(web.resolve())!r} in the file, {str(other.resolve())!r} now" in err and "items: " in err
     assert (tmp_path / "out" / "decisions_train.json").read_text() == decisions  # left as it was
     # the same folder with other captions: refused too
     (web / "web_train.json").write_text(json.dumps([{**e, "caption": e["caption"] + "!"} for e in entries]))
     code, err = capfilt(capsys, captioner, filt, web, tmp_path / "out", "--resume")
-    assert code == 2 and "other images or captions" in err
+    assert code == 2 and "other settings (items: " in err and err.count(" in the file, ") == 1  # the one that differs
 
 
 def test_another_format_on_resume_leaves_one_reading(blip_folders, itm_folders, web, tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_never_appends_to_a_file_it_did_not_write(blip_folders, photos, tmp_path
     code, _, err = run_predict(
         capsys, "caption", converted, photos[0], *DECODE, "--prompt", "a photo of ", "--out", out
     )
-    assert code == 2 and "'prompt': 'a photo of '" in err and out.read_text() == before
+    assert code == 2 and "(prompt: 'a picture of ' in the file, 'a photo of ' now)" in err and out.read_text() == before
     code, _, _ = run_predict(capsys, "caption", converted, photos[0], *DECODE, "--prompt", "a photo of ", "--out", out,
                              "--overwrite")  # fmt: skip
     assert code == 0 and len(lines(out.read_text())) == 1

@@ -26,6 +26,15 @@ def meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
+def _difference(key: str, found: Any, expected: Any) -> str:
+    """How the file's ``key`` (``model`` / ``settings``) differs from this run's, naming each setting that differs."""
+    if key == "settings" and isinstance(found, dict):
+        keys = sorted(k for k in {**found, **expected} if found.get(k) != expected.get(k))
+        differ = "; ".join(f"{k}: {found.get(k)!r} in the file, {expected.get(k)!r} now" for k in keys)
+        return f"other settings ({differ})"
+    return f"{key} {found!r}, not {expected!r}"
+
+
 class PredictionLog:
     """Appends prediction records to ``out`` (None = stdout, which cannot resume); see the module docstring."""
 
@@ -68,8 +77,9 @@ class PredictionLog:
             )
         for key in ("model", "settings"):
             if found.get(key) != self.meta[key]:
+                made_with = _difference(key, found.get(key), self.meta[key])
                 raise ConfigError(
-                    f"--out {self.out}: holds predictions made with {key} {found.get(key)!r}, not {self.meta[key]!r}; "
+                    f"--out {self.out}: holds predictions made with {made_with}; "
                     f"pass another --out to keep both, or {self.overwrite_flag} to replace them"
                 )
         data = self.out.read_bytes()

@@ -44,7 +44,7 @@ from vlp.data.registry import resolve_context, shapes_delegate
 from vlp.data.skipping import Skipped
 from vlp.data.sources.webdataset import ShardReader, expand_shards, scan_shard
 from vlp.io.atomic import write_atomic
-from vlp.io.predictions import PredictionLog, meta_path
+from vlp.io.predictions import PredictionLog
 from vlp.tasks.captioning.decode import captions_of
 from vlp.tasks.common import image_batch, model_data_config
 from vlp.tasks.decoding import DecodeOptions
@@ -392,8 +392,6 @@ def run_capfilt(
     # what the logged work depends on; the output settings are applied when the set is written
     work = {k: v for k, v in settings.items() if k not in OUTPUT_SETTINGS}
     progress_path = out / PROGRESS_DIR / "progress.jsonl"
-    if not force:
-        _check_same_data(progress_path, work)
     log = PredictionLog(progress_path, names[0], work, overwrite=force, overwrite_flag="--force")
     stats = CapFiltStats(total=len(items))
     if log.resumed:
@@ -430,21 +428,6 @@ def run_capfilt(
         for m, training in zip(models, was_training):
             m.train(training)
     return stats, files
-
-
-def _check_same_data(progress: Path, work: dict[str, Any]) -> None:
-    """Refuse to resume a progress log made from another web set (other --data folder or other images)."""
-    try:
-        found = json.loads(meta_path(progress).read_text(encoding="utf-8")).get("settings", {})
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        return  # no readable record: PredictionLog refuses it
-    for key in ("data", "items"):
-        if isinstance(found, dict) and found.get(key) != work[key]:
-            raise ConfigError(
-                f"--data {work['data']}: {progress.parent.parent} holds CapFilt progress made from another web set "
-                f"({'--data ' + str(found.get('data')) if key == 'data' else 'other images or captions'}); "
-                "pass the same --data to --resume, or --force to redo it"
-            )
 
 
 def _count(stats: CapFiltStats, records: list[dict[str, Any]]) -> None:
