@@ -147,3 +147,23 @@ def test_patch_embedding_trains_as_one_gemm(onednn_calls):
         scale = want.abs().max()
         assert (got - want).abs().max() <= 1e-6 * scale
         assert (conv_fp32 - want).abs().max() <= 1e-6 * scale
+
+
+def test_the_pooled_last_layer_trains_on_slices_of_the_fused_weight(onednn_calls):
+    """``forward_at`` projects the queried tokens with the query rows of the fused qkv weight and every token with
+    the key/value rows: gradients through those slices equal the plain path's."""
+    torch.manual_seed(1)
+    stack = Transformer(128, 2, 4, act="quick_gelu").train()
+    x = leaf(2, 5, 128, seed=11)
+    index = torch.tensor([[4], [2]])
+
+    def loss_and_grads() -> list[torch.Tensor]:
+        loss = stack.forward_at(x, index, causal=True).square().mean()
+        return [loss.detach(), *torch.autograd.grad(loss, [x, *stack.parameters()])]
+
+    ours = loss_and_grads()
+    assert (2, 128) in onednn_calls and (10, 256) in onednn_calls  # the sliced query and key/value projections
+    with linear.plain_training():
+        plain = loss_and_grads()
+    for got, want in zip(ours, plain):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
