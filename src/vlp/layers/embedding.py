@@ -75,12 +75,12 @@ class _Lookup(torch.autograd.Function):
         return None, _gradient_memory(weight).index_add_(0, ids.reshape(-1), rows)
 
 
-def _reusable(table: nn.Embedding, ids: torch.Tensor) -> bool:
+def _reusable(table: nn.Module, ids: torch.Tensor) -> bool:
+    if type(table) is not nn.Embedding or _other_users is None:
+        return False
     weight = table.weight
     return (
-        _other_users is not None
-        and type(table) is nn.Embedding
-        and not (table._forward_hooks or table._forward_pre_hooks)
+        not (table._forward_hooks or table._forward_pre_hooks)
         and table.padding_idx is None
         and table.max_norm is None
         and not table.scale_grad_by_freq
@@ -97,6 +97,6 @@ def _reusable(table: nn.Embedding, ids: torch.Tensor) -> bool:
 
 def lookup(table: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``table(ids)``; for a large plain ``nn.Embedding`` trained on CPU, with the gradient memory reused."""
-    if isinstance(table, nn.Embedding) and _reusable(table, ids):
+    if _reusable(table, ids):
         return _Lookup.apply(ids, table.weight)
     return table(ids)

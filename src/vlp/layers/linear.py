@@ -93,6 +93,11 @@ def _onednn_usable(x: torch.Tensor) -> bool:
     )
 
 
+def _wide(weight: torch.Tensor) -> bool:
+    """A 2-D weight of at least :data:`ONEDNN_MIN_WIDTH` in and out features."""
+    return weight.dim() == 2 and min(weight.shape) >= ONEDNN_MIN_WIDTH
+
+
 def inference_fast_path(x: torch.Tensor) -> bool:
     """Whether layers may compute on ``x`` with :func:`fused_linear`: no autograd (the fused op has no backward)
     and oneDNN usable on ``x``."""
@@ -105,8 +110,7 @@ def training_fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         not _plain_depth["training"]
         and torch.is_grad_enabled()
-        and weight.dim() == 2
-        and min(weight.shape) >= ONEDNN_MIN_WIDTH
+        and _wide(weight)
         and weight.dtype == torch.float32
         and _onednn_usable(x)
     )
@@ -168,12 +172,14 @@ class _OneDnnLinear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: as :func:`fused_linear` where :func:`inference_fast_path` allows it, as
     :class:`_OneDnnLinear` where :func:`training_fast_path` does."""
+    rows = x.reshape(-1, x.shape[-1])
     if inference_fast_path(x):
-        return fused_linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
-    if training_fast_path(x, weight):
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        return _OneDnnLinear.apply(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
+        out = fused_linear(rows, weight, bias)
+    elif training_fast_path(x, weight):
+        out = _OneDnnLinear.apply(rows.contiguous(), weight, bias)
+    else:
+        return F.linear(x, weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
 
 
 def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -181,6 +187,6 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     hooks, runs as :func:`linear`. A replaced projection (int8, LoRA, a parametrization) is a module of another
     type and keeps its own forward; a narrower layer keeps ``F.linear`` in training and in inference alike."""
     plain = type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
-    if plain and min(layer.weight.shape) >= ONEDNN_MIN_WIDTH:
+    if plain and _wide(layer.weight):
         return linear(x, layer.weight, layer.bias)
     return layer(x)
